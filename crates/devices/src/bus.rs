@@ -24,7 +24,10 @@ impl fmt::Display for BusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BusError::Overlap { base, len } => {
-                write!(f, "bus range {base:#x}+{len:#x} is empty or overlaps another device")
+                write!(
+                    f,
+                    "bus range {base:#x}+{len:#x} is empty or overlaps another device"
+                )
             }
         }
     }
@@ -58,7 +61,11 @@ impl Bus {
         let Some(end) = end else {
             return Err(BusError::Overlap { base, len });
         };
-        if self.ranges.iter().any(|r| base < r.base + r.len && r.base < end) {
+        if self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < end)
+        {
             return Err(BusError::Overlap { base, len });
         }
         let at = self.ranges.partition_point(|r| r.base < base);
@@ -78,7 +85,10 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((r, off)) => {
-                r.dev.lock().unwrap_or_else(|e| e.into_inner()).read(off, data);
+                r.dev
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(off, data);
                 true
             }
             None => false,
@@ -89,7 +99,10 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((r, off)) => {
-                r.dev.lock().unwrap_or_else(|e| e.into_inner()).write(off, data);
+                r.dev
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(off, data);
                 true
             }
             None => false,
@@ -118,7 +131,10 @@ mod tests {
         bus.insert(Arc::new(Mutex::new(Reg(20))), 0x60, 1).unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Reg(0))), 0x3fc, 8),
-            Err(BusError::Overlap { base: 0x3fc, len: 8 })
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 8
+            })
         );
         assert!(bus.insert(Arc::new(Mutex::new(Reg(0))), 0x1, 0).is_err());
         let mut b = [0u8; 1];

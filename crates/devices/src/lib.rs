@@ -5,9 +5,22 @@
 //! actions (reset, power-off) through [`VmEvents`]. The `vm` crate wires
 //! these to KVM, which keeps device logic testable without `/dev/kvm`.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod i8042;
+pub mod pci_host;
+pub mod rtc;
+pub mod serial;
 
+#[cfg(test)]
+mod testutil;
+
+pub use acpi_pm::AcpiPm;
 pub use bus::{Bus, BusDevice, BusError};
+pub use i8042::I8042;
+pub use pci_host::{PciDevice, PciHost, PciRoot};
+pub use rtc::Rtc;
+pub use serial::Serial;
 
 use std::sync::Arc;
 
