@@ -8,7 +8,7 @@
 //! 0x0000_7000  Linux boot_params ("zero page")     (ZERO_PAGE_ADDR)
 //! 0x0000_9000  PML4, PDPT, 4 PDs: identity map of the low 4 GiB (PML4_ADDR)
 //! 0x0002_0000  kernel command line                 (CMDLINE_ADDR, CMDLINE_MAX)
-//! 0x0009_fc00  EBDA (reserved)                     (EBDA_ADDR)
+//! 0x0009_fc00  EBDA, VGA, ROMs: reserved to 1 MiB   (EBDA_ADDR)
 //! 0x000e_0000  ACPI tables (RSDP first), reserved  (ACPI_ADDR .. ACPI_END)
 //! 0x0010_0000  kernel (1 MiB), then RAM up to the 32-bit MMIO hole
 //! 0xc000_0000  32-bit MMIO hole: PCI BARs, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000

@@ -1,0 +1,486 @@
+//! One VM: KVM objects, guest memory, devices, vCPU threads, lifecycle.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::acpi_pm::AcpiPm;
+use devices::i8042::I8042;
+use devices::pci_host::{PciHost, PciRoot};
+use devices::rtc::Rtc;
+use devices::serial::Serial;
+use devices::{Bus, SharedEvents, SharedIrq};
+use kvm_bindings::{
+    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_config, kvm_pit_state2,
+    kvm_userspace_memory_region, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::acpi::{create_acpi_tables, AcpiConfig};
+use crate::boot::{self, BootConfig, KernelKind};
+use crate::control::{Control, RunState, StopReason};
+use crate::cpuid::{vcpu_cpuid, CpuidConfig};
+use crate::irq::KvmIrqLine;
+use crate::layout::*;
+use crate::regs::{setup_vcpu, write_boot_tables, EntryMode};
+use crate::vcpu::{install_kick_handler, run_vcpu};
+use crate::IoBuses;
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub mem_size: u64,
+    pub vcpus: u32,
+    pub boot: BootConfig,
+    pub cpuid: CpuidConfig,
+    /// When false, a guest reset ends the VM instead of rebooting it.
+    pub reboot: bool,
+}
+
+/// How a VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest reset and `reboot` was off.
+    Reset,
+    /// The guest crashed; the text has the vCPU registers.
+    Crash(String),
+    /// The host stopped it (`VmHandle::power_off`).
+    Stopped,
+}
+
+#[derive(Debug)]
+pub enum VmError {
+    KvmOpen(kvm_ioctls::Error),
+    Kvm(&'static str, kvm_ioctls::Error),
+    TooManyVcpus { asked: u32, max: u32 },
+    NoVcpus,
+    MemoryTooSmall { asked: u64, min: u64 },
+    MemoryTooLarge { asked: u64, host: u64 },
+    Memory(String),
+    Device(String),
+    Acpi(String),
+    Boot(boot::BootError),
+}
+
+fn mib(b: u64) -> String {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
+        format!("{}G", b >> 30)
+    } else if b >= 1 << 20 {
+        format!("{}M", b >> 20)
+    } else {
+        format!("{}K", b >> 10)
+    }
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::KvmOpen(e) => {
+                let hint = match e.errno() {
+                    libc::ENOENT => " (is the kvm module loaded?)",
+                    libc::EACCES | libc::EPERM => " (are you in the kvm group?)",
+                    _ => "",
+                };
+                write!(f, "cannot open /dev/kvm: {e}{hint}")
+            }
+            VmError::Kvm(what, e) => write!(f, "KVM: {what}: {e}"),
+            VmError::TooManyVcpus { asked, max } => {
+                write!(
+                    f,
+                    "{asked} vCPUs asked, this host's KVM allows at most {max}"
+                )
+            }
+            VmError::NoVcpus => write!(f, "a VM needs at least one vCPU"),
+            VmError::MemoryTooSmall { asked, min } => {
+                write!(
+                    f,
+                    "memory size {} is too small, the minimum is {}",
+                    mib(*asked),
+                    mib(*min)
+                )
+            }
+            VmError::MemoryTooLarge { asked, host } => write!(
+                f,
+                "memory size {} is more than this host has ({} in all)",
+                mib(*asked),
+                mib(*host)
+            ),
+            VmError::Memory(e) => write!(f, "cannot allocate guest memory: {e}"),
+            VmError::Device(e) => write!(f, "device setup: {e}"),
+            VmError::Acpi(e) => write!(f, "ACPI tables: {e}"),
+            VmError::Boot(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for VmError {}
+
+impl From<boot::BootError> for VmError {
+    fn from(e: boot::BootError) -> Self {
+        VmError::Boot(e)
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |e| VmError::Kvm(what, e)
+}
+
+/// Highest vCPU count our MADT can describe (xAPIC ids 0..=254).
+pub const MAX_VCPUS: u32 = 254;
+
+fn host_memory() -> u64 {
+    // SAFETY: sysinfo only writes the struct we pass.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return u64::MAX;
+    }
+    (si.totalram as u64).saturating_mul(u64::from(si.mem_unit))
+}
+
+/// Power-on state of the interrupt controllers, restored on guest reset.
+struct IrqchipSnapshot {
+    chips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+}
+
+struct VcpuSlot {
+    fd: Option<VcpuFd>,
+    lapic: kvm_lapic_state,
+}
+
+/// A handle other threads use to control a running VM.
+#[derive(Clone)]
+pub struct VmHandle {
+    ctl: Arc<Control>,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
+    serial: Arc<Mutex<Serial>>,
+}
+
+impl VmHandle {
+    /// Stops all vCPUs at once; `Vm::run` returns `VmExit::Stopped`.
+    pub fn power_off(&self) {
+        self.ctl.stop(StopReason::Host);
+    }
+
+    /// Pauses all vCPUs; returns when every vCPU is parked. False if the
+    /// VM is stopping.
+    pub fn pause(&self) -> bool {
+        self.ctl.request_pause() && self.ctl.wait_parked()
+    }
+
+    pub fn resume(&self) -> bool {
+        self.ctl.resume()
+    }
+
+    pub fn state(&self) -> RunState {
+        self.ctl.run_state()
+    }
+
+    /// Presses the ACPI power button (a graceful shutdown request to a
+    /// guest OS without guest tools).
+    pub fn press_power_button(&self) {
+        self.acpi_pm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_power_button();
+    }
+
+    /// Feeds console input to the serial port; returns bytes accepted.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_input(bytes)
+    }
+}
+
+pub struct Vm {
+    cfg: VmConfig,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    io: Arc<IoBuses>,
+    ctl: Arc<Control>,
+    vcpus: Vec<VcpuSlot>,
+    irqchip: IrqchipSnapshot,
+    handle: VmHandle,
+    kind: KernelKind,
+    boots: u32,
+}
+
+impl Vm {
+    /// Builds the VM and loads the kernel; nothing runs until `run`.
+    /// `serial_out` receives what the guest writes to COM1.
+    pub fn new(cfg: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+        if cfg.vcpus == 0 {
+            return Err(VmError::NoVcpus);
+        }
+        let max = (kvm.get_max_vcpus() as u32).min(MAX_VCPUS);
+        if cfg.vcpus > max {
+            return Err(VmError::TooManyVcpus {
+                asked: cfg.vcpus,
+                max,
+            });
+        }
+        if cfg.mem_size < MIN_MEM {
+            return Err(VmError::MemoryTooSmall {
+                asked: cfg.mem_size,
+                min: MIN_MEM,
+            });
+        }
+        let host = host_memory();
+        if cfg.mem_size > host {
+            return Err(VmError::MemoryTooLarge {
+                asked: cfg.mem_size,
+                host,
+            });
+        }
+
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        // Intel VMX needs three pages for the real-mode TSS just below the
+        // BIOS; other KVM flavours accept and ignore it.
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        // The speaker port 0x61 stays in the kernel with the PIT: Linux
+        // reads it in its PIT-based TSC calibration.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let ranges: Vec<(GuestAddress, usize)> = ram_regions(cfg.mem_size)
+            .into_iter()
+            .map(|(a, l)| (GuestAddress(a), l as usize))
+            .collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
+            .map_err(|e| VmError::Memory(e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the mapping lives in `mem`, which the Vm owns for as
+            // long as the KVM VM exists.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let ctl = Arc::new(Control::new());
+        let events: SharedEvents = ctl.clone();
+        let irq = |gsi| -> SharedIrq { Arc::new(KvmIrqLine::new(vm.clone(), gsi)) };
+        let serial = Arc::new(Mutex::new(Serial::new(irq(IRQ_COM1), serial_out)));
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
+            irq(IRQ_SCI),
+            events.clone(),
+            S5_SLP_TYP,
+        )));
+        let low = cfg.mem_size.min(MMIO_HOLE_START);
+        let rtc = Rtc::new(low, cfg.mem_size - low);
+        let mut pio = Bus::new();
+        let dev_err = |e: devices::BusError| VmError::Device(e.to_string());
+        pio.insert(serial.clone(), 0x3f8, 8).map_err(dev_err)?;
+        pio.insert(Arc::new(Mutex::new(I8042::new(events.clone()))), 0x60, 5)
+            .map_err(dev_err)?;
+        pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2)
+            .map_err(dev_err)?;
+        pio.insert(
+            Arc::new(Mutex::new(PciHost::new(PciRoot::new(), events.clone()))),
+            0xcf8,
+            8,
+        )
+        .map_err(dev_err)?;
+        pio.insert(acpi_pm.clone(), u64::from(PM1A_EVT_PORT), 12)
+            .map_err(dev_err)?;
+        let io = Arc::new(IoBuses {
+            pio,
+            mmio: Bus::new(),
+        });
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        for i in 0..cfg.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(i))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid: CpuId = vcpu_cpuid(&supported, i, cfg.vcpus, &cfg.cpuid);
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+            vcpus.push(VcpuSlot {
+                fd: Some(fd),
+                lapic,
+            });
+        }
+
+        let irqchip = IrqchipSnapshot {
+            chips: [
+                KVM_IRQCHIP_PIC_MASTER,
+                KVM_IRQCHIP_PIC_SLAVE,
+                KVM_IRQCHIP_IOAPIC,
+            ]
+            .into_iter()
+            .map(|id| {
+                let mut c = kvm_irqchip {
+                    chip_id: id,
+                    ..Default::default()
+                };
+                vm.get_irqchip(&mut c).map(|_| c)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(kvm_err("KVM_GET_IRQCHIP"))?,
+            pit: vm.get_pit2().map_err(kvm_err("KVM_GET_PIT2"))?,
+        };
+
+        install_kick_handler();
+        let handle = VmHandle {
+            ctl: ctl.clone(),
+            acpi_pm,
+            serial,
+        };
+        let mut v = Vm {
+            cfg,
+            vm,
+            mem,
+            io,
+            ctl,
+            vcpus,
+            irqchip,
+            handle,
+            kind: KernelKind::Elf64,
+            boots: 0,
+        };
+        v.load()?;
+        Ok(v)
+    }
+
+    pub fn handle(&self) -> VmHandle {
+        self.handle.clone()
+    }
+
+    /// What kind of kernel was loaded.
+    pub fn kernel_kind(&self) -> KernelKind {
+        self.kind
+    }
+
+    /// How many times the guest has been started (1 + reboots).
+    pub fn boots(&self) -> u32 {
+        self.boots
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// (Re)loads kernel and firmware tables and puts every vCPU in its
+    /// power-on state.
+    fn load(&mut self) -> Result<(), VmError> {
+        let acpi = AcpiConfig {
+            num_cpus: self.cfg.vcpus,
+            mem_size: self.cfg.mem_size,
+        };
+        let rsdp =
+            create_acpi_tables(&self.mem, &acpi).map_err(|e| VmError::Acpi(e.to_string()))?;
+        let (entry, kind) = boot::load(&self.mem, self.cfg.mem_size, &self.cfg.boot, rsdp)?;
+        write_boot_tables(&self.mem, entry).map_err(|e| VmError::Boot(e.into()))?;
+        self.kind = kind;
+        for (i, slot) in self.vcpus.iter().enumerate() {
+            let fd = slot.fd.as_ref().expect("vCPUs are parked between runs");
+            let boot: Option<EntryMode> = (i == 0).then_some(entry);
+            fd.set_lapic(&slot.lapic)
+                .map_err(kvm_err("KVM_SET_LAPIC"))?;
+            setup_vcpu(fd, boot).map_err(kvm_err("vCPU setup"))?;
+            // APs wait for INIT/SIPI from the boot CPU, as on hardware.
+            let state = if i == 0 {
+                KVM_MP_STATE_RUNNABLE
+            } else {
+                KVM_MP_STATE_UNINITIALIZED
+            };
+            fd.set_mp_state(kvm_mp_state { mp_state: state })
+                .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts interrupt controllers back to power-on and reloads the guest.
+    fn reset(&mut self) -> Result<(), VmError> {
+        for c in &self.irqchip.chips {
+            self.vm.set_irqchip(c).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        self.vm
+            .set_pit2(&self.irqchip.pit)
+            .map_err(kvm_err("KVM_SET_PIT2"))?;
+        self.load()
+    }
+
+    /// Runs the guest until it powers off, crashes, is stopped by the host,
+    /// or resets with `reboot` off. Guest resets with `reboot` on restart
+    /// the guest in place.
+    pub fn run(&mut self) -> Result<VmExit, VmError> {
+        loop {
+            self.boots += 1;
+            let reason = self.run_once();
+            match reason {
+                StopReason::Reset if self.cfg.reboot => {
+                    log::info!("guest reset: rebooting");
+                    self.reset()?;
+                }
+                StopReason::Reset => return Ok(VmExit::Reset),
+                StopReason::PowerOff => return Ok(VmExit::PowerOff),
+                StopReason::Crash(s) => return Ok(VmExit::Crash(s)),
+                StopReason::Host => return Ok(VmExit::Stopped),
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> StopReason {
+        let n = self.vcpus.len() as u32;
+        self.ctl.begin(n);
+        let threads: Vec<JoinHandle<VcpuFd>> = self
+            .vcpus
+            .iter_mut()
+            .enumerate()
+            .map(|(i, slot)| {
+                let fd = slot.fd.take().expect("vCPU fd present");
+                let (ctl, io) = (self.ctl.clone(), self.io.clone());
+                std::thread::Builder::new()
+                    .name(format!("vcpu{i}"))
+                    .spawn(move || run_vcpu(fd, i as u32, ctl, io))
+                    .expect("spawning a vCPU thread")
+            })
+            .collect();
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            self.ctl
+                .set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+        }
+        let reason = loop {
+            if let Some(r) = self.ctl.wait_stop(Duration::from_secs(3600)) {
+                break r;
+            }
+        };
+        // Kick again until all are out: a stop that raced with the thread
+        // list being published would otherwise leave a vCPU in KVM_RUN.
+        while !self.ctl.wait_all_out(Duration::from_millis(100)) {
+            self.ctl.kick_all();
+        }
+        self.ctl.set_threads(Vec::new());
+        for (slot, t) in self.vcpus.iter_mut().zip(threads) {
+            slot.fd = Some(t.join().expect("vCPU thread does not panic"));
+        }
+        reason
+    }
+}
