@@ -1,0 +1,554 @@
+//! Everything that runs at CPL0: the two boot entries, the AP start-up
+//! trampoline, the GDT/IDT/TSS set-up, the exception stubs and the two
+//! "system calls". It is all hand-written assembly on purpose:
+//!
+//! * On this project's KVM (PVM) guest CPL0 code is instruction-emulated and
+//!   about 4000x slower than CPL3 code, so the CPL0 path is kept to a few
+//!   thousand instructions (the page-table fill loop is the bulk of it).
+//! * The CPL0 emulator handles what an OS kernel uses, not what a compiler may
+//!   emit for Rust (SSE moves for struct copies, say). Assembly keeps the CPL0
+//!   instruction set under our control; all Rust code runs at CPL3.
+//!
+//! Two more facts of PVM shape this file: it keeps the guest's IOPL at 0 even
+//! when `iretq` asks for 3, so CPL3 port I/O is granted by an all-zero I/O
+//! permission bitmap in the TSS instead (its emulator checks it like a CPU);
+//! and a software interrupt (`int n`) from CPL3 arrives as #UD, so CPL3 asks
+//! for CPL0 services by executing the `ud2` at `tg_sys_gate`.
+//!
+//! Boot flow (both entries end in `tg_long_common`):
+//!
+//! ```text
+//! _start64 (ELF e_entry, long mode)   _start32 (PVH note, 32-bit, no paging)
+//!   zero .bss, save boot_params ptr     zero .bss, save hvm_start_info ptr
+//!   fill our page tables, load CR3      fill our page tables
+//!   |                                   tg_enter_long32: PAE, EFER.LME, PG
+//!   +---------------> tg_long_common <--+     ^
+//!                     our GDT, SSE on,        | APs: tg_ap_tramp (real mode,
+//!                     TSS (rsp0), IDT,        | copied to 0x3000) ->
+//!                     iretq to CPL3           | tg_ap_start32 (slot, stack)
+//!                     user_start(slot)
+//! ```
+//!
+//! Memory map of the image: linked at 1 MiB (see link.ld); page tables, IDT
+//! and TSSs live in .bss (zeroed by the entry code), stacks in `.stacks`
+//! (not zeroed). The page tables identity-map 0..4 GiB with 2 MiB pages that
+//! are present, writable and USER, so CPL3 code reaches all RAM and MMIO.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
+
+/// Most CPUs the runtime sets up (slots 0..MAX_CPUS, slot 0 is the BSP).
+pub const MAX_CPUS: usize = 32;
+/// Physical address the AP trampoline is copied to; the SIPI vector is its
+/// page number. (0x1000..0x5fff is free low memory in our VMM's layout.)
+pub const AP_TRAMPOLINE: u64 = 0x3000;
+
+/// Per-CPU kernel stack: only exception frames use it.
+const KSTACK_SIZE: usize = 4096;
+const BSP_STACK_SIZE: usize = 64 * 1024;
+const AP_STACK_SIZE: usize = 16 * 1024;
+/// CPL3 stack the exception reporter runs on.
+const EXC_STACK_SIZE: usize = 16 * 1024;
+/// One 64-bit TSS is 104 bytes; space them 128 apart.
+const TSS_STRIDE: usize = 128;
+
+/// Values of `BOOT_KIND`.
+pub(crate) const BOOT_ELF64: u8 = 1;
+pub(crate) const BOOT_PVH: u8 = 2;
+
+/// Physical address of the boot_params (64-bit entry) or hvm_start_info
+/// (PVH entry) handed over by the loader.
+pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
+/// Which entry ran: `BOOT_ELF64` or `BOOT_PVH`.
+pub(crate) static BOOT_KIND: AtomicU8 = AtomicU8::new(0);
+/// APs take slots 1.. from this counter as they arrive.
+static AP_NEXT: AtomicU32 = AtomicU32::new(0);
+/// Set by the first exception; a second one triple-faults.
+static EXC_BUSY: AtomicU32 = AtomicU32::new(0);
+/// The first exception's vector, error code, rip, cs, rflags, rsp, ss, cr2.
+pub(crate) static EXC_FRAME: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+// Start of the AP trampoline (16-bit code) and its end, for copying.
+extern "C" {
+    static tg_ap_tramp_start: u8;
+    static tg_ap_tramp_end: u8;
+}
+
+/// The AP trampoline's bytes, position independent: copy them to
+/// `AP_TRAMPOLINE` and send SIPI vector `AP_TRAMPOLINE >> 12`.
+pub(crate) fn ap_trampoline() -> &'static [u8] {
+    // SAFETY: both symbols are labels in the same section of this image,
+    // start before end; the bytes between them are never written.
+    unsafe {
+        let start = &raw const tg_ap_tramp_start;
+        let end = &raw const tg_ap_tramp_end;
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}
+
+global_asm!(
+    r#"
+    .pushsection .text.entry, "ax"
+
+// ---------------------------------------------------------------------------
+// 64-bit entry (ELF e_entry): long mode, CPL0, the loader's identity map,
+// RSI = boot_params. RSP is somewhere in low memory; we do not use it.
+    .code64
+    .global _start64
+_start64:
+    cli
+    cld
+    mov %rsi, %r12                  // keep boot_params across the .bss wipe
+    lea __bss_start(%rip), %rdi
+    lea __bss_end(%rip), %rcx
+    sub %rdi, %rcx
+    shr $3, %rcx
+    xor %eax, %eax
+    rep stosq
+    mov %r12, {boot_info}(%rip)
+    movb ${boot_elf64}, {boot_kind}(%rip)
+
+    // PML4[0] -> PDPT, PDPT[0..4] -> 4 PDs, each PD entry a 2 MiB page.
+    // Flags: 7 = present|writable|user, 0x87 = that plus PS (2 MiB page).
+    lea tg_pdpt(%rip), %rax
+    or $7, %rax
+    mov %rax, tg_pml4(%rip)
+    lea tg_pd(%rip), %rax
+    or $7, %rax
+    lea tg_pdpt(%rip), %rdi
+    mov $4, %ecx
+2:  mov %rax, (%rdi)
+    add $0x1000, %rax
+    add $8, %rdi
+    dec %ecx
+    jnz 2b
+    mov $0x87, %eax
+    lea tg_pd(%rip), %rdi
+    mov $2048, %ecx
+3:  mov %rax, (%rdi)
+    add $0x200000, %rax
+    add $8, %rdi
+    dec %ecx
+    jnz 3b
+    lea tg_pml4(%rip), %rax
+    mov %rax, %cr3
+
+    xor %edi, %edi                  // slot 0: the BSP
+    lea tg_kstacks + {kstack}(%rip), %rsp
+    jmp tg_long_common
+
+// ---------------------------------------------------------------------------
+// PVH entry (Xen PHYS32_ENTRY note): 32-bit protected mode, paging off,
+// flat CS/DS, EBX = hvm_start_info. No stack.
+    .code32
+    .global _start32
+_start32:
+    cli
+    cld
+    mov %ebx, %ebp                  // keep hvm_start_info across the wipe
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    shr $2, %ecx
+    xor %eax, %eax
+    rep stosl
+    mov %ebp, {boot_info}
+    movb ${boot_pvh}, {boot_kind}
+
+    // Same tables as above; the high halves of the entries stay zero.
+    mov $tg_pdpt + 7, %eax
+    mov %eax, tg_pml4
+    mov $tg_pd + 7, %eax
+    mov $tg_pdpt, %edi
+    mov $4, %ecx
+2:  mov %eax, (%edi)
+    add $0x1000, %eax
+    add $8, %edi
+    dec %ecx
+    jnz 2b
+    mov $0x87, %eax
+    mov $tg_pd, %edi
+    mov $2048, %ecx
+3:  mov %eax, (%edi)
+    add $0x200000, %eax
+    add $8, %edi
+    dec %ecx
+    jnz 3b
+
+    xor %edi, %edi                  // slot 0: the BSP
+    mov $tg_kstacks + {kstack}, %esp
+    mov $tg_long_common, %esi
+    jmp tg_enter_long32
+
+// An AP arrives here from the trampoline in 32-bit protected mode with our
+// GDT loaded. It takes the next free slot and that slot's kernel stack.
+tg_ap_start32:
+    mov $0x10, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $1, %edi
+    lock xadd %edi, {ap_next}
+    inc %edi                        // slots 1.. (0 is the BSP)
+    cmp ${max_cpus}, %edi
+    jae tg_park32                   // more CPUs than we have stacks for
+    lea 1(%edi), %esp
+    imul ${kstack}, %esp, %esp
+    add $tg_kstacks, %esp
+    mov $tg_long_common, %esi
+    jmp tg_enter_long32
+tg_park32:
+    cli
+    hlt
+    jmp tg_park32
+
+// 32-bit protected mode -> long mode with our page tables, then a far return
+// to the 64-bit address in ESI. Needs a stack; keeps EDI.
+tg_enter_long32:
+    lgdtl tg_gdtr
+    mov $0x10, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %cr4, %eax
+    or $0x620, %eax                 // PAE | OSFXSR | OSXMMEXCPT
+    mov %eax, %cr4
+    mov $tg_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx           // EFER
+    rdmsr
+    or $0x100, %eax                 // LME
+    wrmsr
+    mov %cr0, %eax
+    and $~4, %eax                   // EM off: Rust code uses SSE
+    or $0x80000003, %eax            // PG | MP | PE
+    mov %eax, %cr0
+    push $0x08
+    push %esi
+    lret
+
+// ---------------------------------------------------------------------------
+// Common long-mode path of the BSP (either entry) and of every AP.
+// EDI = slot, RSP = top of this slot's kernel stack (below 4 GiB).
+    .code64
+tg_long_common:
+    mov %edi, %edi                  // upper halves are undefined after
+    mov %esp, %esp                  // a 32-bit -> 64-bit switch
+    lgdt tg_gdtr(%rip)
+    lea 4f(%rip), %rax
+    pushq $0x08
+    push %rax
+    lretq
+4:  mov $0x10, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    xor %eax, %eax
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %cr0, %rax
+    and $~4, %rax                   // EM off
+    or $2, %rax                     // MP on
+    mov %rax, %cr0
+    mov %cr4, %rax
+    or $0x620, %rax                 // PAE | OSFXSR | OSXMMEXCPT
+    and $~0x300000, %rax            // SMEP, SMAP off: all our pages are USER
+    mov %rax, %cr4
+
+    // This slot's TSS: rsp0 = this kernel stack, so exceptions from CPL3
+    // land here. All TSSs share one all-zero I/O permission bitmap right
+    // after the TSS array: it is what lets CPL3 code do port I/O under PVM,
+    // which keeps the guest's IOPL at 0 whatever iretq asks for (its
+    // emulator then checks the bitmap, like a CPU does).
+    imul ${tss_stride}, %rdi, %rbx
+    lea tg_tss(%rip), %rax
+    add %rax, %rbx
+    mov %rsp, 4(%rbx)
+    lea tg_iobitmap(%rip), %rdx
+    sub %rbx, %rdx                  // bitmap offset from this TSS (< 64 KiB)
+    mov %dx, 102(%rbx)
+    movb $0xff, tg_iobitmap + 8192(%rip)  // the bitmap's terminating byte
+    // Its 16-byte descriptor at GDT 0x30 + 16 * slot: base, type 9
+    // (available 64-bit TSS), present, limit = offset + 8192 (the bitmap
+    // and its terminator; below 64 KiB, so limit[19:16] stays 0).
+    lea 8192(%rdx), %rax
+    mov %rbx, %rcx
+    and $0xffffff, %ecx
+    shl $16, %rcx
+    or %rcx, %rax
+    mov $0x89, %ecx
+    shl $40, %rcx
+    or %rcx, %rax
+    mov %rbx, %rcx
+    shr $24, %rcx
+    and $0xff, %ecx
+    shl $56, %rcx
+    or %rcx, %rax
+    mov %rdi, %rcx
+    shl $4, %rcx
+    lea tg_gdt_tss(%rip), %rdx
+    add %rcx, %rdx
+    mov %rax, (%rdx)
+    mov %rbx, %rax
+    shr $32, %rax
+    mov %rax, 8(%rdx)
+    lea 0x30(%rcx), %rax
+    ltr %ax
+
+    // The BSP fills the shared IDT; APs come later and only load it.
+    test %edi, %edi
+    jnz 5f
+    call tg_fill_idt
+5:  lidt tg_idtr(%rip)
+
+    // iretq to user_start(slot) at CPL3 on this slot's stack, interrupts off.
+    test %edi, %edi
+    jnz 6f
+    lea tg_bsp_stack_top(%rip), %rax
+    jmp 7f
+6:  mov %rdi, %rax
+    imul ${ap_stack}, %rax, %rax
+    lea tg_ap_stacks(%rip), %rcx
+    add %rcx, %rax                  // top of AP stack number slot-1
+7:  sub $8, %rax                    // a fake return address keeps the
+    movq $0, (%rax)                 // ABI's stack alignment at entry
+    mov $0x1b, %ecx
+    mov %cx, %ds
+    mov %cx, %es
+    pushq $0x1b                     // SS: user data | RPL 3
+    push %rax                       // RSP
+    pushq $0x3002                   // RFLAGS: IOPL 3 (not under PVM), IF 0
+    pushq $0x23                     // CS: user code | RPL 3
+    lea {user_start}(%rip), %rax
+    push %rax
+    iretq
+
+// IDT: vectors 0..31 -> the exception stubs (DPL 0 interrupt gates).
+tg_fill_idt:
+    lea tg_isr_stubs(%rip), %rsi
+    lea tg_idt(%rip), %r8
+    mov $32, %r9d
+    mov $0x8e00, %edx
+8:  call tg_set_gate
+    add $16, %rsi
+    add $16, %r8
+    dec %r9d
+    jnz 8b
+    ret
+// R8 = gate, RSI = handler, DX = type/attribute word.
+tg_set_gate:
+    mov %rsi, %rax
+    mov %ax, (%r8)
+    movw $0x08, 2(%r8)
+    mov %dx, 4(%r8)
+    shr $16, %rax
+    mov %ax, 6(%r8)
+    shr $16, %rax
+    mov %eax, 8(%r8)
+    movl $0, 12(%r8)
+    ret
+
+// Exception stubs, 16 bytes apart: push a zero error code where the CPU
+// pushes none (all but 8, 10-14, 17, 21, 29, 30), then the vector.
+    .balign 16
+tg_isr_stubs:
+    .set tg_vec, 0
+    .rept 32
+    .balign 16
+    .if ((0x60227d00 >> tg_vec) & 1) == 0
+    pushq $0
+    .endif
+    pushq $tg_vec
+    jmp tg_isr_common
+    .set tg_vec, tg_vec + 1
+    .endr
+
+// A #UD at tg_sys_gate is a request from CPL3 (tg_syscall). Any other
+// exception: copy the frame (vector, error, rip, cs, rflags, rsp, ss) and
+// CR2 to EXC_FRAME and report it from CPL3, where printing and ACPI parsing
+// run at native speed. An exception while one is being reported
+// triple-faults.
+tg_isr_common:
+    cld
+    cmpq $6, (%rsp)
+    jne 9f
+    lea tg_sys_gate(%rip), %rax
+    cmp %rax, 16(%rsp)
+    je tg_syscall
+9:  lock btsl $0, {exc_busy}(%rip)
+    jc tg_triple_fault
+    mov %rsp, %rsi
+    lea {exc_frame}(%rip), %rdi
+    mov $7, %ecx
+    rep movsq
+    mov %cr2, %rax
+    mov %rax, (%rdi)
+    mov $0x1b, %eax
+    mov %ax, %ds
+    mov %ax, %es
+    lea tg_exc_stack_top - 8(%rip), %rax
+    pushq $0x1b
+    push %rax
+    pushq $0x3002
+    pushq $0x23
+    lea {exception_report}(%rip), %rax
+    push %rax
+    iretq
+
+// CPL3 calls this as `extern "C" fn(request: u32) -> !`; the #UD takes it
+// to CPL0 (tg_isr_common), where tg_syscall serves the request in EDI.
+    .global tg_sys_gate
+tg_sys_gate:
+    ud2
+// Request 0: halt this CPU for good; 1: triple fault.
+tg_syscall:
+    cmp $1, %edi
+    je tg_triple_fault
+tg_halt:
+    cli
+    hlt
+    jmp tg_halt
+// An IDT with limit 0: the #UD cannot be delivered, nor the #GP that
+// follows, nor the #DF: the CPU shuts down (KVM_EXIT_SHUTDOWN).
+tg_triple_fault:
+    lidt tg_null_idtr(%rip)
+    ud2
+
+// ---------------------------------------------------------------------------
+// AP trampoline, copied to AP_TRAMPOLINE (page aligned) and started there by
+// SIPI in real mode with CS = AP_TRAMPOLINE >> 4, IP = 0. Position
+// independent: data is addressed relative to CS. It only gets to 32-bit
+// protected mode (its GDT pointer is a copy of tg_gdtr) and jumps into the
+// image, which is linked below 4 GiB, so a 32-bit offset reaches it.
+    .balign 16
+    .global tg_ap_tramp_start
+    .global tg_ap_tramp_end
+tg_ap_tramp_start:
+    .code16
+    cli
+    cld
+    mov %cs, %ax
+    mov %ax, %ds
+    lgdtl (tg_ap_tramp_gdtr - tg_ap_tramp_start)
+    mov %cr0, %eax
+    or $1, %eax                     // PE
+    mov %eax, %cr0
+    ljmpl $0x28, $tg_ap_start32     // 32-bit kernel code segment
+    .balign 4
+tg_ap_tramp_gdtr:
+    .word tg_gdt_end - tg_gdt - 1
+    .long tg_gdt
+tg_ap_tramp_end:
+    .code64
+
+    .popsection
+
+// ---------------------------------------------------------------------------
+// GDT. The TSS descriptors are written at run time, one per CPU slot.
+    .pushsection .data.tg_gdt, "aw"
+    .balign 16
+tg_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff        // 0x08 kernel code, 64-bit
+    .quad 0x00cf92000000ffff        // 0x10 kernel data
+    .quad 0x00cff2000000ffff        // 0x18 user data (DPL 3)
+    .quad 0x00affa000000ffff        // 0x20 user code, 64-bit (DPL 3)
+    .quad 0x00cf9a000000ffff        // 0x28 kernel code, 32-bit (APs, PVH)
+tg_gdt_tss:
+    .fill {max_cpus} * 2, 8, 0      // 0x30 + 16 * slot: TSS of that slot
+tg_gdt_end:
+    .balign 8
+tg_gdtr:
+    .word tg_gdt_end - tg_gdt - 1
+    .quad tg_gdt
+    .popsection
+
+    .pushsection .rodata.tg_idtr, "a"
+    .balign 8
+tg_idtr:
+    .word 256 * 16 - 1
+    .quad tg_idt
+tg_null_idtr:
+    .word 0
+    .quad 0
+    .popsection
+
+    .pushsection .bss.tg_tables, "aw", @nobits
+    .balign 4096
+tg_pml4:
+    .skip 4096
+tg_pdpt:
+    .skip 4096
+tg_pd:
+    .skip 4 * 4096
+tg_idt:
+    .skip 256 * 16
+tg_tss:
+    .skip {max_cpus} * {tss_stride}
+tg_iobitmap:                        // must follow tg_tss (see tg_long_common)
+    .skip 8192 + 1
+    .popsection
+
+    .pushsection .stacks, "aw", @nobits
+    .balign 4096
+tg_kstacks:
+    .skip {max_cpus} * {kstack}
+tg_bsp_stack:
+    .skip {bsp_stack}
+tg_bsp_stack_top:
+tg_ap_stacks:
+    .skip ({max_cpus} - 1) * {ap_stack}
+tg_exc_stack:
+    .skip {exc_stack}
+tg_exc_stack_top:
+    .popsection
+
+// ---------------------------------------------------------------------------
+// The PVH entry point for loaders (qemu -kernel, linux-loader):
+// XEN_ELFNOTE_PHYS32_ENTRY (type 18), name "Xen", desc = 32-bit address.
+    .pushsection .note.Xen, "a", @note
+    .balign 4
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .balign 4
+    .long _start32
+    .balign 4
+    .popsection
+"#,
+    boot_info = sym BOOT_INFO,
+    boot_kind = sym BOOT_KIND,
+    ap_next = sym AP_NEXT,
+    exc_busy = sym EXC_BUSY,
+    exc_frame = sym EXC_FRAME,
+    user_start = sym crate::user_start,
+    exception_report = sym crate::exception_report,
+    boot_elf64 = const BOOT_ELF64,
+    boot_pvh = const BOOT_PVH,
+    max_cpus = const MAX_CPUS,
+    kstack = const KSTACK_SIZE,
+    bsp_stack = const BSP_STACK_SIZE,
+    ap_stack = const AP_STACK_SIZE,
+    exc_stack = const EXC_STACK_SIZE,
+    tss_stride = const TSS_STRIDE,
+    options(att_syntax)
+);
+
+extern "C" {
+    /// The CPL0 service gate (see the assembly); never returns.
+    fn tg_sys_gate(request: u32) -> !;
+}
+
+/// Stops this CPU for good (`cli; hlt` at CPL0).
+pub fn halt() -> ! {
+    // SAFETY: request 0 is valid from any CPU at any time.
+    unsafe { tg_sys_gate(0) }
+}
+
+/// Triple-faults the machine: an IDT with limit 0, then `ud2`, at CPL0.
+/// A hypervisor sees a shutdown (KVM_EXIT_SHUTDOWN), i.e. a crash.
+pub fn triple_fault() -> ! {
+    // SAFETY: request 1 is valid from any CPU at any time.
+    unsafe { tg_sys_gate(1) }
+}
