@@ -116,3 +116,92 @@ fn serial_to_a_file() {
     assert!(log.contains("hello from testguest"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Seconds since the epoch for "YYYY-MM-DD HH:MM:SS" (UTC), by the civil
+/// calendar (days-from-civil), to compare with the host clock.
+fn unix_from(s: &str) -> i64 {
+    let n: Vec<i64> = s
+        .split(['-', ' ', ':'])
+        .map(|x| x.parse().unwrap_or_else(|_| panic!("bad date {s:?}")))
+        .collect();
+    let (y, m, d) = (n[0] - i64::from(n[1] <= 2), n[1], n[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + n[3] * 3600 + n[4] * 60 + n[5]
+}
+
+#[test]
+fn rtc_has_the_host_date() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let o = run_guest("ticker", &["-a", "ticks=1"]);
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(o.code(), Some(0), "{o:?}");
+    let line = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rtc: "))
+        .expect("rtc line");
+    let t = unix_from(line.trim());
+    assert!(
+        before - 1 <= t && t <= after + 1,
+        "guest {line} vs host {before}..{after}"
+    );
+    assert_eq!(unix_from("2026-11-21 06:30:00"), 1_795_242_600);
+    assert_eq!(unix_from("2000-03-01 00:00:00"), 951_868_800);
+}
+
+#[test]
+fn serial_on_a_pty() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    if !kvm_or_skip() {
+        return;
+    }
+    let mut child = vmm()
+        .args(["-m", "16M", "-s", "pty", "-a", "interval_ms=20", "-k"])
+        .arg(guest("ticker"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let path = line
+        .trim()
+        .strip_prefix("vmm: serial console on ")
+        .unwrap_or_else(|| panic!("no pty announced: {line:?}"))
+        .to_owned();
+    let mut pty = std::fs::File::open(&path).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let start = std::time::Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("tick 3\r\n")
+        && !String::from_utf8_lossy(&seen).contains("tick 3\n")
+    {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = pty.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SIGTERM is a host stop: exit status 5.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(5));
+}
