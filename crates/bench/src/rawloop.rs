@@ -72,11 +72,17 @@ pub fn run(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(e("cpuid"))?;
-    vcpu.set_cpuid2(&vcpu_cpuid(&supported, 0, 1, &CpuidConfig::default()))
-        .map_err(e("set cpuid"))?;
+    let tsc_khz = vcpu.get_tsc_khz().map_err(e("KVM_GET_TSC_KHZ"))?;
+    vcpu.set_cpuid2(&vcpu_cpuid(
+        &supported,
+        0,
+        1,
+        tsc_khz,
+        &CpuidConfig::default(),
+    ))
+    .map_err(e("set cpuid"))?;
     setup_vcpu(&vcpu, Some(entry)).map_err(e("vcpu setup"))?;
 
-    let tsc_khz = vcpu.get_tsc_khz().map_err(e("KVM_GET_TSC_KHZ"))?;
     let mut out = Vec::new();
     loop {
         match vcpu.run().map_err(e("KVM_RUN"))? {

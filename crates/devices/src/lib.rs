@@ -52,3 +52,28 @@ pub trait VmEvents: Send + Sync {
 /// Shared handles a device is built with.
 pub type SharedIrq = Arc<dyn IrqLine>;
 pub type SharedEvents = Arc<dyn VmEvents>;
+
+/// The general registers a [`RegsDevice`] reads and writes, as the vCPU
+/// had them at the exit. Only the low 32 bits matter to the backdoor; a
+/// write zero-extends, as a 32-bit register write does on x86-64.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+}
+
+/// A port device whose protocol lives in the vCPU's registers, not only in
+/// the I/O data: the VMware backdoor passes arguments in EBX..EDI and
+/// returns results there. The vCPU loop hands it the registers at the
+/// exit and writes them back if the device returns true.
+pub trait RegsDevice: Send {
+    /// `in` (or one chunk of `rep insb`) on `port`: fill `data`.
+    fn io_in(&mut self, port: u16, data: &mut [u8], regs: &mut GuestRegs) -> bool;
+    /// `out` (or one byte of `rep outsb`) on `port`.
+    fn io_out(&mut self, port: u16, data: &[u8], regs: &mut GuestRegs) -> bool;
+}

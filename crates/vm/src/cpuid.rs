@@ -82,15 +82,41 @@ pub fn feature(name: &str) -> Option<Feature> {
 }
 
 /// How the guest's CPUID is shaped, beyond what the host supports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CpuidConfig {
     /// Features cleared in every vCPU's CPUID.
     pub hide: Vec<Feature>,
+    /// Advertise the VMware hypervisor signature at 0x40000000 (with the
+    /// timing leaf 0x40000010) and move KVM's leaves to 0x40000100.
+    ///
+    /// On by default: VMware guest tools (open-vm-tools, OpenBSD/NetBSD
+    /// vmt(4)) only attach when they find "VMwareVMware", while Linux scans
+    /// every 0x100 base, prefers the highest one with the KVM signature
+    /// and so keeps kvm-clock and KVM's paravirt features. Off gives the
+    /// plain KVM layout.
+    pub vmware: bool,
+}
+
+impl Default for CpuidConfig {
+    fn default() -> Self {
+        CpuidConfig {
+            hide: Vec::new(),
+            vmware: true,
+        }
+    }
 }
 
 const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
+const VMWARE_SIGNATURE: &[u8; 12] = b"VMwareVMware";
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
-const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+/// KVM's feature leaf, relative to the base where its signature sits.
+const KVM_FEATURES_OFFSET: u32 = 1;
+/// KVM's base when VMware's signature takes 0x40000000.
+const KVM_BASE_BEHIND_VMWARE: u32 = 0x4000_0100;
+/// VMware's timing leaf: EAX = TSC kHz, EBX = APIC bus kHz.
+const LEAF_VMWARE_TIMING: u32 = 0x4000_0010;
+/// KVM's LAPIC timer ticks at 1 GHz (one bus cycle per ns).
+const APIC_BUS_KHZ: u32 = 1_000_000;
 
 const fn sig_regs(sig: &[u8; 12]) -> (u32, u32, u32) {
     (
@@ -109,8 +135,15 @@ fn shift_for(n: u32) -> u32 {
     }
 }
 
-/// CPUID for vCPU `index` of `count`, derived from the host's supported set.
-pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32, cfg: &CpuidConfig) -> CpuId {
+/// CPUID for vCPU `index` of `count`, derived from the host's supported set;
+/// `tsc_khz` fills VMware's timing leaf.
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    index: u32,
+    count: u32,
+    tsc_khz: u32,
+    cfg: &CpuidConfig,
+) -> CpuId {
     let mut entries: Vec<kvm_cpuid_entry2> = supported.as_slice().to_vec();
     // KVM's supported list carries its own hypervisor leaves; we rebuild them.
     entries.retain(|e| !(0x4000_0000..0x4000_ffff).contains(&e.function));
@@ -166,29 +199,46 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32, cfg: &CpuidConfig) 
         }
     }
 
-    // Hypervisor leaves: KVM's signature and its feature leaf, so Linux keeps
-    // kvm-clock and the other paravirt features KVM offers.
+    // Hypervisor leaves. KVM's signature and feature leaf keep kvm-clock
+    // and KVM's other paravirt features reachable; see `CpuidConfig::vmware`.
     let (kvm_feat_eax, kvm_feat_edx) = supported
         .as_slice()
         .iter()
-        .find(|e| e.function == LEAF_KVM_FEATURES)
+        .find(|e| e.function == LEAF_HYPERVISOR + KVM_FEATURES_OFFSET)
         .map(|e| (e.eax, e.edx))
         .unwrap_or((0, 0));
-    let (b, c, d) = sig_regs(KVM_SIGNATURE);
-    entries.push(kvm_cpuid_entry2 {
-        function: LEAF_HYPERVISOR,
-        eax: LEAF_KVM_FEATURES,
-        ebx: b,
-        ecx: c,
-        edx: d,
-        ..Default::default()
-    });
-    entries.push(kvm_cpuid_entry2 {
-        function: LEAF_KVM_FEATURES,
-        eax: kvm_feat_eax,
-        edx: kvm_feat_edx,
-        ..Default::default()
-    });
+    let leaf = |function, eax, sig: Option<&[u8; 12]>| {
+        let (ebx, ecx, edx) = sig.map(sig_regs).unwrap_or((0, 0, 0));
+        kvm_cpuid_entry2 {
+            function,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    };
+    let kvm_base = if cfg.vmware {
+        // EAX = highest leaf of the VMware range. 0x40000010's ECX stays 0:
+        // its bits 0-1 would make Linux use VMCALL/VMMCALL, which KVM keeps
+        // to itself instead of passing to us.
+        entries.push(leaf(
+            LEAF_HYPERVISOR,
+            LEAF_VMWARE_TIMING,
+            Some(VMWARE_SIGNATURE),
+        ));
+        let mut timing = leaf(LEAF_VMWARE_TIMING, tsc_khz, None);
+        timing.ebx = APIC_BUS_KHZ;
+        entries.push(timing);
+        KVM_BASE_BEHIND_VMWARE
+    } else {
+        LEAF_HYPERVISOR
+    };
+    let features = kvm_base + KVM_FEATURES_OFFSET;
+    entries.push(leaf(kvm_base, features, Some(KVM_SIGNATURE)));
+    let mut kvm_features = leaf(features, kvm_feat_eax, None);
+    kvm_features.edx = kvm_feat_edx;
+    entries.push(kvm_features);
 
     for f in &cfg.hide {
         for e in entries
@@ -262,7 +312,7 @@ mod tests {
 
     #[test]
     fn topology_and_apic_ids() {
-        let c = vcpu_cpuid(&host(), 2, 4, &CpuidConfig::default());
+        let c = vcpu_cpuid(&host(), 2, 4, 1000, &CpuidConfig::default());
         let l1 = get(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 2);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -276,22 +326,52 @@ mod tests {
 
     #[test]
     fn kvm_leaves_are_present() {
-        let c = vcpu_cpuid(&host(), 0, 1, &CpuidConfig::default());
-        let h = get(&c, 0x4000_0000, 0);
+        let cfg = CpuidConfig {
+            vmware: false,
+            ..Default::default()
+        };
+        let c = vcpu_cpuid(&host(), 0, 1, 1000, &cfg);
+        assert_eq!(signature(&c, 0x4000_0000), KVM_SIGNATURE);
+        assert_eq!(get(&c, 0x4000_0000, 0).eax, 0x4000_0001);
+        assert_eq!(get(&c, 0x4000_0001, 0).eax, 0x1234);
+        assert!(c.as_slice().iter().all(|e| e.function != 0x4000_0010));
+    }
+
+    fn signature(c: &CpuId, leaf: u32) -> Vec<u8> {
+        let h = get(c, leaf, 0);
         let mut sig = Vec::new();
         for r in [h.ebx, h.ecx, h.edx] {
             sig.extend_from_slice(&r.to_le_bytes());
         }
-        assert_eq!(&sig, KVM_SIGNATURE);
-        assert_eq!(get(&c, 0x4000_0001, 0).eax, 0x1234);
+        sig
+    }
+
+    #[test]
+    fn vmware_signature_first_kvm_behind_it() {
+        let c = vcpu_cpuid(&host(), 0, 1, 2_445_428, &CpuidConfig::default());
+        assert_eq!(signature(&c, 0x4000_0000), VMWARE_SIGNATURE);
+        assert_eq!(get(&c, 0x4000_0000, 0).eax, 0x4000_0010);
+        let t = get(&c, 0x4000_0010, 0);
+        assert_eq!((t.eax, t.ebx, t.ecx, t.edx), (2_445_428, 1_000_000, 0, 0));
+        assert_eq!(signature(&c, 0x4000_0100), KVM_SIGNATURE);
+        assert_eq!(get(&c, 0x4000_0100, 0).eax, 0x4000_0101);
+        assert_eq!(get(&c, 0x4000_0101, 0).eax, 0x1234);
+        // Exactly one entry per hypervisor leaf.
+        let n = c
+            .as_slice()
+            .iter()
+            .filter(|e| e.function >= 0x4000_0000 && e.function < 0x5000_0000)
+            .count();
+        assert_eq!(n, 4);
     }
 
     #[test]
     fn hiding_features_clears_bits() {
         let cfg = CpuidConfig {
             hide: vec![feature("cx16").unwrap(), feature("xsave").unwrap()],
+            ..Default::default()
         };
-        let c = vcpu_cpuid(&host(), 0, 1, &cfg);
+        let c = vcpu_cpuid(&host(), 0, 1, 1000, &cfg);
         let l1 = get(&c, 1, 0);
         assert_eq!(l1.ecx & ((1 << 13) | (1 << 26) | (1 << 27) | (1 << 28)), 0);
         assert!(c.as_slice().iter().all(|e| e.function != 0xd));

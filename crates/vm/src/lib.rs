@@ -14,8 +14,22 @@ mod vm;
 pub use control::{RunState, StopReason};
 pub use vm::{Vm, VmConfig, VmError, VmExit, VmHandle, MAX_VCPUS};
 
-/// The port I/O and MMIO buses the vCPU threads dispatch exits to.
+/// Where the vCPU threads dispatch exits to.
 pub struct IoBuses {
     pub pio: devices::Bus,
     pub mmio: devices::Bus,
+    /// A device that needs the vCPU registers (the VMware backdoor), with
+    /// the first of the two consecutive ports it owns.
+    pub regs_dev: Option<(
+        u16,
+        std::sync::Arc<std::sync::Mutex<dyn devices::RegsDevice>>,
+    )>,
+    /// KVM has KVM_CAP_SYNC_REGS (registers in kvm_run at each exit).
+    pub sync_regs: bool,
+}
+
+impl IoBuses {
+    fn is_regs_port(&self, port: u16) -> bool {
+        matches!(self.regs_dev, Some((base, _)) if port.wrapping_sub(base) < 2)
+    }
 }

@@ -12,8 +12,9 @@ use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::{Arc, Once};
 
+use devices::GuestRegs;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::control::{Control, StopReason};
@@ -47,12 +48,48 @@ pub fn install_kick_handler() {
     });
 }
 
+/// An I/O exit for a [`devices::RegsDevice`], handled once the borrow of
+/// the exit data has ended (the device needs the vCPU's registers too).
+/// The data pointer targets the vCPU's mmap'ed `kvm_run`, valid while the
+/// vCPU fd lives.
+struct RegsIo {
+    port: u16,
+    input: bool,
+    data: *mut u8,
+    len: usize,
+}
+
 /// Runs vCPU `id` until the VM stops; returns the fd for reuse after a reset.
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctl: Arc<Control>, io: Arc<IoBuses>) -> VcpuFd {
     let flag: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     IMMEDIATE_EXIT.with(|c| c.set(flag));
+    // With KVM_CAP_SYNC_REGS, KVM copies the GPRs into kvm_run at every exit
+    // and back on entry when marked dirty: no GET/SET_REGS ioctls for the
+    // backdoor, whose OpenBSD bulk transfer makes one exit per byte.
+    let sync_regs = io.sync_regs;
+    if sync_regs && io.regs_dev.is_some() {
+        vcpu.set_sync_valid_reg(SyncReg::Register);
+    }
     while ctl.vcpu_may_run() {
+        let mut regs_io = None;
         match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) if io.is_regs_port(port) => {
+                regs_io = Some(RegsIo {
+                    port,
+                    input: true,
+                    data: data.as_mut_ptr(),
+                    len: data.len(),
+                });
+            }
+            Ok(VcpuExit::IoOut(port, data)) if io.is_regs_port(port) => {
+                let (ptr, len) = (data.as_ptr() as *mut u8, data.len());
+                regs_io = Some(RegsIo {
+                    port,
+                    input: false,
+                    data: ptr,
+                    len,
+                });
+            }
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !io.pio.read(u64::from(port), data) {
                     data.fill(0xff);
@@ -110,11 +147,72 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctl: Arc<Control>, io: Arc<IoBuses>) 
             }
             Err(e) => ctl.stop(StopReason::Crash(format!("vCPU {id}: KVM_RUN failed: {e}"))),
         }
+        if let Some(r) = regs_io {
+            if let Err(e) = regs_exit(&mut vcpu, &io, &r, sync_regs) {
+                ctl.stop(StopReason::Crash(format!(
+                    "vCPU {id}: registers for port {:#x}: {e}",
+                    r.port
+                )));
+            }
+        }
     }
     IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
     vcpu.set_kvm_immediate_exit(0);
     log::debug!("vCPU {id} stopped: {}", dump(&vcpu));
     vcpu
+}
+
+/// Runs a register-passing device for one I/O exit: registers in, device,
+/// registers back (RIP, RSP, RFLAGS untouched) before the next KVM_RUN.
+fn regs_exit(
+    vcpu: &mut VcpuFd,
+    io: &IoBuses,
+    r: &RegsIo,
+    sync: bool,
+) -> Result<(), kvm_ioctls::Error> {
+    let Some((_, dev)) = &io.regs_dev else {
+        return Ok(());
+    };
+    let mut kr = if sync {
+        vcpu.sync_regs().regs
+    } else {
+        vcpu.get_regs()?
+    };
+    let mut g = GuestRegs {
+        rax: kr.rax,
+        rbx: kr.rbx,
+        rcx: kr.rcx,
+        rdx: kr.rdx,
+        rsi: kr.rsi,
+        rdi: kr.rdi,
+        rbp: kr.rbp,
+    };
+    // SAFETY: see `RegsIo`: the slice lies in this vCPU's kvm_run mapping,
+    // and nothing else touches it until the next KVM_RUN.
+    let data = unsafe { std::slice::from_raw_parts_mut(r.data, r.len) };
+    let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+    let changed = if r.input {
+        d.io_in(r.port, data, &mut g)
+    } else {
+        d.io_out(r.port, data, &mut g)
+    };
+    drop(d);
+    if changed {
+        kr.rax = g.rax;
+        kr.rbx = g.rbx;
+        kr.rcx = g.rcx;
+        kr.rdx = g.rdx;
+        kr.rsi = g.rsi;
+        kr.rdi = g.rdi;
+        kr.rbp = g.rbp;
+        if sync {
+            vcpu.sync_regs_mut().regs = kr;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+        } else {
+            vcpu.set_regs(&kr)?;
+        }
+    }
+    Ok(())
 }
 
 /// One-line register dump for crash reports.

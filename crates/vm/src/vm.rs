@@ -18,7 +18,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::acpi::{create_acpi_tables, AcpiConfig};
@@ -307,6 +307,8 @@ impl Vm {
         let io = Arc::new(IoBuses {
             pio,
             mmio: Bus::new(),
+            regs_dev: None,
+            sync_regs: kvm.check_extension(Cap::SyncRegs),
         });
 
         let supported = kvm
@@ -317,7 +319,9 @@ impl Vm {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid: CpuId = vcpu_cpuid(&supported, i, cfg.vcpus, &cfg.cpuid);
+            // 0 if KVM cannot say; guests then calibrate the TSC themselves.
+            let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
+            let cpuid: CpuId = vcpu_cpuid(&supported, i, cfg.vcpus, tsc_khz, &cfg.cpuid);
             fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             let lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
             vcpus.push(VcpuSlot {

@@ -43,6 +43,12 @@ enum Boot {
     Pvh,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HvSignature {
+    Vmware,
+    Kvm,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "vmm",
@@ -81,6 +87,11 @@ struct Args {
     /// CPU features to hide from the guest, comma separated (e.g. cx16,xsave).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_feature)]
     cpu_hide: Vec<cpuid::Feature>,
+    /// Hypervisor signature at CPUID 0x40000000: vmware (with KVM's leaves
+    /// at 0x40000100, so VMware guest tools attach and Linux keeps
+    /// kvm-clock) or kvm (KVM's leaves only).
+    #[arg(long, value_enum, default_value = "vmware", value_name = "SIG")]
+    hv_signature: HvSignature,
     /// Exit when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
@@ -161,6 +172,7 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         },
         cpuid: CpuidConfig {
             hide: args.cpu_hide,
+            vmware: matches!(args.hv_signature, HvSignature::Vmware),
         },
         reboot: !args.no_reboot,
     };
