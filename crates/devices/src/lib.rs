@@ -6,6 +6,7 @@
 //! these to KVM, which keeps device logic testable without `/dev/kvm`.
 
 pub mod acpi_pm;
+pub mod backdoor;
 pub mod bus;
 pub mod i8042;
 pub mod pci_host;
@@ -16,6 +17,7 @@ pub mod serial;
 mod testutil;
 
 pub use acpi_pm::AcpiPm;
+pub use backdoor::Backdoor;
 pub use bus::{Bus, BusDevice, BusError};
 pub use i8042::I8042;
 pub use pci_host::{PciDevice, PciHost, PciRoot};

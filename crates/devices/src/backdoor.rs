@@ -1,0 +1,250 @@
+//! The VMware backdoor: ports 0x5658 (low bandwidth: one `in` per call,
+//! arguments and results in the registers) and 0x5659 (high bandwidth:
+//! `rep outsb` / `rep insb` of a GuestRPC message).
+//!
+//! All protocol logic is in `guestrpc` (no I/O there); this device only
+//! moves registers and bytes between the vCPU and it, supplies the host
+//! facts (`Platform`) and the clock, and gives the VM process a handle on
+//! the tools state: the TCLO queue, the guestinfo store, what the guest
+//! reported.
+//!
+//! The guest is untrusted: every path here ends in `guestrpc`, which
+//! answers malformed calls with error statuses and bounds what it buffers.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use guestrpc::backdoor::{vmx_type, Platform, Regs, PORT_HB, PORT_LB};
+use guestrpc::host::{self, Channels, Tools};
+
+use crate::{GuestRegs, RegsDevice};
+
+/// Host facts the backdoor reports.
+#[derive(Clone, Debug)]
+pub struct HostFacts {
+    /// Guest TSC frequency (KVM_GET_TSC_KHZ × 1000); 0 if unknown.
+    pub tsc_hz: u64,
+    pub mem_size: u64,
+    pub uuid: [u8; 16],
+}
+
+impl Platform for HostFacts {
+    fn unix_time_us(&self) -> Option<u64> {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_micros() as u64)
+    }
+    fn tsc_hz(&self) -> u64 {
+        self.tsc_hz
+    }
+    fn apic_bus_hz(&self) -> u64 {
+        // KVM's LAPIC timer counts one bus cycle per nanosecond.
+        1_000_000_000
+    }
+    fn cpu_mhz(&self) -> u32 {
+        (self.tsc_hz / 1_000_000) as u32
+    }
+    fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+    fn mem_size_mb(&self) -> u32 {
+        (self.mem_size >> 20) as u32
+    }
+    fn vmx_type(&self) -> u32 {
+        // "ESX Server": what QEMU's vmport reports too.
+        vmx_type::ESX
+    }
+    fn hw_version(&self) -> u32 {
+        // Virtual hardware version of a current ESXi VM; tools only print it.
+        21
+    }
+}
+
+pub struct Backdoor {
+    facts: HostFacts,
+    channels: Channels,
+    tools: Tools,
+    epoch: Instant,
+}
+
+fn regs_in(g: &GuestRegs) -> Regs {
+    Regs {
+        eax: g.rax as u32,
+        ebx: g.rbx as u32,
+        ecx: g.rcx as u32,
+        edx: g.rdx as u32,
+        esi: g.rsi as u32,
+        edi: g.rdi as u32,
+        ebp: g.rbp as u32,
+    }
+}
+
+/// A 32-bit register write zero-extends on x86-64.
+fn regs_out(r: &Regs, g: &mut GuestRegs) {
+    g.rax = u64::from(r.eax);
+    g.rbx = u64::from(r.ebx);
+    g.rcx = u64::from(r.ecx);
+    g.rdx = u64::from(r.edx);
+    g.rsi = u64::from(r.esi);
+    g.rdi = u64::from(r.edi);
+    g.rbp = u64::from(r.ebp);
+}
+
+impl Backdoor {
+    /// `seed` makes the channel cookies unpredictable to the guest.
+    pub fn new(facts: HostFacts, seed: u64, tclo_timeout_ms: u64) -> Self {
+        Backdoor {
+            facts,
+            channels: Channels::new(seed),
+            tools: Tools::new(tclo_timeout_ms),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the device was made: the time base of everything
+    /// the tools state records (`GuestState::last_poll_ms`, ...).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The tools state, with command timeouts brought up to date.
+    pub fn tools(&mut self) -> &mut Tools {
+        let now = self.now_ms();
+        self.tools.set_now(now);
+        self.tools.tick(now);
+        &mut self.tools
+    }
+
+    /// Bytes the channels hold for the guest (bounded by `guestrpc`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.channels.buffered_bytes()
+    }
+}
+
+impl RegsDevice for Backdoor {
+    fn io_in(&mut self, port: u16, data: &mut [u8], g: &mut GuestRegs) -> bool {
+        let now = self.now_ms();
+        self.tools.set_now(now);
+        match port {
+            PORT_LB if data.len() == 4 => {
+                let mut r = regs_in(g);
+                host::handle_lb(&mut r, &self.facts, &mut self.channels, &mut self.tools);
+                // EAX travels in the I/O data: KVM loads it into RAX when it
+                // completes the `in` (and would overwrite a RAX set here).
+                data.copy_from_slice(&r.eax.to_le_bytes());
+                regs_out(&r, g);
+                true
+            }
+            PORT_HB => {
+                let r = regs_in(g);
+                if self.channels.hb_in(&r, data) {
+                    false
+                } else {
+                    // EBX = 0 tells the guest the transfer failed.
+                    data.fill(0);
+                    g.rbx = 0;
+                    true
+                }
+            }
+            // Not a backdoor access (wrong size): what an absent port reads.
+            _ => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    fn io_out(&mut self, port: u16, data: &[u8], g: &mut GuestRegs) -> bool {
+        let now = self.now_ms();
+        self.tools.set_now(now);
+        if port != PORT_HB {
+            // An `out` to the low-bandwidth port is not a backdoor call.
+            return false;
+        }
+        let r = regs_in(g);
+        if self.channels.hb_out(&r, data, &mut self.tools) {
+            false
+        } else {
+            g.rbx = 0;
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guestrpc::backdoor::{cmd, MAGIC};
+
+    fn dev() -> Backdoor {
+        let facts = HostFacts {
+            tsc_hz: 2_000_000_000,
+            mem_size: 64 << 20,
+            uuid: [7; 16],
+        };
+        Backdoor::new(facts, 42, 3000)
+    }
+
+    fn call(d: &mut Backdoor, g: &mut GuestRegs) -> u32 {
+        let mut data = [0u8; 4];
+        d.io_in(PORT_LB, &mut data, g);
+        let eax = u32::from_le_bytes(data);
+        g.rax = u64::from(eax);
+        eax
+    }
+
+    #[test]
+    fn getversion_through_the_port() {
+        let mut d = dev();
+        let mut g = GuestRegs {
+            rax: u64::from(MAGIC),
+            rbx: u64::from(!MAGIC) | 0xdead_0000_0000_0000,
+            rcx: 0xffff_0000 | u64::from(cmd::GETVERSION),
+            rdx: u64::from(PORT_LB),
+            ..Default::default()
+        };
+        assert_eq!(call(&mut d, &mut g), 6);
+        // Results zero-extend, as a 32-bit register write would.
+        assert_eq!(g.rbx, u64::from(MAGIC));
+        assert_eq!(g.rcx, u64::from(vmx_type::ESX));
+    }
+
+    #[test]
+    fn wrong_magic_and_wrong_size() {
+        let mut d = dev();
+        let mut g = GuestRegs {
+            rax: 1,
+            rbx: 5,
+            rcx: 10,
+            ..Default::default()
+        };
+        assert_eq!(call(&mut d, &mut g), 0xffff_ffff);
+        assert_eq!((g.rbx, g.rcx), (5, 10));
+        let mut b = [0u8; 1];
+        assert!(!d.io_in(PORT_LB, &mut b, &mut g));
+        assert_eq!(b, [0xff]);
+        assert!(!d.io_out(PORT_LB, &[1, 2, 3, 4], &mut g));
+    }
+
+    #[test]
+    fn hb_on_a_closed_channel_fails_with_ebx_zero() {
+        let mut d = dev();
+        let mut g = GuestRegs {
+            rax: u64::from(MAGIC),
+            rbx: 0x1_0000,
+            rdx: 0x0003_5659,
+            ..Default::default()
+        };
+        assert!(d.io_out(PORT_HB, b"x", &mut g));
+        assert_eq!(g.rbx, 0);
+        let mut g = GuestRegs {
+            rax: u64::from(MAGIC),
+            rbx: 0x1_0000,
+            rdx: 0x0003_5659,
+            ..Default::default()
+        };
+        let mut buf = [0xaau8; 16];
+        assert!(d.io_in(PORT_HB, &mut buf, &mut g));
+        assert_eq!((g.rbx, buf), (0, [0; 16]));
+    }
+}

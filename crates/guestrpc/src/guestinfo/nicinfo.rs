@@ -1,0 +1,374 @@
+//! NicInfo version 3: the guest's NICs and addresses as XDR, the value of
+//! `SetGuestInfo  10` (OpenBSD vmt and vmtoolsd send it).
+//!
+//! # Layout
+//! From open-vm-tools' `lib/guestRpc/nicInfo.x`, written from memory of that
+//! file and of OpenBSD vmt.c's hand-built copy of it (the sources were not at
+//! hand). Encoder and decoder below agree with each other and with this
+//! listing; the points marked (?) are the ones most likely to differ from
+//! the real schema, and only the decoder's handling of *optional per-NIC
+//! data* depends on them: a guest that sends none (OpenBSD, Linux vmtoolsd,
+//! which report DNS/WINS/DHCP at the top level, after the NICs) decodes
+//! whatever they are.
+//!
+//! ```text
+//! union GuestNicProto switch (NicInfoVersion ver) {   // ver = 3
+//!    case NIC_INFO_V3: NicInfoV3 *nicsV3;             // optional: bool, then the struct
+//! };
+//! struct NicInfoV3 {
+//!    GuestNicV3          nics<16>;
+//!    InetCidrRouteEntry  routes<100>;                 // not decoded
+//!    DnsConfigInfo      *dnsConfigInfo;               // not decoded
+//!    WinsConfigInfo     *winsConfigInfo;              // not decoded
+//!    DhcpConfigInfo     *dhcpConfigInfov4;            // not decoded
+//!    DhcpConfigInfo     *dhcpConfigInfov6;            // not decoded
+//! };
+//! struct GuestNicV3 {
+//!    string              macAddress<19>;              // "aa:bb:cc:dd:ee:ff"
+//!    IpAddressEntry      ips<2048>;
+//!    DnsConfigInfo      *dnsConfigInfo;
+//!    WinsConfigInfo     *winsConfigInfo;
+//!    DhcpConfigInfo     *dhcpConfigInfov4;
+//!    DhcpConfigInfo     *dhcpConfigInfov6;
+//! };
+//! struct IpAddressEntry {
+//!    TypedIpAddress      ipAddressAddr;
+//!    unsigned int        ipAddressPrefixLength;
+//!    IpAddressOrigin    *ipAddressOrigin;             // enum, optional
+//!    IpAddressStatus    *ipAddressStatus;             // enum, optional
+//! };
+//! struct TypedIpAddress {
+//!    InetAddressType     ipAddressAddrType;           // 1 = IPv4, 2 = IPv6
+//!    opaque              ipAddressAddr<255>;          // network byte order (?)
+//! };
+//! struct DnsConfigInfo {                              // (?)
+//!    string             *hostName<255>;
+//!    string             *domainName<255>;
+//!    TypedIpAddress      serverList<>;
+//!    string              searchSuffixes<><255>;
+//! };
+//! struct WinsConfigInfo { TypedIpAddress primary; TypedIpAddress secondary; };  // (?)
+//! struct DhcpConfigInfo { bool enabled; string dhcpSettings<>; };               // (?)
+//! ```
+//!
+//! The decoder accepts somewhat larger limits than the schema (a MAC up to 64
+//! bytes) so that a guest is not refused over a limit we may have misremembered;
+//! memory stays bounded by the 64 KiB message either way.
+
+use core::net::IpAddr;
+
+use crate::xdr::Writer;
+use crate::BufferTooSmall;
+
+/// `NicInfoVersion` of this format.
+pub const NIC_INFO_V3: u32 = 3;
+/// `InetAddressType` of an IPv4 address (4 bytes).
+pub const IAT_IPV4: u32 = 1;
+/// `InetAddressType` of an IPv6 address (16 bytes).
+pub const IAT_IPV6: u32 = 2;
+/// Most NICs in one report (`NICINFO_MAX_NICS`).
+pub const MAX_NICS: u32 = 16;
+/// Most addresses per NIC (`NICINFO_MAX_IPS`).
+pub const MAX_IPS: u32 = 2048;
+/// Longest MAC string the decoder accepts.
+pub const MAX_MAC_LEN: u32 = 64;
+/// Longest address opaque (`InetAddress<255>`).
+pub const MAX_ADDR_LEN: u32 = 255;
+
+/// One address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpEntry {
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+}
+
+/// One NIC to encode: borrowed, so a guest can build the report on its stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NicEntry<'a> {
+    /// MAC as `aa:bb:cc:dd:ee:ff`.
+    pub mac: &'a str,
+    /// Its addresses.
+    pub addrs: &'a [IpEntry],
+}
+
+/// Encodes `GuestNicProto { ver: 3, nicsV3: Some(NicInfoV3 { nics, .. }) }`
+/// into `buf` and returns its length. No routes, no DNS/WINS/DHCP data, and
+/// no address origin or status: all optional, as in OpenBSD's report.
+pub fn encode_v3(buf: &mut [u8], nics: &[NicEntry<'_>]) -> Result<usize, BufferTooSmall> {
+    let mut w = Writer::new(buf);
+    w.u32(NIC_INFO_V3)?;
+    w.bool(true)?;
+    w.u32(u32::try_from(nics.len()).map_err(|_| BufferTooSmall)?)?;
+    for nic in nics {
+        w.opaque(nic.mac.as_bytes())?;
+        w.u32(u32::try_from(nic.addrs.len()).map_err(|_| BufferTooSmall)?)?;
+        for a in nic.addrs {
+            match a.addr {
+                IpAddr::V4(v4) => {
+                    w.u32(IAT_IPV4)?;
+                    w.opaque(&v4.octets())?;
+                }
+                IpAddr::V6(v6) => {
+                    w.u32(IAT_IPV6)?;
+                    w.opaque(&v6.octets())?;
+                }
+            }
+            w.u32(u32::from(a.prefix_len))?;
+            w.bool(false)?; // ipAddressOrigin
+            w.bool(false)?; // ipAddressStatus
+        }
+        for _ in 0..4 {
+            w.bool(false)?; // dnsConfigInfo, winsConfigInfo, dhcpConfigInfov4/v6
+        }
+    }
+    w.u32(0)?; // routes
+    for _ in 0..4 {
+        w.bool(false)?; // dnsConfigInfo, winsConfigInfo, dhcpConfigInfov4/v6
+    }
+    Ok(w.len())
+}
+
+#[cfg(feature = "alloc")]
+pub use decode::{decode_v3, Nic};
+
+#[cfg(feature = "alloc")]
+mod decode {
+    use alloc::string::String;
+    use alloc::vec::Vec;
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::xdr::{Reader, XdrError};
+
+    /// Longest host name, domain or DHCP settings string skipped over.
+    const MAX_STRING: u32 = 65536;
+    /// Most entries in a skipped list (DNS servers, search suffixes).
+    const MAX_LIST: u32 = 1024;
+
+    /// A decoded NIC.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    pub struct Nic {
+        /// MAC address as the guest wrote it (not validated).
+        pub mac: String,
+        /// Its IPv4 and IPv6 addresses; other address types are skipped.
+        pub addrs: Vec<IpEntry>,
+    }
+
+    /// Decodes the NICs of a `GuestNicProto` version 3; what follows them
+    /// (routes, global DNS/WINS/DHCP) is not needed and not read, and
+    /// trailing bytes are ignored. Never panics; allocation is bounded by
+    /// the input length.
+    pub fn decode_v3(data: &[u8]) -> Result<Vec<Nic>, XdrError> {
+        let mut r = Reader::new(data);
+        if r.u32()? != NIC_INFO_V3 {
+            return Err(XdrError::BadValue);
+        }
+        let Some(count) = r.optional(|r| r.count(MAX_NICS))? else {
+            return Ok(Vec::new());
+        };
+        let mut nics = Vec::new();
+        for _ in 0..count {
+            nics.push(nic(&mut r)?);
+        }
+        Ok(nics)
+    }
+
+    fn nic(r: &mut Reader<'_>) -> Result<Nic, XdrError> {
+        let mac = String::from_utf8_lossy(r.opaque(MAX_MAC_LEN)?).into_owned();
+        let n = r.count(MAX_IPS)?;
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let addr = typed_addr(r)?;
+            let prefix = r.u32()?;
+            r.optional(Reader::u32)?; // origin
+            r.optional(Reader::u32)?; // status
+            if let Some(addr) = addr {
+                addrs.push(IpEntry {
+                    addr,
+                    prefix_len: u8::try_from(prefix).unwrap_or(u8::MAX),
+                });
+            }
+        }
+        r.optional(skip_dns)?;
+        r.optional(skip_wins)?;
+        r.optional(skip_dhcp)?;
+        r.optional(skip_dhcp)?;
+        Ok(Nic { mac, addrs })
+    }
+
+    /// A `TypedIpAddress`: `Some` for well-formed IPv4/IPv6, `None` for other
+    /// types (zoned, DNS names) which are skipped rather than refused.
+    fn typed_addr(r: &mut Reader<'_>) -> Result<Option<IpAddr>, XdrError> {
+        let kind = r.u32()?;
+        let bytes = r.opaque(MAX_ADDR_LEN)?;
+        Ok(match (kind, bytes.len()) {
+            (IAT_IPV4, 4) => {
+                let mut o = [0u8; 4];
+                o.copy_from_slice(bytes);
+                Some(IpAddr::V4(Ipv4Addr::from(o)))
+            }
+            (IAT_IPV6, 16) => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(bytes);
+                Some(IpAddr::V6(Ipv6Addr::from(o)))
+            }
+            _ => None,
+        })
+    }
+
+    fn skip_dns(r: &mut Reader<'_>) -> Result<(), XdrError> {
+        r.optional(|r| r.opaque(MAX_STRING))?; // hostName
+        r.optional(|r| r.opaque(MAX_STRING))?; // domainName
+        for _ in 0..r.count(MAX_LIST)? {
+            typed_addr(r)?; // serverList
+        }
+        for _ in 0..r.count(MAX_LIST)? {
+            r.opaque(MAX_STRING)?; // searchSuffixes
+        }
+        Ok(())
+    }
+
+    fn skip_wins(r: &mut Reader<'_>) -> Result<(), XdrError> {
+        typed_addr(r)?;
+        typed_addr(r)?;
+        Ok(())
+    }
+
+    fn skip_dhcp(r: &mut Reader<'_>) -> Result<(), XdrError> {
+        r.bool()?;
+        r.opaque(MAX_STRING)?;
+        Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use core::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::xdr::XdrError;
+
+    fn sample() -> (Vec<IpEntry>, Vec<IpEntry>) {
+        (
+            vec![
+                IpEntry {
+                    addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+                    prefix_len: 24,
+                },
+                IpEntry {
+                    addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    prefix_len: 128,
+                },
+            ],
+            vec![],
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let (a, b) = sample();
+        let nics = [
+            NicEntry {
+                mac: "00:11:22:33:44:55",
+                addrs: &a,
+            },
+            NicEntry {
+                mac: "00:11:22:33:44:66",
+                addrs: &b,
+            },
+        ];
+        let mut buf = [0u8; 512];
+        let n = encode_v3(&mut buf, &nics).unwrap();
+        let got = decode_v3(&buf[..n]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].mac, "00:11:22:33:44:55");
+        assert_eq!(got[0].addrs, a);
+        assert!(got[1].addrs.is_empty());
+        // Every proper prefix is truncated data, never a panic.
+        for cut in 0..n {
+            assert!(
+                decode_v3(&buf[..cut]).is_err() || cut >= n - 20,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(encode_v3(&mut buf[..n - 1], &nics), Err(BufferTooSmall));
+    }
+
+    #[test]
+    fn exact_bytes_of_one_ipv4() {
+        let a = [IpEntry {
+            addr: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 2)),
+            prefix_len: 24,
+        }];
+        let mut buf = [0u8; 256];
+        let n = encode_v3(
+            &mut buf,
+            &[NicEntry {
+                mac: "aa:bb:cc:dd:ee:ff",
+                addrs: &a,
+            }],
+        )
+        .unwrap();
+        let mut want: Vec<u8> = Vec::new();
+        for w in [3u32, 1, 1, 17] {
+            want.extend_from_slice(&w.to_be_bytes());
+        }
+        want.extend_from_slice(b"aa:bb:cc:dd:ee:ff\0\0\0");
+        for w in [1u32, 1, 4] {
+            want.extend_from_slice(&w.to_be_bytes());
+        }
+        want.extend_from_slice(&[192, 168, 1, 2]);
+        for w in [24u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
+            want.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(&buf[..n], &want[..]);
+    }
+
+    #[test]
+    fn rejects_other_versions_and_limits() {
+        assert_eq!(decode_v3(&2u32.to_be_bytes()), Err(XdrError::BadValue));
+        let mut d = Vec::new();
+        for w in [3u32, 1, 17] {
+            d.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(decode_v3(&d), Err(XdrError::TooLong));
+        let mut d = Vec::new();
+        for w in [3u32, 0] {
+            d.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(decode_v3(&d), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn skips_per_nic_options() {
+        let mut d = Vec::new();
+        let words = |d: &mut Vec<u8>, ws: &[u32]| {
+            for w in ws {
+                d.extend_from_slice(&w.to_be_bytes());
+            }
+        };
+        words(&mut d, &[3, 1, 1, 4]);
+        d.extend_from_slice(b"m:ac");
+        words(&mut d, &[1, 1, 4, 0x0a00_0001, 8, 1, 4, 1, 1]);
+        // dns: hostName "h", no domain, one server, one suffix "s"
+        words(&mut d, &[1, 1, 1]);
+        d.extend_from_slice(b"h\0\0\0");
+        words(&mut d, &[0, 1, 1, 4, 0x0808_0808, 1, 1]);
+        d.extend_from_slice(b"s\0\0\0");
+        // wins
+        words(&mut d, &[1, 1, 4, 1, 1, 4, 2]);
+        // dhcp v4, v6
+        words(&mut d, &[1, 1, 0, 1, 0, 0]);
+        let nics = decode_v3(&d).unwrap();
+        assert_eq!(nics[0].mac, "m:ac");
+        assert_eq!(
+            nics[0].addrs[0].addr,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(nics[0].addrs[0].prefix_len, 8);
+    }
+}
