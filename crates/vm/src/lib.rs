@@ -12,7 +12,10 @@ pub mod vcpu;
 mod vm;
 
 pub use control::{RunState, StopReason};
-pub use vm::{Vm, VmConfig, VmError, VmExit, VmHandle, MAX_VCPUS};
+pub use vm::{random_uuid, NoGuestTools, Vm, VmConfig, VmError, VmExit, VmHandle, MAX_VCPUS};
+
+/// The guest channel's protocol types, for users of `VmHandle`.
+pub use guestrpc;
 
 /// Where the vCPU threads dispatch exits to.
 pub struct IoBuses {

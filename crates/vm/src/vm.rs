@@ -7,11 +7,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::acpi_pm::AcpiPm;
+use devices::backdoor::{Backdoor, HostFacts};
 use devices::i8042::I8042;
 use devices::pci_host::{PciHost, PciRoot};
 use devices::rtc::Rtc;
 use devices::serial::Serial;
-use devices::{Bus, SharedEvents, SharedIrq};
+use devices::{Bus, RegsDevice, SharedEvents, SharedIrq};
+use guestrpc::backdoor::PORT_LB;
+use guestrpc::host::{CommandStatus, GuestState, QueueFull, Tools, DEFAULT_TCLO_TIMEOUT_MS};
+use guestrpc::tclo::{PowerState, TcloCommand};
 use kvm_bindings::{
     kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_config, kvm_pit_state2,
     kvm_userspace_memory_region, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -40,6 +44,10 @@ pub struct VmConfig {
     pub cpuid: CpuidConfig,
     /// When false, a guest reset ends the VM instead of rebooting it.
     pub reboot: bool,
+    /// The VMware backdoor (guest tools channel) on ports 0x5658/0x5659.
+    pub guest_tools: bool,
+    /// The VM's UUID, as the backdoor reports it.
+    pub uuid: [u8; 16],
 }
 
 /// How a VM ended.
@@ -47,6 +55,9 @@ pub struct VmConfig {
 pub enum VmExit {
     /// The guest powered off (ACPI S5).
     PowerOff,
+    /// The guest powered off after its tools acknowledged a halt request
+    /// (`OS_Halt`): a graceful shutdown asked for by the host.
+    ToolsHalt,
     /// The guest reset and `reboot` was off.
     Reset,
     /// The guest crashed; the text has the vCPU registers.
@@ -144,6 +155,37 @@ fn host_memory() -> u64 {
     (si.totalram as u64).saturating_mul(u64::from(si.mem_unit))
 }
 
+/// Random bytes from the kernel; a clock-derived fill if getrandom fails
+/// (they seed cookies and UUIDs, which guard against confusion, not
+/// attackers).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0x5eed);
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+    b
+}
+
+fn random_u64() -> u64 {
+    u64::from_le_bytes(random_bytes())
+}
+
+/// A random (version 4) UUID.
+pub fn random_uuid() -> [u8; 16] {
+    let mut u: [u8; 16] = random_bytes();
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
 /// Power-on state of the interrupt controllers, restored on guest reset.
 struct IrqchipSnapshot {
     chips: Vec<kvm_irqchip>,
@@ -161,6 +203,17 @@ pub struct VmHandle {
     ctl: Arc<Control>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
     serial: Arc<Mutex<Serial>>,
+    backdoor: Option<Arc<Mutex<Backdoor>>>,
+}
+
+/// The guest tools were turned off for this VM (`VmConfig::guest_tools`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoGuestTools;
+
+impl fmt::Display for NoGuestTools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("this VM has no guest tools channel")
+    }
 }
 
 impl VmHandle {
@@ -190,6 +243,39 @@ impl VmHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .press_power_button();
+    }
+
+    /// Runs `f` on the guest tools state (TCLO queue, guestinfo store, what
+    /// the guest reported), with command timeouts brought up to date.
+    pub fn with_tools<R>(&self, f: impl FnOnce(&mut Tools) -> R) -> Result<R, NoGuestTools> {
+        let b = self.backdoor.as_ref().ok_or(NoGuestTools)?;
+        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(f(b.tools()))
+    }
+
+    /// Queues a command for the guest tools (TCLO); returns its id.
+    pub fn tools_command(
+        &self,
+        cmd: TcloCommand<String>,
+    ) -> Result<Result<u64, QueueFull>, NoGuestTools> {
+        self.with_tools(|t| t.queue(cmd))
+    }
+
+    /// Where a queued tools command is.
+    pub fn tools_status(&self, id: u64) -> Option<CommandStatus> {
+        self.with_tools(|t| t.command_status(id)).ok().flatten()
+    }
+
+    /// What the guest's tools reported (default when there are no tools).
+    pub fn guest_state(&self) -> GuestState {
+        self.with_tools(|t| t.guest_state().clone())
+            .unwrap_or_default()
+    }
+
+    /// Milliseconds on the clock `GuestState`'s times are stamped with.
+    pub fn tools_now_ms(&self) -> Option<u64> {
+        let b = self.backdoor.as_ref()?;
+        Some(b.lock().unwrap_or_else(|e| e.into_inner()).now_ms())
     }
 
     /// Feeds console input to the serial port; returns bytes accepted.
@@ -304,23 +390,20 @@ impl Vm {
         .map_err(dev_err)?;
         pio.insert(acpi_pm.clone(), u64::from(PM1A_EVT_PORT), 12)
             .map_err(dev_err)?;
-        let io = Arc::new(IoBuses {
-            pio,
-            mmio: Bus::new(),
-            regs_dev: None,
-            sync_regs: kvm.check_extension(Cap::SyncRegs),
-        });
-
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        let mut tsc_khz_bsp = 0;
         for i in 0..cfg.vcpus {
             let fd = vm
                 .create_vcpu(u64::from(i))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             // 0 if KVM cannot say; guests then calibrate the TSC themselves.
             let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
+            if i == 0 {
+                tsc_khz_bsp = tsc_khz;
+            }
             let cpuid: CpuId = vcpu_cpuid(&supported, i, cfg.vcpus, tsc_khz, &cfg.cpuid);
             fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             let lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
@@ -329,6 +412,27 @@ impl Vm {
                 lapic,
             });
         }
+
+        let backdoor = cfg.guest_tools.then(|| {
+            let facts = HostFacts {
+                tsc_hz: u64::from(tsc_khz_bsp) * 1000,
+                mem_size: cfg.mem_size,
+                uuid: cfg.uuid,
+            };
+            Arc::new(Mutex::new(Backdoor::new(
+                facts,
+                random_u64(),
+                DEFAULT_TCLO_TIMEOUT_MS,
+            )))
+        });
+        let io = Arc::new(IoBuses {
+            pio,
+            mmio: Bus::new(),
+            regs_dev: backdoor
+                .clone()
+                .map(|b| -> (u16, Arc<Mutex<dyn RegsDevice>>) { (PORT_LB, b) }),
+            sync_regs: kvm.check_extension(Cap::SyncRegs),
+        });
 
         let irqchip = IrqchipSnapshot {
             chips: [
@@ -354,6 +458,7 @@ impl Vm {
             ctl: ctl.clone(),
             acpi_pm,
             serial,
+            backdoor,
         };
         let mut v = Vm {
             cfg,
@@ -443,7 +548,16 @@ impl Vm {
                     self.reset()?;
                 }
                 StopReason::Reset => return Ok(VmExit::Reset),
-                StopReason::PowerOff => return Ok(VmExit::PowerOff),
+                StopReason::PowerOff => {
+                    let state = self.handle.guest_state().last_state_change;
+                    let halted =
+                        state.is_some_and(|s| s.ok && s.power_state() == Some(PowerState::Halt));
+                    return Ok(if halted {
+                        VmExit::ToolsHalt
+                    } else {
+                        VmExit::PowerOff
+                    });
+                }
                 StopReason::Crash(s) => return Ok(VmExit::Crash(s)),
                 StopReason::Host => return Ok(VmExit::Stopped),
             }

@@ -72,6 +72,8 @@ fn ticker(vcpus: u32) -> (Vm, Console) {
         },
         cpuid: Default::default(),
         reboot: true,
+        guest_tools: true,
+        uuid: vm::random_uuid(),
     };
     (Vm::new(cfg, Box::new(console.clone())).unwrap(), console)
 }

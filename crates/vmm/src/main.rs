@@ -12,9 +12,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use std::time::{Duration, Instant};
 use vm::boot::{BootConfig, BootProtocol};
 use vm::cpuid::{self, CpuidConfig};
-use vm::{Vm, VmConfig, VmExit};
+
+use vm::guestrpc::host::CommandStatus;
+use vm::guestrpc::tclo::TcloCommand;
+use vm::{Vm, VmConfig, VmExit, VmHandle};
 
 /// How the VM ended, as the process exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +96,13 @@ struct Args {
     /// kvm-clock) or kvm (KVM's leaves only).
     #[arg(long, value_enum, default_value = "vmware", value_name = "SIG")]
     hv_signature: HvSignature,
+    /// No VMware backdoor (guest tools channel) on ports 0x5658/0x5659.
+    #[arg(long)]
+    no_tools: bool,
+    /// Seconds a guest whose tools acknowledged a halt request gets to
+    /// power off after SIGTERM/SIGINT/SIGHUP before it is powered off.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    grace: u64,
     /// Exit when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
@@ -156,6 +167,61 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the guest tools get to acknowledge a halt request.
+const TOOLS_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The first stop signal asks the guest to halt through its tools, if it
+/// has them: it gets 3 s to acknowledge and `grace` to power off. Without
+/// tools, or on a second signal, the VM is powered off at once.
+fn stop_on_signals(sigs: libc::sigset_t, h: VmHandle, grace: Duration) {
+    let mut sig = 0;
+    // SAFETY: `sigs` is a valid set; sigwait writes `sig`.
+    if unsafe { libc::sigwait(&sigs, &mut sig) } != 0 {
+        return;
+    }
+    let id = if h.guest_state().tools_present {
+        h.tools_command(TcloCommand::OsHalt)
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
+    let Some(id) = id else {
+        log::info!("signal {sig}: powering the VM off");
+        h.power_off();
+        return;
+    };
+    log::info!("signal {sig}: asking the guest tools to halt (again to force)");
+    let h2 = h.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        loop {
+            match h2.tools_status(id) {
+                Some(CommandStatus::Acked(_)) => break,
+                Some(s) if s.is_final() || start.elapsed() > TOOLS_ACK_TIMEOUT => {
+                    log::warn!("guest tools did not acknowledge the halt ({s:?}): powering off");
+                    h2.power_off();
+                    return;
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+            if start.elapsed() > TOOLS_ACK_TIMEOUT {
+                log::warn!("guest tools did not acknowledge the halt: powering off");
+                h2.power_off();
+                return;
+            }
+        }
+        std::thread::sleep(grace);
+        log::warn!("guest did not power off within {grace:?} of its halt: powering off");
+        h2.power_off();
+    });
+    // SAFETY: as above.
+    if unsafe { libc::sigwait(&sigs, &mut sig) } == 0 {
+        log::info!("signal {sig}: powering the VM off");
+        h.power_off();
+    }
+}
+
 fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     let cfg = VmConfig {
         mem_size: args.memory,
@@ -175,6 +241,8 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
             vmware: matches!(args.hv_signature, HvSignature::Vmware),
         },
         reboot: !args.no_reboot,
+        guest_tools: !args.no_tools,
+        uuid: vm::random_uuid(),
     };
     let console = serial_out::open(&args.serial).map_err(|e| e.to_string())?;
     let mut vm = Vm::new(cfg, console.writer).map_err(|e| e.to_string())?;
@@ -188,21 +256,19 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
             .map_err(|e| e.to_string())?;
     }
     let h = handle.clone();
+    let grace = Duration::from_secs(args.grace);
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `sigs` is a valid set; sigwait writes `sig`.
-            if unsafe { libc::sigwait(&sigs, &mut sig) } == 0 {
-                log::info!("signal {sig}: powering the VM off");
-                h.power_off();
-            }
-        })
+        .spawn(move || stop_on_signals(sigs, h, grace))
         .map_err(|e| e.to_string())?;
 
     let exit = vm.run().map_err(|e| e.to_string())?;
     Ok(match exit {
         VmExit::PowerOff => ExitStatus::PowerOff,
+        VmExit::ToolsHalt => {
+            eprintln!("vmm: halted by guest tools");
+            ExitStatus::PowerOff
+        }
         VmExit::Reset => {
             eprintln!("vmm: guest reset");
             ExitStatus::Reset
