@@ -5,6 +5,8 @@
 //! console on stdio, a pty or a file, and exits when the guest is done.
 //! The exit status says how the VM ended (see `ExitStatus`).
 
+mod control;
+mod power;
 mod serial_out;
 mod size;
 
@@ -12,12 +14,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vm::boot::{BootConfig, BootProtocol};
 use vm::cpuid::{self, CpuidConfig};
 
-use vm::guestrpc::host::CommandStatus;
-use vm::guestrpc::tclo::TcloCommand;
 use vm::{Vm, VmConfig, VmExit, VmHandle};
 
 /// How the VM ended, as the process exit status.
@@ -99,13 +99,17 @@ struct Args {
     /// No VMware backdoor (guest tools channel) on ports 0x5658/0x5659.
     #[arg(long)]
     no_tools: bool,
-    /// Seconds a guest whose tools acknowledged a halt request gets to
-    /// power off after SIGTERM/SIGINT/SIGHUP before it is powered off.
+    /// Seconds the guest gets to power off after SIGTERM/SIGINT/SIGHUP
+    /// asked it to (through its tools, or the ACPI power button).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     grace: u64,
     /// Exit when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// Serve vmd's requests on this socket (JSON lines, see api::vmproc);
+    /// with it, the console pty's path goes there too.
+    #[arg(long, value_name = "FD")]
+    control_fd: Option<i32>,
     /// More log output (repeat for debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -167,54 +171,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// How long the guest tools get to acknowledge a halt request.
-const TOOLS_ACK_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The first stop signal asks the guest to halt through its tools, if it
-/// has them: it gets 3 s to acknowledge and `grace` to power off. Without
-/// tools, or on a second signal, the VM is powered off at once.
+/// The first stop signal asks the guest to shut down (see
+/// `power::graceful_stop`); a second one powers the VM off at once.
 fn stop_on_signals(sigs: libc::sigset_t, h: VmHandle, grace: Duration) {
     let mut sig = 0;
     // SAFETY: `sigs` is a valid set; sigwait writes `sig`.
     if unsafe { libc::sigwait(&sigs, &mut sig) } != 0 {
         return;
     }
-    let id = if h.guest_state().tools_present {
-        h.tools_command(TcloCommand::OsHalt)
-            .ok()
-            .and_then(Result::ok)
-    } else {
-        None
-    };
-    let Some(id) = id else {
-        log::info!("signal {sig}: powering the VM off");
-        h.power_off();
-        return;
-    };
-    log::info!("signal {sig}: asking the guest tools to halt (again to force)");
-    let h2 = h.clone();
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        loop {
-            match h2.tools_status(id) {
-                Some(CommandStatus::Acked(_)) => break,
-                Some(s) if s.is_final() || start.elapsed() > TOOLS_ACK_TIMEOUT => {
-                    log::warn!("guest tools did not acknowledge the halt ({s:?}): powering off");
-                    h2.power_off();
-                    return;
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-            if start.elapsed() > TOOLS_ACK_TIMEOUT {
-                log::warn!("guest tools did not acknowledge the halt: powering off");
-                h2.power_off();
-                return;
-            }
-        }
-        std::thread::sleep(grace);
-        log::warn!("guest did not power off within {grace:?} of its halt: powering off");
-        h2.power_off();
-    });
+    log::info!("signal {sig}: asking the guest to shut down (again to force)");
+    power::graceful_stop(&h, grace);
     // SAFETY: as above.
     if unsafe { libc::sigwait(&sigs, &mut sig) } == 0 {
         log::info!("signal {sig}: powering the VM off");
@@ -244,6 +210,14 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         guest_tools: !args.no_tools,
         uuid: vm::random_uuid(),
     };
+    let control = match args.control_fd {
+        // SAFETY: vmd passes us this fd for our exclusive use.
+        Some(fd) => Some(
+            unsafe { control::Channel::from_fd(fd) }
+                .map_err(|e| format!("control fd {fd}: {e}"))?,
+        ),
+        None => None,
+    };
     let console = serial_out::open(&args.serial).map_err(|e| e.to_string())?;
     let mut vm = Vm::new(cfg, console.writer).map_err(|e| e.to_string())?;
     log::info!("booting {} with {} vCPUs", vm.kernel_kind(), args.cpus);
@@ -255,6 +229,19 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
             .spawn(move || serial_out::pump_input(input, |b| h.serial_input(b)))
             .map_err(|e| e.to_string())?;
     }
+    let mut channel = None;
+    if let Some((ch, input)) = control {
+        if let Some(path) = &console.tty {
+            ch.event(api::vmproc::Event::Tty { path: path.clone() });
+        }
+        let h = handle.clone();
+        let c = ch.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control::serve(c, input, h))
+            .map_err(|e| e.to_string())?;
+        channel = Some(ch);
+    }
     let h = handle.clone();
     let grace = Duration::from_secs(args.grace);
     std::thread::Builder::new()
@@ -263,6 +250,16 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         .map_err(|e| e.to_string())?;
 
     let exit = vm.run().map_err(|e| e.to_string())?;
+    if let Some(ch) = &channel {
+        let reason = match &exit {
+            VmExit::PowerOff => "powered off".to_owned(),
+            VmExit::ToolsHalt => "halted by guest tools".to_owned(),
+            VmExit::Reset => "reset".to_owned(),
+            VmExit::Crash(why) => format!("crashed: {why}"),
+            VmExit::Stopped => "powered off by the host".to_owned(),
+        };
+        ch.event(api::vmproc::Event::Exited { reason });
+    }
     Ok(match exit {
         VmExit::PowerOff => ExitStatus::PowerOff,
         VmExit::ToolsHalt => {

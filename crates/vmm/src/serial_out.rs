@@ -29,6 +29,8 @@ pub fn parse(s: &str) -> Result<Dest, String> {
 pub struct Console {
     pub writer: Box<dyn Write + Send>,
     pub input: Option<Box<dyn Read + Send>>,
+    /// The pty's slave path, for `Dest::Pty`.
+    pub tty: Option<String>,
 }
 
 /// A pty master. Writes never block the vCPU: with no reader on the
@@ -109,10 +111,12 @@ pub fn open(dest: &Dest) -> io::Result<Console> {
         Dest::Stdio => Console {
             writer: Box::new(io::stdout()),
             input: Some(Box::new(io::stdin())),
+            tty: None,
         },
         Dest::None => Console {
             writer: Box::new(io::sink()),
             input: None,
+            tty: None,
         },
         Dest::File(p) => Console {
             writer: Box::new(
@@ -120,6 +124,7 @@ pub fn open(dest: &Dest) -> io::Result<Console> {
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
             ),
             input: None,
+            tty: None,
         },
         Dest::Pty => {
             let (master, path) = open_pty()?;
@@ -127,6 +132,7 @@ pub fn open(dest: &Dest) -> io::Result<Console> {
             Console {
                 input: Some(Box::new(PtyReader(master.try_clone()?))),
                 writer: Box::new(PtyMaster(master)),
+                tty: Some(path),
             }
         }
     })

@@ -170,7 +170,17 @@ fn serial_on_a_pty() {
         return;
     }
     let mut child = vmm()
-        .args(["-m", "16M", "-s", "pty", "-a", "interval_ms=20", "-k"])
+        .args([
+            "-m",
+            "16M",
+            "-s",
+            "pty",
+            "--grace",
+            "1",
+            "-a",
+            "interval_ms=20",
+            "-k",
+        ])
         .arg(guest("ticker"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

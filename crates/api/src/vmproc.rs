@@ -1,0 +1,96 @@
+//! vmd <-> VM process. vmd starts `vmm --control-fd N ...`; on that socket
+//! each side writes one JSON object per line. vmd sends [`Request`]s and
+//! reads one [`Reply`] per request, in order; the VM process also sends
+//! [`Reply::Event`]s whenever something vmd should know happens. The VM
+//! process's exit status and its last `Exited` event tell how it ended.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Report state and what the guest tools said.
+    Status,
+    /// Tell the guest (OS_Suspend, if it has tools), then stop the vCPUs.
+    Pause,
+    /// Restart the vCPUs, then tell the guest (OS_Resume) so it resyncs.
+    Resume,
+    /// Graceful stop: OS_Halt through the tools (3 s to acknowledge, then
+    /// `grace_secs` to power off), or the ACPI power button without tools
+    /// (`grace_secs` to power off). `force`: power off at once.
+    Stop { force: bool, grace_secs: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+    Stopping,
+}
+
+/// What the guest tools reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    pub tools: bool,
+    pub tools_version: Option<u32>,
+    pub hostname: Option<String>,
+    pub ip: Option<String>,
+    pub addresses: Vec<String>,
+    pub os_name: Option<String>,
+    pub uptime_secs: Option<u64>,
+    /// Milliseconds since the tools last polled.
+    pub last_poll_ago_ms: Option<u64>,
+    /// The last power state change the tools reported ("halt", "resume", ...).
+    pub last_state_change: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Ok,
+    Status {
+        state: RunState,
+        guest: Guest,
+    },
+    Error {
+        message: String,
+    },
+    /// Not an answer: something happened.
+    Event(Event),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The console pty's path, once, at start.
+    Tty { path: String },
+    /// The run state changed.
+    State { state: RunState },
+    /// The guest's tools reported something new (hostname, address, ...).
+    Guest { guest: Guest },
+    /// The VM ended; the process exits right after.
+    Exited { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r = Request::Stop {
+            force: false,
+            grace_secs: 120,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"stop","force":false,"grace_secs":120}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let e = Reply::Event(Event::Tty {
+            path: "/dev/pts/3".into(),
+        });
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), e);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! The VM process's end of the channel to vmd (`--control-fd`): JSON lines
+//! of `api::vmproc` messages on a socket vmd made with socketpair(2).
+//!
+//! One thread reads requests and answers them in order; a watcher thread
+//! reports guest-tools changes as events. All writes go through one
+//! mutex so answers and events never interleave within a line. When vmd
+//! goes away (EOF), nobody supervises this VM any more: it is powered off.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::vmproc::{Event, Guest, Reply, Request, RunState};
+use vm::guestrpc::host::GuestState;
+use vm::{RunState as VmRunState, VmHandle};
+
+use crate::power;
+
+#[derive(Clone)]
+pub struct Channel {
+    out: Arc<Mutex<File>>,
+}
+
+impl Channel {
+    /// Takes ownership of `fd`.
+    ///
+    /// # Safety
+    /// `fd` must be an open socket nothing else in the process uses.
+    pub unsafe fn from_fd(fd: RawFd) -> std::io::Result<(Channel, File)> {
+        // SAFETY: the caller's contract.
+        let f = unsafe { File::from_raw_fd(fd) };
+        let reader = f.try_clone()?;
+        Ok((
+            Channel {
+                out: Arc::new(Mutex::new(f)),
+            },
+            reader,
+        ))
+    }
+
+    pub fn send(&self, reply: &Reply) {
+        let mut line = serde_json::to_vec(reply).expect("replies serialize");
+        line.push(b'\n');
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // vmd gone: the reader sees EOF and handles it.
+        let _ = out.write_all(&line);
+    }
+
+    pub fn event(&self, e: Event) {
+        self.send(&Reply::Event(e));
+    }
+}
+
+/// What vmd sees of the guest's tools.
+pub fn guest(s: &GuestState, now_ms: Option<u64>) -> Guest {
+    let mut addresses = Vec::new();
+    for nic in &s.nics {
+        for a in &nic.addrs {
+            addresses.push(format!("{}/{}", a.addr, a.prefix_len));
+        }
+    }
+    Guest {
+        tools: s.tools_present,
+        tools_version: s.tools_version,
+        hostname: s.hostname.clone(),
+        ip: s.ipv4.map(|a| a.to_string()),
+        addresses,
+        os_name: s.os_full_name.clone().or_else(|| s.os_name.clone()),
+        uptime_secs: s.uptime.map(|u| u.secs()),
+        last_poll_ago_ms: s.last_poll_ms.zip(now_ms).map(|(p, n)| n.saturating_sub(p)),
+        last_state_change: s
+            .last_state_change
+            .and_then(|c| c.power_state())
+            .map(|p| format!("{p:?}").to_lowercase()),
+    }
+}
+
+fn run_state(h: &VmHandle, stopping: bool) -> RunState {
+    match h.state() {
+        VmRunState::Paused => RunState::Paused,
+        VmRunState::Stopping => RunState::Stopping,
+        VmRunState::Running if stopping => RunState::Stopping,
+        VmRunState::Running => RunState::Running,
+    }
+}
+
+/// Serves vmd's requests until EOF.
+pub fn serve(ch: Channel, input: File, h: VmHandle) {
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (ch, h) = (ch.clone(), h.clone());
+        std::thread::spawn(move || watch_guest(ch, h))
+    };
+    let _ = watch;
+    for line in BufReader::new(input).lines() {
+        let Ok(line) = line else { break };
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Reply::Error {
+                message: format!("bad request: {e}"),
+            },
+            Ok(req) => handle(req, &h, &stopping),
+        };
+        ch.send(&reply);
+    }
+    log::warn!("vmd closed the control channel: powering off");
+    h.power_off();
+}
+
+fn handle(req: Request, h: &VmHandle, stopping: &std::sync::atomic::AtomicBool) -> Reply {
+    use std::sync::atomic::Ordering::Relaxed;
+    match req {
+        Request::Status => Reply::Status {
+            state: run_state(h, stopping.load(Relaxed)),
+            guest: guest(&h.guest_state(), h.tools_now_ms()),
+        },
+        Request::Pause => {
+            if h.state() == VmRunState::Paused {
+                return Reply::Error {
+                    message: "already paused".into(),
+                };
+            }
+            if power::pause(h) {
+                Reply::Ok
+            } else {
+                Reply::Error {
+                    message: "the VM is stopping".into(),
+                }
+            }
+        }
+        Request::Resume => {
+            if power::resume(h) {
+                Reply::Ok
+            } else {
+                Reply::Error {
+                    message: "not paused".into(),
+                }
+            }
+        }
+        Request::Stop { force: true, .. } => {
+            h.power_off();
+            Reply::Ok
+        }
+        Request::Stop {
+            force: false,
+            grace_secs,
+        } => {
+            if stopping.swap(true, Relaxed) {
+                return Reply::Error {
+                    message: "already stopping".into(),
+                };
+            }
+            if h.state() == VmRunState::Paused {
+                // A paused guest cannot shut itself down.
+                power::resume(h);
+            }
+            power::graceful_stop(h, Duration::from_secs(grace_secs));
+            Reply::Ok
+        }
+    }
+}
+
+/// Reports what the guest tools say whenever it changes (ignoring the
+/// poll time, which changes every poll).
+fn watch_guest(ch: Channel, h: VmHandle) {
+    let mut last: Option<Guest> = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if h.state() == VmRunState::Stopping {
+            return;
+        }
+        let mut g = guest(&h.guest_state(), None);
+        g.last_poll_ago_ms = None;
+        if last.as_ref() != Some(&g) {
+            ch.event(Event::Guest { guest: g.clone() });
+            last = Some(g);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Host-initiated power requests, done gracefully: through the guest tools
+//! when the guest has them, through ACPI otherwise, with bounded waits.
+//!
+//! Each function returns promptly; waiting (for the tools to acknowledge,
+//! for the grace period to end) happens on a thread of its own, which
+//! powers the VM off when the guest does not comply in time.
+
+use std::time::{Duration, Instant};
+
+use vm::guestrpc::host::CommandStatus;
+use vm::guestrpc::tclo::TcloCommand;
+use vm::VmHandle;
+
+/// How long the guest tools get to acknowledge a request.
+pub const TOOLS_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Queues `cmd` for the guest tools, if the guest has them.
+fn tools_command(h: &VmHandle, cmd: TcloCommand<String>) -> Option<u64> {
+    if !h.guest_state().tools_present {
+        return None;
+    }
+    h.tools_command(cmd).ok()?.ok()
+}
+
+/// Waits until the command is answered or `timeout` passes; true if the
+/// guest acknowledged it.
+fn wait_ack(h: &VmHandle, id: u64, timeout: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        match h.tools_status(id) {
+            Some(CommandStatus::Acked(_)) => return true,
+            Some(s) if s.is_final() => {
+                log::warn!("guest tools answered {s:?}");
+                return false;
+            }
+            _ if start.elapsed() > timeout => return false,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Asks the guest to shut down: `OS_Halt` through its tools (3 s to
+/// acknowledge, then `grace` to power off), or, without tools or when they
+/// do not acknowledge, the ACPI power button (`grace` to power off). The VM
+/// is powered off when the guest does not comply.
+pub fn graceful_stop(h: &VmHandle, grace: Duration) {
+    let id = tools_command(h, TcloCommand::OsHalt);
+    let h = h.clone();
+    std::thread::spawn(move || {
+        let acked = id.is_some_and(|id| wait_ack(&h, id, TOOLS_ACK_TIMEOUT));
+        if acked {
+            log::info!("guest tools acknowledged the halt; waiting up to {grace:?}");
+        } else {
+            if id.is_some() {
+                log::warn!("guest tools did not acknowledge the halt");
+            }
+            log::info!("pressing the ACPI power button; waiting up to {grace:?}");
+            h.press_power_button();
+        }
+        std::thread::sleep(grace);
+        log::warn!("guest did not power off within {grace:?}: powering off");
+        h.power_off();
+    });
+}
+
+/// Pauses the VM; the guest's tools are told first (`OS_Suspend`, up to
+/// 3 s to acknowledge) so the guest can log it and prepare.
+pub fn pause(h: &VmHandle) -> bool {
+    if let Some(id) = tools_command(h, TcloCommand::OsSuspend) {
+        if !wait_ack(h, id, TOOLS_ACK_TIMEOUT) {
+            log::warn!("guest tools did not acknowledge OS_Suspend; pausing anyway");
+        }
+    }
+    h.pause()
+}
+
+/// Resumes the VM, then tells the guest's tools (`OS_Resume`) so the guest
+/// resynchronises its clock.
+pub fn resume(h: &VmHandle) -> bool {
+    if !h.resume() {
+        return false;
+    }
+    tools_command(h, TcloCommand::OsResume);
+    true
+}
