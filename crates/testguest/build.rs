@@ -6,7 +6,9 @@
 //! programs and linked as static, position-dependent ELF executables at
 //! 1 MiB by our own linker script, without crt files or libc. Those flags
 //! must not leak into (or come from) the outer build, hence a nested cargo
-//! with its own environment and target directory under OUT_DIR.
+//! with its own environment and target directory under OUT_DIR. The nested
+//! build is `--offline`: its dependencies are path dependencies in this
+//! repository (guestrpc), watched below like the guests' own sources.
 //!
 //! Outputs for src/lib.rs:
 //! * `TESTGUEST_DIR` (rustc env): directory holding one ELF per guest;
@@ -20,6 +22,14 @@ use std::process::{Command, Stdio};
 
 /// The guests are x86-64 code whatever the outer build targets.
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The inputs of the guests' path dependencies, relative to this crate:
+/// guestrpc, and the workspace manifest it inherits its edition from.
+const GUEST_PATH_DEPS: &[&str] = &[
+    "../guestrpc/Cargo.toml",
+    "../guestrpc/src",
+    "../../Cargo.toml",
+];
 
 /// rustc flags of the nested build (see the module comment).
 fn guest_rustflags(link_script: &Path) -> Vec<String> {
@@ -74,6 +84,11 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     for input in ["Cargo.toml", "Cargo.lock", "link.ld", "src"] {
         println!("cargo:rerun-if-changed=guest/{input}");
+    }
+    // The guests' path dependencies (see guest/Cargo.toml): the nested build
+    // must run again when they change.
+    for input in GUEST_PATH_DEPS {
+        println!("cargo:rerun-if-changed={input}");
     }
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));

@@ -30,6 +30,7 @@
 //! | `reset` | `reset: boot <k>`; `reset: requesting reset` while `k <= resets` (cmdline `resets=N`, default 1), else `reset: done after <k-1> resets` | reset (i8042 0xFE to port 0x64), then power-off; the boot count lives in CMOS NVRAM byte 0x38 |
 //! | `pio` | `pio: count=<N> cycles=<TSC cycles>` for N (`count=`, default 100000) `out` to `port=` (default 0x80) | power-off |
 //! | `crash` | `crash: triple fault next` | triple fault (KVM_EXIT_SHUTDOWN) |
+//! | `tools` | vmt(4)-style guest tools over the VMware backdoor (guestrpc's guest end): `tools: backdoor version <v> type <t>` or `tools: no VMware backdoor`, clock syncs, an RPCI self-test (`selftest=1`), an RPCI benchmark (`bench=N`: `rpci: lb\|hb count=<N> cycles=<C>`), then a TCLO loop answering power commands; every line and option is listed in `guest/src/bin/tools.rs` | power-off or reset on `OS_Halt` / `OS_Reboot` (or after `bench=`); spins for ever without a backdoor |
 //!
 //! Power-off prints, just before the write, one of
 //! `poweroff: ACPI PM1a_CNT port 0x<port> SLP_TYP <n>` or

@@ -144,7 +144,7 @@ fn guests_are_elf64_exec_with_pvh_note() {
 
 #[test]
 fn the_briefed_guests_exist() {
-    for name in ["hello", "smp", "reset", "poweroff", "pio", "crash"] {
+    for name in ["hello", "smp", "reset", "poweroff", "pio", "crash", "tools"] {
         assert!(testguest::path(name).is_some(), "{name}");
     }
 }

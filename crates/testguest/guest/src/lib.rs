@@ -10,7 +10,8 @@
 //!   (RAM and MMIO) mapped USER;
 //! * the 8250 console ([`println!`]), the kernel command line ([`cmdline`]),
 //!   ACPI table parsing ([`acpi`]), power-off and reset ([`power`]), AP
-//!   start-up ([`smp`]) and port/MMIO/CMOS access ([`io`]);
+//!   start-up ([`smp`]), port/MMIO/CMOS access ([`io`]) and the RTC date
+//!   ([`rtc`]);
 //! * exceptions print `testguest: exception <vector> at rip <hex>` and power
 //!   off; a panic prints `testguest: panic: ...` and powers off.
 //!
@@ -24,6 +25,7 @@ mod entry;
 pub mod io;
 mod mem;
 pub mod power;
+pub mod rtc;
 pub mod serial;
 pub mod smp;
 
