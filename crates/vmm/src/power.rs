@@ -39,23 +39,30 @@ fn wait_ack(h: &VmHandle, id: u64, timeout: Duration) -> bool {
     }
 }
 
-/// Asks the guest to shut down: `OS_Halt` through its tools (3 s to
-/// acknowledge, then `grace` to power off), or, without tools or when they
-/// do not acknowledge, the ACPI power button (`grace` to power off). The VM
-/// is powered off when the guest does not comply.
+/// Asks the guest to shut down. With guest tools: `OS_Halt`, 3 s to
+/// acknowledge (else it is powered off at once: the tools are there but
+/// not listening), then `grace` to power off. Without tools: the ACPI
+/// power button, then `grace`. A guest that does not comply in time is
+/// powered off.
 pub fn graceful_stop(h: &VmHandle, grace: Duration) {
     let id = tools_command(h, TcloCommand::OsHalt);
     let h = h.clone();
     std::thread::spawn(move || {
-        let acked = id.is_some_and(|id| wait_ack(&h, id, TOOLS_ACK_TIMEOUT));
-        if acked {
-            log::info!("guest tools acknowledged the halt; waiting up to {grace:?}");
-        } else {
-            if id.is_some() {
-                log::warn!("guest tools did not acknowledge the halt");
+        match id {
+            Some(id) if wait_ack(&h, id, TOOLS_ACK_TIMEOUT) => {
+                log::info!("guest tools acknowledged the halt; waiting up to {grace:?}");
             }
-            log::info!("pressing the ACPI power button; waiting up to {grace:?}");
-            h.press_power_button();
+            Some(_) => {
+                log::warn!("guest tools did not acknowledge the halt: powering off");
+                h.power_off();
+                return;
+            }
+            None => {
+                log::info!(
+                    "no guest tools: pressing the ACPI power button; waiting up to {grace:?}"
+                );
+                h.press_power_button();
+            }
         }
         std::thread::sleep(grace);
         log::warn!("guest did not power off within {grace:?}: powering off");

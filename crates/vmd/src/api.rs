@@ -1,0 +1,535 @@
+//! The control API: HTTP/JSON on vmd's Unix socket (see `api::v1` for the
+//! endpoint table). Every handler learns who is asking from SO_PEERCRED
+//! and checks it against the VM's owner before acting.
+
+use std::sync::Arc;
+
+use api::v1::{
+    ConfigResult, LoadRequest, LogLevel, LogRequest, Message, ResetRequest, ResetWhat,
+    StartRequest, StopRequest, VmState, VmStatus,
+};
+use api::vmproc::{Reply, Request};
+use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use utoipa::OpenApi;
+
+use crate::auth::{self, Peer};
+use crate::state::{Daemon, Error};
+
+#[derive(Clone)]
+pub struct App {
+    pub daemon: Arc<Daemon>,
+    pub set_verbose: Arc<dyn Fn(bool) + Send + Sync>,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid().unwrap_or(0),
+            },
+            // Without credentials the peer gets no privileges at all.
+            Err(_) => Peer {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: 0,
+            },
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            code,
+            Json(api::v1::Error {
+                error: self.message().to_owned(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, Error>;
+
+/// Parses a JSON body; an empty body means the type's defaults when it
+/// has them. Malformed input is a 400 with the parser's message.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
+    let b: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(b).map_err(|e| Error::BadRequest(format!("bad request body: {e}")))
+}
+
+fn lookup(d: &Daemon, key: &str) -> Result<u32, Error> {
+    d.lock()
+        .find(key)
+        .ok_or_else(|| Error::NotFound(format!("vm {key} not found")))
+}
+
+/// VM `key`, if `peer` may control it.
+fn controllable(d: &Daemon, peer: &Peer, key: &str) -> Result<u32, Error> {
+    let id = lookup(d, key)?;
+    let g = d.lock();
+    let vm = &g.vms[&id];
+    if auth::may_control(peer, vm.def.owner.as_ref()) {
+        Ok(id)
+    } else {
+        Err(Error::Forbidden(format!(
+            "vm {}: permission denied",
+            vm.def.name
+        )))
+    }
+}
+
+fn root_only(peer: &Peer, what: &str) -> Result<(), Error> {
+    if peer.is_root() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!("{what}: permission denied")))
+    }
+}
+
+fn status_of(d: &Daemon, id: u32) -> Result<VmStatus, Error> {
+    d.lock()
+        .vms
+        .get(&id)
+        .map(|v| v.status())
+        .ok_or_else(|| Error::NotFound(format!("vm {id} is gone")))
+}
+
+fn expect_ok(r: Reply) -> Result<(), Error> {
+    match r {
+        Reply::Ok => Ok(()),
+        Reply::Error { message } => Err(Error::Conflict(message)),
+        other => Err(Error::Internal(format!(
+            "unexpected answer from the VM process: {other:?}"
+        ))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmStatus])))]
+async fn list(State(app): State<App>) -> Json<Vec<VmStatus>> {
+    Json(app.daemon.lock().vms.values().map(|v| v.status()).collect())
+}
+
+#[utoipa::path(get, path = "/v1/vms/{id}", params(("id" = String, Path, description = "VM number or name")),
+    responses((status = 200, body = VmStatus), (status = 404, body = api::v1::Error)))]
+async fn show(State(app): State<App>, Path(key): Path<String>) -> ApiResult<VmStatus> {
+    let id = lookup(&app.daemon, &key)?;
+    Ok(Json(status_of(&app.daemon, id)?))
+}
+
+#[utoipa::path(post, path = "/v1/vms", request_body = StartRequest,
+    responses((status = 200, body = VmStatus), (status = 400, body = api::v1::Error),
+              (status = 403, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+async fn start(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    b: Bytes,
+) -> ApiResult<VmStatus> {
+    let req: StartRequest = body(&b)?;
+    let d = &app.daemon;
+    if req.name.is_empty() {
+        return Err(Error::BadRequest("a VM name is needed".into()));
+    }
+    let overrides = req.kernel.is_some()
+        || req.initrd.is_some()
+        || req.cmdline.is_some()
+        || req.memory.is_some()
+        || req.cpus.is_some()
+        || !req.disks.is_empty()
+        || req.cdrom.is_some()
+        || req.interfaces.is_some()
+        || req.local_interface;
+    // The guard must not live through the match: the arms lock again.
+    let existing = d.lock().find(&req.name);
+    let id = match (existing, &req.instance_of) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Conflict(format!("vm {} already exists", req.name)))
+        }
+        (Some(id), None) => {
+            let id = controllable(d, &peer, &id.to_string())?;
+            if overrides {
+                root_only(&peer, "changing a configured VM")?;
+                let mut g = d.lock();
+                let vm = g.vms.get_mut(&id).expect("found");
+                if vm.running() {
+                    return Err(Error::Conflict(format!(
+                        "vm {} is already running",
+                        vm.def.name
+                    )));
+                }
+                apply_overrides(&mut vm.def, &req)?;
+            }
+            id
+        }
+        (None, Some(parent)) => {
+            let pid = lookup(d, parent)?;
+            let mut def = {
+                let g = d.lock();
+                let p = &g.vms[&pid];
+                let owner = p.def.instance_owner.as_ref().or(p.def.owner.as_ref());
+                if !auth::may_control(&peer, owner) {
+                    return Err(Error::Forbidden(format!(
+                        "vm {}: instance: permission denied",
+                        p.def.name
+                    )));
+                }
+                check_instance_overrides(&p.def, &req)?;
+                p.def.clone()
+            };
+            def.name = req.name.clone();
+            def.instance_of = Some(def.name.clone());
+            apply_overrides(&mut def, &req)?;
+            d.add_adhoc(def)?
+        }
+        (None, None) => {
+            root_only(&peer, "starting a VM that is not configured")?;
+            if req.kernel.is_none() {
+                return Err(Error::BadRequest(format!(
+                    "vm {} is not configured; give a kernel to boot (-b)",
+                    req.name
+                )));
+            }
+            let mut def = vmconf::VmDef::new(req.name.clone());
+            def.grace_secs = d.globals().grace_secs;
+            apply_overrides(&mut def, &req)?;
+            d.add_adhoc(def)?
+        }
+    };
+    Ok(Json(d.start(id).await?))
+}
+
+fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Error> {
+    if let Some(k) = &req.kernel {
+        def.kernel = Some(k.into());
+    }
+    if let Some(i) = &req.initrd {
+        def.initrd = Some(i.into());
+    }
+    if let Some(c) = &req.cmdline {
+        def.cmdline = Some(c.clone());
+    }
+    if let Some(m) = req.memory {
+        if m < 2 << 20 {
+            return Err(Error::BadRequest(format!(
+                "memory {m} is below the 2M minimum"
+            )));
+        }
+        def.memory = m.next_multiple_of(1 << 20);
+    }
+    if let Some(c) = req.cpus {
+        if c == 0 || c > 254 {
+            return Err(Error::BadRequest(format!("{c} vCPUs: must be 1 to 254")));
+        }
+        def.cpus = c;
+    }
+    if !req.disks.is_empty()
+        || req.cdrom.is_some()
+        || req.interfaces.is_some()
+        || req.local_interface
+    {
+        return Err(Error::BadRequest(
+            "disks, cdroms and network interfaces are not supported yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_instance_overrides(parent: &vmconf::VmDef, req: &StartRequest) -> Result<(), Error> {
+    use vmconf::InstanceOption as O;
+    let asks = [
+        (
+            req.kernel.is_some() || req.initrd.is_some() || req.cmdline.is_some(),
+            O::Boot,
+        ),
+        (req.memory.is_some(), O::Memory),
+        (!req.disks.is_empty(), O::Disk),
+        (req.cdrom.is_some(), O::Cdrom),
+        (
+            req.interfaces.is_some() || req.local_interface,
+            O::Interface,
+        ),
+    ];
+    for (asked, opt) in asks {
+        if asked && !parent.allows(opt) {
+            return Err(Error::Forbidden(format!(
+                "vm {}: instances may not change {}",
+                parent.name,
+                opt.keyword()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/vms/{id}/stop", request_body = StopRequest,
+    params(("id" = String, Path, description = "VM number or name")),
+    responses((status = 200, body = VmStatus), (status = 403, body = api::v1::Error),
+              (status = 404, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+async fn stop(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(key): Path<String>,
+    b: Bytes,
+) -> ApiResult<VmStatus> {
+    let req: StopRequest = body(&b)?;
+    let d = &app.daemon;
+    let id = controllable(d, &peer, &key)?;
+    let grace = d.lock().vms[&id].def.grace_secs;
+    let r = d
+        .request(
+            id,
+            Request::Stop {
+                force: req.force,
+                grace_secs: grace,
+            },
+        )
+        .await?;
+    expect_ok(r)?;
+    if !req.force {
+        d.set_state(id, VmState::Stopping);
+    }
+    if req.wait {
+        return Ok(Json(d.wait_stopped(id).await?));
+    }
+    Ok(Json(status_of(d, id)?))
+}
+
+async fn pause_or_resume(app: &App, peer: &Peer, key: &str, pause: bool) -> ApiResult<VmStatus> {
+    let d = &app.daemon;
+    let id = controllable(d, peer, key)?;
+    let req = if pause {
+        Request::Pause
+    } else {
+        Request::Resume
+    };
+    expect_ok(d.request(id, req).await?)?;
+    d.set_state(
+        id,
+        if pause {
+            VmState::Paused
+        } else {
+            VmState::Running
+        },
+    );
+    Ok(Json(status_of(d, id)?))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{id}/pause", params(("id" = String, Path, description = "VM number or name")),
+    responses((status = 200, body = VmStatus), (status = 403, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+async fn pause(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(key): Path<String>,
+) -> ApiResult<VmStatus> {
+    pause_or_resume(&app, &peer, &key, true).await
+}
+
+#[utoipa::path(post, path = "/v1/vms/{id}/unpause", params(("id" = String, Path, description = "VM number or name")),
+    responses((status = 200, body = VmStatus), (status = 403, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+async fn unpause(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(key): Path<String>,
+) -> ApiResult<VmStatus> {
+    pause_or_resume(&app, &peer, &key, false).await
+}
+
+#[utoipa::path(get, path = "/v1/vms/{id}/wait", params(("id" = String, Path, description = "VM number or name")),
+    responses((status = 200, body = VmStatus), (status = 404, body = api::v1::Error)))]
+async fn wait(State(app): State<App>, Path(key): Path<String>) -> ApiResult<VmStatus> {
+    let id = lookup(&app.daemon, &key)?;
+    Ok(Json(app.daemon.wait_stopped(id).await?))
+}
+
+fn load_config(d: &Daemon, path: &std::path::Path, replace: bool) -> ConfigResult {
+    let opts = vmconf::Options {
+        macros: d.macros.clone(),
+    };
+    match vmconf::parse_file(path, &opts) {
+        Ok(cfg) => ConfigResult {
+            errors: Vec::new(),
+            vms: d.apply(cfg, replace),
+        },
+        Err(diags) => ConfigResult {
+            errors: diags.iter().map(|e| e.to_string()).collect(),
+            vms: d.lock().vms.values().map(|v| v.def.name.clone()).collect(),
+        },
+    }
+}
+
+/// Reloads the configuration file (SIGHUP, `vmctl reload`).
+pub fn reload(d: &Daemon) -> ConfigResult {
+    let r = load_config(d, &d.config_path, true);
+    for e in &r.errors {
+        tracing::error!("{e}");
+    }
+    if r.errors.is_empty() {
+        tracing::info!("configuration reloaded: {} vms", r.vms.len());
+    }
+    r
+}
+
+#[utoipa::path(post, path = "/v1/config/load", request_body = LoadRequest, responses((status = 200, body = ConfigResult)))]
+async fn load(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    b: Bytes,
+) -> ApiResult<ConfigResult> {
+    root_only(&peer, "load")?;
+    let req: LoadRequest = body(&b)?;
+    Ok(Json(load_config(
+        &app.daemon,
+        std::path::Path::new(&req.path),
+        false,
+    )))
+}
+
+#[utoipa::path(post, path = "/v1/config/reload", responses((status = 200, body = ConfigResult)))]
+async fn reload_handler(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> ApiResult<ConfigResult> {
+    root_only(&peer, "reload")?;
+    Ok(Json(reload(&app.daemon)))
+}
+
+#[utoipa::path(post, path = "/v1/reset", request_body = ResetRequest, responses((status = 200, body = Message)))]
+async fn reset(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    b: Bytes,
+) -> ApiResult<Message> {
+    root_only(&peer, "reset")?;
+    let req: ResetRequest = body(&b)?;
+    let mut stopped = 0;
+    if matches!(req.what, ResetWhat::All | ResetWhat::Vms) {
+        let running: Vec<u32> = app
+            .daemon
+            .lock()
+            .vms
+            .values()
+            .filter(|v| v.running())
+            .map(|v| v.id)
+            .collect();
+        for id in running {
+            if app
+                .daemon
+                .request(
+                    id,
+                    Request::Stop {
+                        force: true,
+                        grace_secs: 0,
+                    },
+                )
+                .await
+                .is_ok()
+            {
+                stopped += 1;
+            }
+        }
+    }
+    let message = match req.what {
+        ResetWhat::Vms => format!("terminated {stopped} vms"),
+        ResetWhat::Switches => "no switches to reset".into(),
+        ResetWhat::All => format!("terminated {stopped} vms; no switches to reset"),
+    };
+    Ok(Json(Message { message }))
+}
+
+#[utoipa::path(post, path = "/v1/log", request_body = LogRequest, responses((status = 200, body = Message)))]
+async fn log_level(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    b: Bytes,
+) -> ApiResult<Message> {
+    root_only(&peer, "log")?;
+    let req: LogRequest = body(&b)?;
+    let verbose = req.level == LogLevel::Verbose;
+    (app.set_verbose)(verbose);
+    Ok(Json(Message {
+        message: format!("logging {}", if verbose { "verbose" } else { "brief" }),
+    }))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vmd control API",
+        description = "Control of vmd, the virtual machine daemon, over its Unix socket."
+    ),
+    paths(
+        list,
+        show,
+        start,
+        stop,
+        pause,
+        unpause,
+        wait,
+        load,
+        reload_handler,
+        reset,
+        log_level
+    ),
+    components(schemas(
+        VmStatus,
+        VmState,
+        StartRequest,
+        StopRequest,
+        LoadRequest,
+        ConfigResult,
+        ResetRequest,
+        ResetWhat,
+        LogRequest,
+        LogLevel,
+        Message,
+        api::v1::Error
+    ))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("no such endpoint; see /openapi.json".into())
+}
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/vms", get(list).post(start))
+        .route("/v1/vms/{id}", get(show))
+        .route("/v1/vms/{id}/stop", post(stop))
+        .route("/v1/vms/{id}/pause", post(pause))
+        .route("/v1/vms/{id}/unpause", post(unpause))
+        .route("/v1/vms/{id}/wait", get(wait))
+        .route("/v1/config/load", post(load))
+        .route("/v1/config/reload", post(reload_handler))
+        .route("/v1/reset", post(reset))
+        .route("/v1/log", post(log_level))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .with_state(app)
+}

@@ -1,0 +1,454 @@
+//! The daemon's state: the VMs it knows (from vm.conf or started ad hoc),
+//! their processes, and what their guests reported.
+//!
+//! One std mutex guards it; it is never held across an await, so API
+//! handlers, VM process events and exits serialise cleanly.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use api::v1::{VmState, VmStatus};
+use api::vmproc::{Event, Guest, Request};
+use tokio::sync::watch;
+use vmconf::{Config, Globals, Owner, VmDef};
+
+use crate::auth;
+use crate::vmproc::{self, Sink, VmProc};
+
+pub struct Vm {
+    pub id: u32,
+    pub def: VmDef,
+    /// Defined in vm.conf (else started ad hoc, forgotten when it stops).
+    pub configured: bool,
+    pub state: VmState,
+    pub tty: Option<String>,
+    pub guest: Guest,
+    pub last_exit: Option<String>,
+    /// How the running process says the VM ended, until it is reaped.
+    exit_reason: Option<String>,
+    pub proc: Option<Arc<VmProc>>,
+    /// Bumped on every state change; `wait` and `start` watch it.
+    pub changed: watch::Sender<u64>,
+}
+
+impl Vm {
+    fn new(id: u32, def: VmDef, configured: bool) -> Vm {
+        let state = if def.enabled || !configured {
+            VmState::Stopped
+        } else {
+            VmState::Disabled
+        };
+        Vm {
+            id,
+            def,
+            configured,
+            state,
+            tty: None,
+            guest: Guest::default(),
+            last_exit: None,
+            exit_reason: None,
+            proc: None,
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    pub fn owner_string(&self) -> String {
+        self.def
+            .owner
+            .as_ref()
+            .map(|o| o.to_string())
+            .unwrap_or_else(|| "root".into())
+    }
+
+    pub fn status(&self) -> VmStatus {
+        let pid = self.proc.as_ref().map(|p| p.pid);
+        VmStatus {
+            id: self.id,
+            name: self.def.name.clone(),
+            pid,
+            vcpus: self.def.cpus,
+            maxmem: self.def.memory,
+            curmem: pid.map(rss).unwrap_or(0),
+            tty: self.tty.clone(),
+            owner: self.owner_string(),
+            state: self.state,
+            hostname: self.guest.hostname.clone().filter(|_| self.running()),
+            ip: self.guest.ip.clone().filter(|_| self.running()),
+            tools: self.running() && self.guest.tools,
+            last_exit: self.last_exit.clone(),
+        }
+    }
+}
+
+/// Resident memory of a process, bytes (0 if unknown).
+fn rss(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub struct Inner {
+    pub vms: BTreeMap<u32, Vm>,
+    next_id: u32,
+    pub globals: Globals,
+}
+
+impl Inner {
+    /// A VM by number or name.
+    pub fn find(&self, key: &str) -> Option<u32> {
+        if let Ok(id) = key.parse::<u32>() {
+            if self.vms.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        self.vms.values().find(|v| v.def.name == key).map(|v| v.id)
+    }
+}
+
+pub struct Daemon {
+    inner: Mutex<Inner>,
+    pub vmm: PathBuf,
+    pub config_path: PathBuf,
+    pub macros: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    NotFound(String),
+    Forbidden(String),
+    Conflict(String),
+    BadRequest(String),
+    Internal(String),
+}
+
+impl Error {
+    pub fn message(&self) -> &str {
+        match self {
+            Error::NotFound(m)
+            | Error::Forbidden(m)
+            | Error::Conflict(m)
+            | Error::BadRequest(m)
+            | Error::Internal(m) => m,
+        }
+    }
+}
+
+impl Daemon {
+    pub fn new(
+        cfg: Config,
+        vmm: PathBuf,
+        config_path: PathBuf,
+        macros: Vec<(String, String)>,
+    ) -> Arc<Daemon> {
+        let mut inner = Inner {
+            vms: BTreeMap::new(),
+            next_id: 1,
+            globals: cfg.globals.clone(),
+        };
+        for def in cfg.vms {
+            let id = inner.next_id;
+            inner.next_id += 1;
+            inner.vms.insert(id, Vm::new(id, def, true));
+        }
+        Arc::new(Daemon {
+            inner: Mutex::new(inner),
+            vmm,
+            config_path,
+            macros,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn globals(&self) -> Globals {
+        self.lock().globals.clone()
+    }
+
+    /// Applies a (re)loaded configuration: new VMs are added, stopped ones
+    /// take their new definition, running ones keep theirs until they
+    /// stop, and stopped VMs the file no longer defines are forgotten.
+    /// `replace`: the file is the whole configuration (reload); else it
+    /// adds to it (load).
+    pub fn apply(&self, cfg: Config, replace: bool) -> Vec<String> {
+        let mut g = self.lock();
+        if replace {
+            g.globals = cfg.globals.clone();
+            let names: Vec<&str> = cfg.vms.iter().map(|v| v.name.as_str()).collect();
+            g.vms.retain(|_, v| {
+                v.running() || !v.configured || names.contains(&v.def.name.as_str())
+            });
+        }
+        for def in cfg.vms {
+            match g.find(&def.name) {
+                Some(id) => {
+                    let vm = g.vms.get_mut(&id).expect("found");
+                    vm.configured = true;
+                    if !vm.running() {
+                        vm.state = if def.enabled {
+                            VmState::Stopped
+                        } else {
+                            VmState::Disabled
+                        };
+                        vm.def = def;
+                    }
+                }
+                None => {
+                    let id = g.next_id;
+                    g.next_id += 1;
+                    g.vms.insert(id, Vm::new(id, def, true));
+                }
+            }
+        }
+        g.vms.values().map(|v| v.def.name.clone()).collect()
+    }
+
+    /// Adds an ad-hoc VM (vmctl start with -b ...).
+    pub fn add_adhoc(&self, def: VmDef) -> Result<u32, Error> {
+        let mut g = self.lock();
+        if g.find(&def.name).is_some() {
+            return Err(Error::Conflict(format!("vm {} already exists", def.name)));
+        }
+        let id = g.next_id;
+        g.next_id += 1;
+        g.vms.insert(id, Vm::new(id, def, false));
+        Ok(id)
+    }
+
+    fn vmm_args(def: &VmDef) -> Result<Vec<String>, String> {
+        let Some(kernel) = &def.kernel else {
+            return Err(format!(
+                "vm {}: nothing to boot: give it a kernel (booting from disk or cdrom is not supported yet)",
+                def.name
+            ));
+        };
+        let mut a = vec![
+            "-k".to_owned(),
+            kernel.display().to_string(),
+            "-m".to_owned(),
+            def.memory.to_string(),
+            "-c".to_owned(),
+            def.cpus.to_string(),
+            "-s".to_owned(),
+            "pty".to_owned(),
+            "-a".to_owned(),
+            def.cmdline
+                .clone()
+                .unwrap_or_else(|| "console=ttyS0".into()),
+        ];
+        if let Some(i) = &def.initrd {
+            a.push("-i".into());
+            a.push(i.display().to_string());
+        }
+        Ok(a)
+    }
+
+    /// Starts VM `id`'s process and waits until the VM is built (its
+    /// console exists) or the process failed.
+    pub async fn start(self: &Arc<Self>, id: u32) -> Result<VmStatus, Error> {
+        let mut changed = {
+            let mut g = self.lock();
+            let vm = g
+                .vms
+                .get_mut(&id)
+                .ok_or_else(|| Error::NotFound(format!("no vm {id}")))?;
+            if vm.running() {
+                return Err(Error::Conflict(format!(
+                    "vm {} is already running",
+                    vm.def.name
+                )));
+            }
+            let args = Self::vmm_args(&vm.def).map_err(Error::BadRequest)?;
+            let sink: Arc<dyn Sink> = self.clone();
+            let proc = vmproc::spawn(&self.vmm, &args, id, &vm.def.name, sink)
+                .map_err(|e| Error::Internal(format!("cannot run {}: {e}", self.vmm.display())))?;
+            tracing::info!(vm = %vm.def.name, pid = proc.pid, "starting");
+            vm.proc = Some(proc);
+            vm.state = VmState::Starting;
+            vm.tty = None;
+            vm.guest = Guest::default();
+            vm.last_exit = None;
+            vm.bump();
+            vm.changed.subscribe()
+        };
+        let ready = async {
+            loop {
+                {
+                    let g = self.lock();
+                    let vm = g.vms.get(&id).expect("VMs are not removed while starting");
+                    match vm.state {
+                        VmState::Starting => {}
+                        VmState::Stopped | VmState::Disabled => {
+                            let why = vm.last_exit.clone().unwrap_or_else(|| "exited".into());
+                            return Err(Error::BadRequest(format!("vm {}: {why}", vm.def.name)));
+                        }
+                        _ => return Ok(vm.status()),
+                    }
+                }
+                if changed.changed().await.is_err() {
+                    return Err(Error::Internal("VM state lost".into()));
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "the VM process did not come up within 60 s".into(),
+                ))
+            })
+    }
+
+    /// Sends a request to VM `id`'s process.
+    pub async fn request(&self, id: u32, req: Request) -> Result<api::vmproc::Reply, Error> {
+        let proc = {
+            let g = self.lock();
+            let vm = g
+                .vms
+                .get(&id)
+                .ok_or_else(|| Error::NotFound(format!("no vm {id}")))?;
+            vm.proc
+                .clone()
+                .ok_or_else(|| Error::Conflict(format!("vm {} is not running", vm.def.name)))?
+        };
+        proc.request(&req).await.map_err(Error::Internal)
+    }
+
+    pub fn set_state(&self, id: u32, state: VmState) {
+        let mut g = self.lock();
+        if let Some(vm) = g.vms.get_mut(&id) {
+            if vm.running() {
+                vm.state = state;
+                vm.bump();
+            }
+        }
+    }
+
+    /// Waits until VM `id` is not running.
+    pub async fn wait_stopped(&self, id: u32) -> Result<VmStatus, Error> {
+        let mut rx = {
+            let g = self.lock();
+            let vm = g
+                .vms
+                .get(&id)
+                .ok_or_else(|| Error::NotFound(format!("no vm {id}")))?;
+            vm.changed.subscribe()
+        };
+        loop {
+            {
+                let g = self.lock();
+                match g.vms.get(&id) {
+                    Some(vm) if vm.running() => {}
+                    Some(vm) => return Ok(vm.status()),
+                    None => return Err(Error::NotFound(format!("vm {id} is gone"))),
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::NotFound(format!("vm {id} is gone")));
+            }
+        }
+    }
+
+    /// Hands the console pty to the VM's owner so they (and root) can use
+    /// `vmctl console`, and nobody else can.
+    fn own_tty(&self, path: &str, owner: Option<&Owner>) {
+        let (uid, gid) = owner.map(auth::owner_ids).unwrap_or((Some(0), Some(0)));
+        let c = match std::ffi::CString::new(path) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        // SAFETY: plain syscalls on a NUL-terminated path.
+        unsafe {
+            libc::chown(c.as_ptr(), uid.unwrap_or(0), gid.unwrap_or(0));
+            libc::chmod(c.as_ptr(), 0o660);
+        }
+    }
+}
+
+fn describe(status: ExitStatus, reason: Option<String>, tail: Option<String>) -> String {
+    if let Some(r) = reason {
+        return r;
+    }
+    if let Some(sig) = status.signal() {
+        return format!("killed by signal {sig}");
+    }
+    match (status.code(), tail) {
+        (Some(1), Some(t)) => format!("failed: {}", t.strip_prefix("vmm: ").unwrap_or(&t)),
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, _) => "exited".into(),
+    }
+}
+
+impl Sink for Daemon {
+    fn event(&self, id: u32, event: Event) {
+        match event {
+            Event::Tty { path } => {
+                let owner = {
+                    let mut g = self.lock();
+                    let Some(vm) = g.vms.get_mut(&id) else { return };
+                    vm.tty = Some(path.clone());
+                    if vm.state == VmState::Starting {
+                        vm.state = VmState::Running;
+                    }
+                    vm.bump();
+                    vm.def.owner.clone()
+                };
+                self.own_tty(&path, owner.as_ref());
+            }
+            Event::State { state } => {
+                let s = match state {
+                    api::vmproc::RunState::Running => VmState::Running,
+                    api::vmproc::RunState::Paused => VmState::Paused,
+                    api::vmproc::RunState::Stopping => VmState::Stopping,
+                };
+                self.set_state(id, s);
+            }
+            Event::Guest { guest } => {
+                let mut g = self.lock();
+                if let Some(vm) = g.vms.get_mut(&id) {
+                    vm.guest = guest;
+                    vm.bump();
+                }
+            }
+            Event::Exited { reason } => {
+                if let Some(vm) = self.lock().vms.get_mut(&id) {
+                    vm.exit_reason = Some(reason);
+                }
+            }
+        }
+    }
+
+    fn exited(&self, id: u32, status: ExitStatus, tail: Option<String>) {
+        let mut g = self.lock();
+        let Some(vm) = g.vms.get_mut(&id) else { return };
+        let why = describe(status, vm.exit_reason.take(), tail);
+        tracing::info!(vm = %vm.def.name, "stopped: {why}");
+        vm.proc = None;
+        vm.tty = None;
+        vm.last_exit = Some(why);
+        vm.state = if vm.def.enabled || !vm.configured {
+            VmState::Stopped
+        } else {
+            VmState::Disabled
+        };
+        vm.bump();
+    }
+}

@@ -1,0 +1,175 @@
+//! One VM process (`vmm --control-fd 3`) as vmd sees it: spawning it,
+//! the JSON-lines channel (requests answered in order, events at any
+//! time), and noticing its exit at once.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::vmproc::{Event, Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+/// The fd number the control socket has in the VM process.
+const CONTROL_FD: i32 = 3;
+
+/// What a VM process tells the daemon, besides answers.
+pub trait Sink: Send + Sync + 'static {
+    fn event(&self, id: u32, event: Event);
+    /// The process ended; `stderr_tail` is the last thing it printed.
+    fn exited(&self, id: u32, status: ExitStatus, stderr_tail: Option<String>);
+}
+
+pub struct VmProc {
+    pub pid: u32,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Mutex<VecDeque<oneshot::Sender<Reply>>>,
+}
+
+/// How long a VM process gets to answer a request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl VmProc {
+    /// Sends `req` and waits for its answer.
+    pub async fn request(&self, req: &Request) -> Result<Reply, String> {
+        let (tx, rx) = oneshot::channel();
+        let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        {
+            // Queue the waiter under the writer lock so answers, which come
+            // in request order, find the waiters in the same order.
+            let mut w = self.writer.lock().await;
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(tx);
+            w.write_all(&line)
+                .await
+                .map_err(|e| format!("VM process: {e}"))?;
+        }
+        match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err("the VM process exited".into()),
+            Err(_) => Err("the VM process did not answer".into()),
+        }
+    }
+}
+
+fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts `vmm` with `args` for VM `id`; events and the exit go to `sink`.
+pub fn spawn(
+    vmm: &Path,
+    args: &[String],
+    id: u32,
+    name: &str,
+    sink: Arc<dyn Sink>,
+) -> std::io::Result<Arc<VmProc>> {
+    let (ours, theirs) = socketpair()?;
+    let child_fd = theirs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(vmm);
+    cmd.args(args)
+        .arg("--control-fd")
+        .arg(CONTROL_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    // SAFETY: between fork and exec we only call async-signal-safe dup2,
+    // which also clears close-on-exec on the copy.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(child_fd, CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(theirs);
+    let pid = child.id().unwrap_or(0);
+    let std_stream = std::os::unix::net::UnixStream::from(ours);
+    std_stream.set_nonblocking(true)?;
+    let (read, write) = UnixStream::from_std(std_stream)?.into_split();
+    let proc = Arc::new(VmProc {
+        pid,
+        writer: tokio::sync::Mutex::new(write),
+        pending: Mutex::new(VecDeque::new()),
+    });
+
+    // The VM process's stderr goes to our log, tagged with the VM.
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let vm = name.to_owned();
+    let stderr_task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut last = None;
+        while let Ok(Some(l)) = lines.next_line().await {
+            tracing::info!(vm = %vm, "{}", l.strip_prefix("vmm: ").unwrap_or(&l));
+            last = Some(l);
+        }
+        last
+    });
+
+    let p = proc.clone();
+    let s = sink.clone();
+    let reader = tokio::spawn(async move {
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            match serde_json::from_str::<Reply>(&l) {
+                Ok(Reply::Event(e)) => s.event(id, e),
+                Ok(r) => {
+                    let waiter = p
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_front();
+                    if let Some(w) = waiter {
+                        let _ = w.send(r);
+                    }
+                }
+                Err(e) => tracing::warn!(vm = id, "bad message from VM process: {e}"),
+            }
+        }
+    });
+
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        // Read what is left on the channel and stderr first: the exit
+        // reason arrives just before the process ends.
+        let _ = reader.await;
+        let tail = stderr_task.await.ok().flatten();
+        match status {
+            Ok(st) => sink.exited(id, st, tail),
+            Err(e) => {
+                tracing::error!(vm = id, "waiting for the VM process: {e}");
+                sink.exited(
+                    id,
+                    std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+                    tail,
+                )
+            }
+        }
+    });
+    Ok(proc)
+}
