@@ -146,10 +146,19 @@ pub fn run(name: &str, main: fn() -> !) -> ! {
 #[macro_export]
 macro_rules! guest {
     ($name:literal, $main:path) => {
+        $crate::guest!($name, $main, 0);
+    };
+    // `early_mark`: a byte the entry code writes to COM1 before anything
+    // else (0: none), so a host can time the guest's first port I/O.
+    ($name:literal, $main:path, $early_mark:expr) => {
         #[unsafe(no_mangle)]
         fn testguest_main() -> ! {
             $crate::run($name, $main)
         }
+        #[unsafe(no_mangle)]
+        #[used]
+        #[allow(non_upper_case_globals)]
+        static tg_early_mark: u8 = $early_mark;
     };
 }
 
