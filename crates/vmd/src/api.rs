@@ -264,6 +264,7 @@ fn check_instance_overrides(parent: &vmconf::VmDef, req: &StartRequest) -> Resul
             O::Boot,
         ),
         (req.memory.is_some(), O::Memory),
+        (req.cpus.is_some(), O::Cpus),
         (!req.disks.is_empty(), O::Disk),
         (req.cdrom.is_some(), O::Cdrom),
         (
@@ -363,15 +364,30 @@ async fn wait(State(app): State<App>, Path(key): Path<String>) -> ApiResult<VmSt
     Ok(Json(app.daemon.wait_stopped(id).await?))
 }
 
-fn load_config(d: &Daemon, path: &std::path::Path, replace: bool) -> ConfigResult {
+/// Loads a configuration file; the enabled VMs it adds are started, as
+/// at daemon start.
+fn load_config(d: &Arc<Daemon>, path: &std::path::Path, replace: bool) -> ConfigResult {
     let opts = vmconf::Options {
         macros: d.macros.clone(),
     };
     match vmconf::parse_file(path, &opts) {
-        Ok(cfg) => ConfigResult {
-            errors: Vec::new(),
-            vms: d.apply(cfg, replace),
-        },
+        Ok(cfg) => {
+            let (vms, added) = d.apply(cfg, replace);
+            for id in added {
+                if d.lock().vms.get(&id).is_some_and(|v| v.def.enabled) {
+                    let d = d.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = d.start(id).await {
+                            tracing::error!("{}", e.message());
+                        }
+                    });
+                }
+            }
+            ConfigResult {
+                errors: Vec::new(),
+                vms,
+            }
+        }
         Err(diags) => ConfigResult {
             errors: diags.iter().map(|e| e.to_string()).collect(),
             vms: d.lock().vms.values().map(|v| v.def.name.clone()).collect(),
@@ -380,7 +396,7 @@ fn load_config(d: &Daemon, path: &std::path::Path, replace: bool) -> ConfigResul
 }
 
 /// Reloads the configuration file (SIGHUP, `vmctl reload`).
-pub fn reload(d: &Daemon) -> ConfigResult {
+pub fn reload(d: &Arc<Daemon>) -> ConfigResult {
     let r = load_config(d, &d.config_path, true);
     for e in &r.errors {
         tracing::error!("{e}");

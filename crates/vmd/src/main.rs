@@ -23,6 +23,8 @@ use tracing_subscriber::{reload, EnvFilter};
 
 use crate::state::Daemon;
 
+const DEFAULT_CONFIG: &str = "/etc/vm.conf";
+
 #[derive(Parser, Debug)]
 #[command(name = "vmd", version, about = "The virtual machine daemon")]
 struct Args {
@@ -39,7 +41,7 @@ struct Args {
     #[arg(short = 'D', value_name = "NAME=VALUE", value_parser = parse_macro)]
     macros: Vec<(String, String)>,
     /// Configuration file.
-    #[arg(short = 'f', value_name = "FILE", default_value = "/etc/vm.conf")]
+    #[arg(short = 'f', value_name = "FILE", default_value = DEFAULT_CONFIG)]
     file: PathBuf,
     /// Control socket.
     #[arg(short = 's', value_name = "SOCKET", default_value = ::api::DEFAULT_SOCKET)]
@@ -112,6 +114,7 @@ fn daemonize() -> Result<(), String> {
             _ => libc::_exit(0),
         }
         libc::setsid();
+        libc::chdir(c"/".as_ptr());
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             for fd in 0..3 {
@@ -165,6 +168,14 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    // Bind before detaching, so a socket in use is an error the caller sees.
+    let listener = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if !args.foreground {
         if let Err(e) = daemonize() {
             eprintln!("vmd: {e}");
@@ -202,7 +213,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, cfg, set_verbose)) {
+    match rt.block_on(run(args, cfg, listener, set_verbose)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -215,9 +226,9 @@ fn main() -> ExitCode {
 async fn run(
     args: Args,
     cfg: vmconf::Config,
+    std_listener: std::os::unix::net::UnixListener,
     set_verbose: Arc<dyn Fn(bool) + Send + Sync>,
 ) -> Result<(), String> {
-    let std_listener = bind(&args.socket, cfg.globals.socket_owner.as_ref())?;
     std_listener
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;

@@ -187,8 +187,10 @@ impl Daemon {
     /// take their new definition, running ones keep theirs until they
     /// stop, and stopped VMs the file no longer defines are forgotten.
     /// `replace`: the file is the whole configuration (reload); else it
-    /// adds to it (load).
-    pub fn apply(&self, cfg: Config, replace: bool) -> Vec<String> {
+    /// adds to it (load). Returns the names defined now and the ids of
+    /// the VMs added (which the caller starts if enabled).
+    pub fn apply(&self, cfg: Config, replace: bool) -> (Vec<String>, Vec<u32>) {
+        let mut added = Vec::new();
         let mut g = self.lock();
         if replace {
             g.globals = cfg.globals.clone();
@@ -215,10 +217,11 @@ impl Daemon {
                     let id = g.next_id;
                     g.next_id += 1;
                     g.vms.insert(id, Vm::new(id, def, true));
+                    added.push(id);
                 }
             }
         }
-        g.vms.values().map(|v| v.def.name.clone()).collect()
+        (g.vms.values().map(|v| v.def.name.clone()).collect(), added)
     }
 
     /// Adds an ad-hoc VM (vmctl start with -b ...).
@@ -234,6 +237,16 @@ impl Daemon {
     }
 
     fn vmm_args(def: &VmDef) -> Result<Vec<String>, String> {
+        // Refuse rather than boot a VM without the devices it was given.
+        let missing = [
+            (!def.disks.is_empty(), "disks"),
+            (def.cdrom.is_some(), "a cdrom"),
+            (!def.interfaces.is_empty(), "network interfaces"),
+        ];
+        if let Some((_, what)) = missing.iter().find(|(has, _)| *has) {
+            return Err(format!("vm {}: {what} are not supported yet", def.name)
+                .replace("a cdrom are", "a cdrom is"));
+        }
         let Some(kernel) = &def.kernel else {
             return Err(format!(
                 "vm {}: nothing to boot: give it a kernel (booting from disk or cdrom is not supported yet)",

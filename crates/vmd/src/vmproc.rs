@@ -95,7 +95,10 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(false);
+        .kill_on_drop(false)
+        // Its own process group: a ^C or hangup meant for vmd in a terminal
+        // must not reach the VMs; vmd stops them itself.
+        .process_group(0);
     // SAFETY: between fork and exec we only call async-signal-safe dup2,
     // which also clears close-on-exec on the copy.
     unsafe {
