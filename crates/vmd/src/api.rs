@@ -298,15 +298,16 @@ async fn stop(
     let d = &app.daemon;
     let id = controllable(d, &peer, &key)?;
     let grace = d.lock().vms[&id].def.grace_secs;
-    let r = d
-        .request(
-            id,
-            Request::Stop {
-                force: req.force,
-                grace_secs: grace,
-            },
-        )
-        .await?;
+    let stop = Request::Stop {
+        force: req.force,
+        grace_secs: grace,
+    };
+    let r = match d.request(id, stop).await {
+        // It ended before it could answer (-f powers off at once; or the
+        // guest was going down anyway): stopped, as asked.
+        Err(Error::Internal(m)) if m == crate::vmproc::EXITED => Reply::Ok,
+        r => r?,
+    };
     expect_ok(r)?;
     if !req.force {
         d.set_state(id, VmState::Stopping);

@@ -78,19 +78,20 @@ fn vmm_path() -> PathBuf {
 }
 
 /// Binds the control socket. A socket a live vmd answers on is refused; a
-/// stale one (nobody listening) is reclaimed.
+/// stale one (nobody listening) is reclaimed, which the bool reports.
 fn bind(
     path: &Path,
     owner: Option<&vmconf::Owner>,
-) -> Result<std::os::unix::net::UnixListener, String> {
+) -> Result<(std::os::unix::net::UnixListener, bool), String> {
     let shown = path.display();
+    let mut reclaimed = false;
     if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!("{shown}: another vmd is already listening there"));
         }
         std::fs::remove_file(path)
             .map_err(|e| format!("{shown}: cannot remove stale socket: {e}"))?;
-        tracing::info!("{shown}: removed a stale socket");
+        reclaimed = true;
     }
     let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| format!("{shown}: {e}"))?;
     let (uid, gid) = owner.map(auth::owner_ids).unwrap_or((Some(0), Some(0)));
@@ -101,7 +102,7 @@ fn bind(
         libc::chown(c.as_ptr(), uid.unwrap_or(0), gid.unwrap_or(0));
         libc::chmod(c.as_ptr(), 0o660);
     }
-    Ok(l)
+    Ok((l, reclaimed))
 }
 
 /// Detaches from the terminal: fork, setsid, stdio to /dev/null.
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Bind before detaching, so a socket in use is an error the caller sees.
-    let listener = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
+    let (listener, reclaimed) = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("vmd: {e}");
@@ -198,6 +199,9 @@ fn main() -> ExitCode {
             .init();
     }
     let extra = args.verbose;
+    if reclaimed {
+        tracing::info!("{}: removed a stale socket", args.socket.display());
+    }
     let set_verbose: Arc<dyn Fn(bool) + Send + Sync> = Arc::new(move |v| {
         let _ = handle.modify(|f| *f = level(v, extra));
     });

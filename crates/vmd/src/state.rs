@@ -22,7 +22,8 @@ use crate::vmproc::{self, Sink, VmProc};
 pub struct Vm {
     pub id: u32,
     pub def: VmDef,
-    /// Defined in vm.conf (else started ad hoc, forgotten when it stops).
+    /// Defined in vm.conf (else started ad hoc: it stays listed, stopped,
+    /// after its process ends, and may be started again).
     pub configured: bool,
     pub state: VmState,
     pub tty: Option<String>,

@@ -28,8 +28,13 @@ pub trait Sink: Send + Sync + 'static {
 pub struct VmProc {
     pub pid: u32,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    pending: Mutex<VecDeque<oneshot::Sender<Reply>>>,
+    /// Waiters for answers, in request order; None once the channel is
+    /// closed (the process is gone: nothing will be answered any more).
+    pending: Mutex<Option<VecDeque<oneshot::Sender<Reply>>>>,
 }
+
+/// The error of a request whose VM process ended before answering.
+pub const EXITED: &str = "the VM process exited";
 
 /// How long a VM process gets to answer a request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +52,8 @@ impl VmProc {
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .ok_or(EXITED)?
                 .push_back(tx);
             w.write_all(&line)
                 .await
@@ -54,7 +61,7 @@ impl VmProc {
         }
         match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err("the VM process exited".into()),
+            Ok(Err(_)) => Err(EXITED.into()),
             Err(_) => Err("the VM process did not answer".into()),
         }
     }
@@ -118,7 +125,7 @@ pub fn spawn(
     let proc = Arc::new(VmProc {
         pid,
         writer: tokio::sync::Mutex::new(write),
-        pending: Mutex::new(VecDeque::new()),
+        pending: Mutex::new(Some(VecDeque::new())),
     });
 
     // The VM process's stderr goes to our log, tagged with the VM.
@@ -146,7 +153,8 @@ pub fn spawn(
                         .pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .pop_front();
+                        .as_mut()
+                        .and_then(VecDeque::pop_front);
                     if let Some(w) = waiter {
                         let _ = w.send(r);
                     }
@@ -154,6 +162,10 @@ pub fn spawn(
                 Err(e) => tracing::warn!(vm = id, "bad message from VM process: {e}"),
             }
         }
+        // The process is gone (or closed its end): what is still waiting
+        // for an answer fails now, and so does any later request, instead
+        // of each waiting out REPLY_TIMEOUT.
+        p.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
     });
 
     tokio::spawn(async move {

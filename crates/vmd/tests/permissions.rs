@@ -1,0 +1,176 @@
+//! Who may do what: vmctl run as an unprivileged user (`vmdtest`) against
+//! a VM it owns and one it does not, and as root.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Once;
+use std::time::Duration;
+
+use common::*;
+
+const USER: &str = "vmdtest";
+
+/// Creates the system user `vmdtest` if it is missing; its (uid, gid).
+fn test_user() -> (u32, u32) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if user_ids(USER).is_some() {
+            return;
+        }
+        let useradd = |name: &str| {
+            let mut c = Command::new(name);
+            c.args(["-r", "-M", "-s", "/usr/sbin/nologin", USER]);
+            run_bounded(c, Duration::from_secs(60))
+        };
+        let have_useradd = Command::new("useradd").arg("--help").output().is_ok();
+        if !have_useradd {
+            // Debian keeps useradd in `passwd`.
+            let mut c = Command::new("apt-get");
+            c.args(["install", "-y", "-q", "passwd"])
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            let o = run_bounded(c, Duration::from_secs(300));
+            assert!(o.ok(), "apt-get install passwd: {o:?}");
+        }
+        let o = useradd("useradd");
+        // Another test process may have made it meanwhile.
+        assert!(o.ok() || user_ids(USER).is_some(), "useradd {USER}: {o:?}");
+    });
+    user_ids(USER).expect("the test user exists")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn owners_control_their_vms_and_only_those() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipping: creating a user and acting as it needs root");
+        return;
+    }
+    let (uid, gid) = test_user();
+    let tools = guest("tools");
+    let conf = format!(
+        r#"socket owner {USER}
+vm "mine" {{
+	kernel "{tools}"
+	cmdline "hostname=mine poll_ms=200"
+	memory 32M
+	owner {USER}
+}}
+vm "theirs" {{
+	kernel "{tools}"
+	cmdline "hostname=theirs poll_ms=200"
+	memory 32M
+}}
+"#
+    );
+    let d = TestDaemon::start(&conf);
+    // The unprivileged user runs its own copy of vmctl: the build tree
+    // need not be open to it.
+    let vmctl = d.dir.join("vmctl");
+    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
+    let as_user = |args: &[&str]| {
+        let mut c = Command::new(&vmctl);
+        c.arg("-s")
+            .arg(&d.sock)
+            .args(args)
+            .env_remove("VMD_SOCKET")
+            .stdin(std::process::Stdio::null());
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, gid);
+        run_bounded(c, Duration::from_secs(60))
+    };
+
+    // The socket is the user's (group too), mode 0660.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&d.sock).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o660));
+    }
+    let mine = d.wait_tools("mine");
+    let theirs = d.wait_tools("theirs");
+    assert_eq!(mine.owner, USER);
+    assert_eq!(theirs.owner, "root");
+
+    // Anyone who reaches the socket may look.
+    let o = as_user(&["--json", "status"]);
+    assert!(o.ok(), "{o:?}");
+    let vms: Vec<VmStatus> = serde_json::from_str(&o.stdout).unwrap();
+    let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["mine", "theirs"]);
+
+    // Not touch.
+    for args in [
+        &["stop", "theirs"][..],
+        &["stop", "-f", "theirs"],
+        &["pause", "theirs"],
+        &["unpause", "theirs"],
+        &["start", "theirs"],
+        &["reload"],
+        &["load", "/dev/null"],
+        &["reset"],
+        &["log", "verbose"],
+        &["start", "-b", &tools, "-m", "32M", "adhoc"],
+    ] {
+        let o = as_user(args);
+        assert_eq!(o.code, Some(1), "vmctl {args:?} as {USER}: {o:?}");
+        assert!(
+            o.stderr.contains("permission denied"),
+            "vmctl {args:?} as {USER}: {o:?}"
+        );
+    }
+    // The console of root's VM: its pty is root's, 0660.
+    let o = as_user(&["console", "theirs"]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(
+        o.stderr.to_lowercase().contains("permission denied"),
+        "{o:?}"
+    );
+    let theirs_now = d.vm("theirs");
+    assert_eq!(theirs_now.state, VmState::Running);
+    assert_eq!(theirs_now.pid, theirs.pid);
+    assert!(d.status().iter().all(|v| v.name != "adhoc"));
+
+    // Its own VM: console (stdin at EOF ends the session at once), pause,
+    // unpause, stop, start.
+    let o = as_user(&["console", "mine"]);
+    assert!(o.ok(), "console mine as {USER}: {o:?}");
+    assert!(o.stdout.contains("Connected to /dev/pts/"), "{o:?}");
+    let o = as_user(&["pause", "mine"]);
+    assert!(o.ok(), "{o:?}");
+    assert_eq!(d.vm("mine").state, VmState::Paused);
+    let o = as_user(&["unpause", "mine"]);
+    assert!(o.ok(), "{o:?}");
+    assert_eq!(d.vm("mine").state, VmState::Running);
+    let o = as_user(&["stop", "-w", "mine"]);
+    assert!(o.ok(), "{o:?}");
+    let m = d.vm("mine");
+    assert_eq!(m.state, VmState::Stopped);
+    assert_eq!(m.last_exit.as_deref(), Some("halted by guest tools"));
+    assert!(!process_exists(mine.pid.unwrap()));
+    let o = as_user(&["start", "mine"]);
+    assert!(o.ok(), "{o:?}");
+    d.wait_running("mine");
+    // Though not with other settings than the configured ones.
+    let o = as_user(&["stop", "-f", "-w", "mine"]);
+    assert!(o.ok(), "{o:?}");
+    let o = as_user(&["start", "-m", "64M", "mine"]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("permission denied"), "{o:?}");
+
+    // Root may do all of it.
+    d.vmctl_ok(&["pause", "theirs"]);
+    d.vmctl_ok(&["unpause", "theirs"]);
+    d.vmctl_ok(&["stop", "-w", "theirs"]);
+    assert_eq!(d.vm("theirs").state, VmState::Stopped);
+    d.vmctl_ok(&["start", "mine"]);
+    d.wait_running("mine");
+    d.vmctl_ok(&["stop", "-f", "-w", "mine"]);
+    d.vmctl_ok(&["reload"]);
+}
