@@ -53,6 +53,27 @@ pub fn path(name: &str) -> Option<PathBuf> {
     NAMES.contains(&name).then(|| PathBuf::from(DIR).join(name))
 }
 
+/// For tests that boot these guests: true if /dev/kvm can be used. Without
+/// it the test should return early (a skip, said on stderr), except under
+/// CI (`CI=true`), where this panics: a CI run that skipped every VM test
+/// would prove nothing.
+pub fn kvm_or_skip() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("/dev/kvm is required under CI: {e}");
+            }
+            eprintln!("skipping: /dev/kvm unavailable: {e}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,23 +8,7 @@ use std::time::{Duration, Instant};
 use vm::boot::BootConfig;
 use vm::{Vm, VmConfig};
 
-/// True if /dev/kvm can be used; skips otherwise, but fails under CI.
-pub fn kvm_or_skip() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("/dev/kvm is required under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: /dev/kvm unavailable: {e}");
-            false
-        }
-    }
-}
+pub use testguest::kvm_or_skip;
 
 /// The guest's serial output, shared with the VM.
 #[derive(Clone, Default)]

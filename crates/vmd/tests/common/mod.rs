@@ -19,25 +19,8 @@ use std::time::{Duration, Instant};
 
 pub use api::v1::{VmState, VmStatus};
 
-/// True if /dev/kvm can be used. Without it the test is skipped, except
-/// under CI (`CI=true`), where a missing /dev/kvm fails the test: a CI run
-/// that skipped every VM test would prove nothing.
-pub fn kvm_or_skip() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("/dev/kvm is required under CI: {e}");
-            }
-            eprintln!("skipping: /dev/kvm unavailable: {e}");
-            false
-        }
-    }
-}
+#[allow(unused_imports)] // not every test file boots VMs
+pub use testguest::kvm_or_skip;
 
 /// The absolute path of test guest `name`, as vm.conf text wants it.
 pub fn guest(name: &str) -> String {

@@ -6,25 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// True if /dev/kvm can be used. Without it the test is skipped, except
-/// under CI (`CI=true`), where a missing /dev/kvm fails the test: a CI run
-/// that skipped every VM test would prove nothing.
-pub fn kvm_or_skip() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("/dev/kvm is required under CI: {e}");
-            }
-            eprintln!("skipping: /dev/kvm unavailable: {e}");
-            false
-        }
-    }
-}
+pub use testguest::kvm_or_skip;
 
 pub fn guest(name: &str) -> PathBuf {
     testguest::path(name).unwrap_or_else(|| panic!("no test guest {name}"))
