@@ -1,6 +1,7 @@
 //! Everything that runs at CPL0: the two boot entries, the AP start-up
-//! trampoline, the GDT/IDT/TSS set-up, the exception stubs and the two
-//! "system calls". It is all hand-written assembly on purpose:
+//! trampoline, the GDT/IDT/TSS set-up, the exception stubs, the interrupt
+//! handler and the "system calls" (halt, triple fault, idle: wait for an
+//! interrupt). It is all hand-written assembly on purpose:
 //!
 //! * On this project's KVM (PVM) guest CPL0 code is instruction-emulated and
 //!   about 4000x slower than CPL3 code, so the CPL0 path is kept to a few
@@ -33,6 +34,13 @@
 //! and TSSs live in .bss (zeroed by the entry code), stacks in `.stacks`
 //! (not zeroed). The page tables identity-map 0..4 GiB with 2 MiB pages that
 //! are present, writable and USER, so CPL3 code reaches all RAM and MMIO.
+//!
+//! Interrupts: the boot code fills IDT vectors 0..31 only and runs CPL3
+//! with IF=0. The first sleep (rt::timer) fills vectors 32..255 and moves
+//! #UD to a shorter path for the idle request, from CPL3
+//! ([`install_irq_gates`]). The idle request is the one place interrupts
+//! are enabled: `sti; hlt` at CPL0; the interrupt's handler returns
+//! straight to CPL3.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
@@ -409,19 +417,60 @@ tg_isr_common:
     push %rax
     iretq
 
-// CPL3 calls this as `extern "C" fn(request: u32) -> !`; the #UD takes it
-// to CPL0 (tg_isr_common), where tg_syscall serves the request in EDI.
+// CPL3 calls this as `extern "C" fn(request: u32)`; the #UD takes it to
+// CPL0, where tg_syscall (from tg_isr_common) or tg_ud_gate (IDT vector 6
+// once install_irq_gates ran) serves the request in EDI. A request that
+// returns resumes CPL3 at the `ret` after the `ud2`; CPL0 clobbers nothing
+// (but RAX on the tg_isr_common path, which the C ABI allows).
     .global tg_sys_gate
 tg_sys_gate:
     ud2
-// Request 0: halt this CPU for good; 1: triple fault.
+    ret
+// Request 0: halt this CPU for good; 1: triple fault; 2: idle (tg_idle).
+// From tg_isr_common, vector and error code on the stack.
 tg_syscall:
+    cmp $2, %edi
+    jne tg_syscall_end
+    add $16, %rsp
+    jmp tg_idle
+
+// The #UD handler once install_irq_gates ran: the generic stub unless it
+// is the gate, where the idle request goes straight to tg_idle. This is
+// the path every sleep takes, and CPL0 code is emulated: keep it short.
+    .global tg_ud_gate
+tg_ud_gate:
+    cmpq $tg_sys_gate, (%rsp)
+    jne tg_isr_stubs + 6 * 16
+    cmp $2, %edi
+    je tg_idle
+tg_syscall_end:
     cmp $1, %edi
     je tg_triple_fault
 tg_halt:
     cli
     hlt
     jmp tg_halt
+
+// Request 2: wait for an interrupt, any interrupt (CPL3 started the LAPIC
+// timer), and return to CPL3 with interrupts off again. RSP points at the
+// #UD frame. The handler of every external vector (tg_irq) returns to
+// CPL3 from that frame: interrupts are enabled only here. The EOI is CPL3's
+// (rt::timer): an MMIO write costs about the same there and keeps this
+// path short.
+tg_idle:
+    addq $2, (%rsp)                 // return past the ud2, to the ret
+    sti                             // the interrupt shadow covers the hlt:
+    hlt                             // an interrupt already due wakes it
+    cli                             // (woken without one: not expected)
+    iretq
+
+// External interrupts, vectors 32..255 (install_irq_gates): only taken in
+// tg_idle's hlt. The interrupted RSP (in this frame, which the CPU may
+// have placed lower to align it) is tg_idle's: the #UD frame.
+    .global tg_irq
+tg_irq:
+    mov 24(%rsp), %rsp
+    iretq
 // An IDT with limit 0: the #UD cannot be delivered, nor the #GP that
 // follows, nor the #DF: the CPU shuts down (KVM_EXIT_SHUTDOWN).
 tg_triple_fault:
@@ -495,6 +544,7 @@ tg_pdpt:
     .skip 4096
 tg_pd:
     .skip 4 * 4096
+    .global tg_idt
 tg_idt:
     .skip 256 * 16
 tg_tss:
@@ -550,19 +600,71 @@ tg_exc_stack_top:
 );
 
 extern "C" {
-    /// The CPL0 service gate (see the assembly); never returns.
-    fn tg_sys_gate(request: u32) -> !;
+    /// The CPL0 service gate (see the assembly).
+    fn tg_sys_gate(request: u32);
+    /// The #UD handler with the gate's fast path.
+    fn tg_ud_gate();
+    /// The handler of every external interrupt vector.
+    fn tg_irq();
+    /// The IDT (256 16-byte gates).
+    static mut tg_idt: [u64; 512];
 }
 
 /// Stops this CPU for good (`cli; hlt` at CPL0).
 pub fn halt() -> ! {
-    // SAFETY: request 0 is valid from any CPU at any time.
-    unsafe { tg_sys_gate(0) }
+    // SAFETY: request 0 is valid from any CPU at any time and never returns.
+    unsafe {
+        tg_sys_gate(0);
+        core::hint::unreachable_unchecked()
+    }
 }
 
 /// Triple-faults the machine: an IDT with limit 0, then `ud2`, at CPL0.
 /// A hypervisor sees a shutdown (KVM_EXIT_SHUTDOWN), i.e. a crash.
 pub fn triple_fault() -> ! {
-    // SAFETY: request 1 is valid from any CPU at any time.
-    unsafe { tg_sys_gate(1) }
+    // SAFETY: request 1 is valid from any CPU at any time and never returns.
+    unsafe {
+        tg_sys_gate(1);
+        core::hint::unreachable_unchecked()
+    }
+}
+
+/// IDT gate for `handler`: (low, high) quadword. Selector 0x08, type 0x8e
+/// (present, DPL 0, 64-bit interrupt gate).
+fn gate(handler: unsafe extern "C" fn()) -> (u64, u64) {
+    let h = handler as usize as u64;
+    let lo = (h & 0xffff) | 0x08 << 16 | 0x8e00 << 32 | (h >> 16 & 0xffff) << 48;
+    (lo, h >> 32)
+}
+
+/// Points IDT vector 6 (#UD) at `tg_ud_gate` and vectors 32..=255 at
+/// `tg_irq`; the boot code leaves them to keep the emulated CPL0 start
+/// short. Done at CPL3 (the IDT, like all memory, is mapped USER) before
+/// the first [`idle`]; idempotent, and each vector 6 change is one aligned
+/// 8-byte write of the gate's low half (the high half, the handler's
+/// address bits 63:32, is 0 for both).
+pub(crate) fn install_irq_gates() {
+    let idt = (&raw mut tg_idt).cast::<u64>();
+    let set = |vector: usize, (lo, hi): (u64, u64)| {
+        // SAFETY: vector < 256 stays inside the IDT. Nothing delivers
+        // vectors 32.. before the first idle request (interrupts are off
+        // until then), every writer writes the same values, and a #UD on
+        // another CPU sees the old or the new vector 6 gate, both valid.
+        unsafe {
+            idt.add(2 * vector + 1).write_volatile(hi);
+            idt.add(2 * vector).write_volatile(lo);
+        }
+    };
+    for vector in 32..256 {
+        set(vector, gate(tg_irq));
+    }
+    set(6, gate(tg_ud_gate));
+}
+
+/// Waits at CPL0 (`sti; hlt`) for the next interrupt on this CPU, and
+/// returns with interrupts off and the interrupt not acknowledged (EOI is
+/// the caller's). [`install_irq_gates`] must have run.
+pub(crate) fn idle() {
+    // SAFETY: request 2 returns, clobbering at most what a C callee may.
+    unsafe { tg_sys_gate(2) }
 }

@@ -1,7 +1,12 @@
-//! Port I/O, MMIO, physical memory, CMOS, TSC and CPUID. All of it works at
-//! CPL3: IOPL is 3 and every page is mapped USER, identity mapped.
+//! Port I/O, MMIO, physical memory, CMOS, TSC and CPUID, and waiting. All of
+//! it works at CPL3: IOPL is 3 and every page is mapped USER, identity
+//! mapped. Waiting: [`delay_us`] spins for short delays; [`sleep_us`] and
+//! [`sleep_until`] halt the CPU until its LAPIC timer fires (through the
+//! runtime's CPL0 idle request), so that idle guests leave the host's CPUs
+//! alone.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 pub fn outb(port: u16, v: u8) {
     // SAFETY: port I/O has no memory effects on this side of the VM exit.
@@ -142,36 +147,92 @@ pub fn pause() {
     core::hint::spin_loop();
 }
 
-/// TSC ticks per second: from CPUID (0x15 crystal ratio, 0x16 base MHz,
-/// or the hypervisor's 0x40000010 TSC kHz leaf), else a guess of 2 GHz.
-/// Used for timeouts only, never for reported figures.
-pub fn tsc_hz() -> u64 {
+/// TSC ticks per second as CPUID gives it (0x15 crystal ratio, 0x16 base
+/// MHz, or the hypervisor's 0x40000010 TSC kHz leaf), if it does.
+///
+/// On PVM hosts CPUID at CPL3 is not intercepted: these are the host's
+/// leaves, not the ones our VMM sets.
+pub fn cpuid_tsc_hz() -> Option<u64> {
     let max = cpuid(0, 0).0;
     if max >= 0x15 {
         let (den, num, crystal, _) = cpuid(0x15, 0);
         if den != 0 && num != 0 && crystal != 0 {
-            return u64::from(crystal) * u64::from(num) / u64::from(den);
+            return Some(u64::from(crystal) * u64::from(num) / u64::from(den));
         }
     }
     if max >= 0x16 {
         let mhz = cpuid(0x16, 0).0 & 0xffff;
         if mhz != 0 {
-            return u64::from(mhz) * 1_000_000;
+            return Some(u64::from(mhz) * 1_000_000);
         }
     }
     // Hypervisor present (CPUID.1:ECX bit 31) with the timing leaf.
     if cpuid(1, 0).2 & (1 << 31) != 0 && cpuid(0x4000_0000, 0).0 >= 0x4000_0010 {
         let khz = cpuid(0x4000_0010, 0).0;
         if khz != 0 {
-            return u64::from(khz) * 1000;
+            return Some(u64::from(khz) * 1000);
         }
     }
-    2_000_000_000
+    None
 }
 
-/// Busy-waits about `us` microseconds (see [`tsc_hz`] for how rough).
+/// What [`tsc_hz`] found, once it has.
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// TSC ticks per second: from CPUID ([`cpuid_tsc_hz`]), else measured
+/// against the LAPIC timer, which runs at 1 GHz under KVM (about 1 ms, the
+/// first time), else a guess of 2 GHz. Used for timeouts and sleeps, never
+/// for reported figures.
+pub fn tsc_hz() -> u64 {
+    match TSC_HZ.load(Ordering::Relaxed) {
+        0 => {
+            let hz = cpuid_tsc_hz()
+                .or_else(crate::timer::tsc_hz)
+                .unwrap_or(2_000_000_000);
+            TSC_HZ.store(hz, Ordering::Relaxed);
+            hz
+        }
+        hz => hz,
+    }
+}
+
+/// TSC ticks in `us` microseconds at [`tsc_hz`].
+fn tsc_ticks_us(us: u64) -> u64 {
+    let ticks = u128::from(tsc_hz()) * u128::from(us) / 1_000_000;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+/// Waits shorter than this spin rather than halt: on a PVM host a sleep
+/// costs ~50 µs of exits and emulated CPL0 code (~75 µs of host CPU), and
+/// wakes some tens of µs late.
+const SPIN_BELOW_US: u64 = 100;
+
+/// Sleeps until the TSC reaches `deadline`: the CPU halts (it does not
+/// spin) until its LAPIC timer says the time is up, so that an idle guest
+/// leaves the host's CPUs to others. It wakes some 30-200 µs late; a wait
+/// (or what is left of one) under 100 µs is a busy-wait instead. The first
+/// sleep takes ~1 ms more (it measures the timer).
+pub fn sleep_until(deadline: u64) {
+    crate::timer::sleep_until(deadline, tsc_ticks_us(SPIN_BELOW_US));
+}
+
+/// Sleeps about `us` microseconds (see [`sleep_until`], and [`tsc_hz`] for
+/// how rough the conversion can be).
+pub fn sleep_us(us: u64) {
+    sleep_until(rdtsc().saturating_add(tsc_ticks_us(us)));
+}
+
+/// Waits longer than this sleep ([`sleep_us`]) in [`delay_us`].
+const DELAY_SLEEP_ABOVE_US: u64 = 200;
+
+/// Waits about `us` microseconds: busy-waits for short delays, where the
+/// time matters more than the CPU (exact to the TSC), sleeps
+/// ([`sleep_us`]) for longer ones.
 pub fn delay_us(us: u64) {
-    let end = rdtsc() + tsc_hz() / 1_000_000 * us;
+    if us > DELAY_SLEEP_ABOVE_US {
+        return sleep_us(us);
+    }
+    let end = rdtsc().saturating_add(tsc_ticks_us(us));
     while rdtsc() < end {
         pause();
     }

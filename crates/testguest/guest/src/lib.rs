@@ -10,8 +10,9 @@
 //!   (RAM and MMIO) mapped USER;
 //! * the 8250 console ([`println!`]), the kernel command line ([`cmdline`]),
 //!   ACPI table parsing ([`acpi`]), power-off and reset ([`power`]), AP
-//!   start-up ([`smp`]), port/MMIO/CMOS access ([`io`]) and the RTC date
-//!   ([`rtc`]);
+//!   start-up ([`smp`]), port/MMIO/CMOS access and waiting ([`io`]:
+//!   `sleep_us` halts the CPU until its LAPIC timer fires, the only time
+//!   interrupts are enabled) and the RTC date ([`rtc`]);
 //! * exceptions print `testguest: exception <vector> at rip <hex>` and power
 //!   off; a panic prints `testguest: panic: ...` and powers off.
 //!
@@ -28,6 +29,7 @@ pub mod power;
 pub mod rtc;
 pub mod serial;
 pub mod smp;
+mod timer;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

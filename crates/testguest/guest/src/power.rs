@@ -1,11 +1,12 @@
 //! Power-off and reset, the way a small OS does it.
 
-use crate::io::{delay_us, outb, outw, pause};
+use crate::io::{outb, outw, sleep_us};
 use crate::{acpi, println};
 
-/// How long to wait for a power-off or reset request to take effect before
-/// trying the next method. Our VMM acts before the next instruction, but
-/// qemu handles such requests asynchronously while the vCPU runs on.
+/// How long to wait (asleep) for a power-off or reset request to take
+/// effect before trying the next method. Our VMM acts before the next
+/// instruction, but qemu handles such requests asynchronously while the
+/// vCPU runs on.
 const GRACE_US: u64 = 1_000_000;
 
 /// Powers the machine off through ACPI (S5):
@@ -13,7 +14,7 @@ const GRACE_US: u64 = 1_000_000;
 /// * hardware-reduced ACPI (no PM1a, as qemu microvm): write
 ///   `SLP_TYP << 2 | SLP_EN` to SLEEP_CONTROL_REG;
 /// * otherwise, or if the machine is still running: isa-debug-exit (port
-///   0xf4), then spin.
+///   0xf4), then halt.
 ///
 /// Prints the method just before using it.
 pub fn power_off() -> ! {
@@ -28,7 +29,7 @@ pub fn power_off() -> ! {
                         fadt.pm1a_cnt
                     );
                     outw(fadt.pm1a_cnt as u16, u16::from(typ & 7) << 10 | 1 << 13);
-                    delay_us(GRACE_US);
+                    sleep_us(GRACE_US);
                 } else if let Some(reg) = fadt.sleep_control {
                     println!(
                         "poweroff: ACPI SLEEP_CONTROL_REG {} {:#x} SLP_TYP {typ}",
@@ -36,7 +37,7 @@ pub fn power_off() -> ! {
                         reg.addr
                     );
                     if reg.write8((typ & 7) << 2 | 1 << 5) {
-                        delay_us(GRACE_US);
+                        sleep_us(GRACE_US);
                     }
                 } else {
                     println!("poweroff: FADT has neither PM1a_CNT_BLK nor SLEEP_CONTROL_REG");
@@ -46,9 +47,7 @@ pub fn power_off() -> ! {
     }
     println!("poweroff: no ACPI power-off, trying isa-debug-exit port 0xf4");
     outb(0xf4, 0);
-    loop {
-        pause();
-    }
+    crate::halt()
 }
 
 /// Resets the machine: 0xFE (pulse reset line) to the i8042 command port.
@@ -56,7 +55,7 @@ pub fn power_off() -> ! {
 /// then a triple fault.
 pub fn reset() -> ! {
     outb(0x64, 0xfe);
-    delay_us(GRACE_US);
+    sleep_us(GRACE_US);
     if let Some((reg, value)) = acpi::fadt().and_then(|f| f.reset) {
         println!(
             "reset: i8042 reset did nothing, trying ACPI RESET_REG {} {:#x}",
@@ -64,7 +63,7 @@ pub fn reset() -> ! {
             reg.addr
         );
         if reg.write8(value) {
-            delay_us(GRACE_US);
+            sleep_us(GRACE_US);
         }
     }
     println!("reset: no reset happened, triple faulting");

@@ -9,7 +9,7 @@
 //! `ap_main`.
 
 use crate::entry::{ap_trampoline, AP_TRAMPOLINE, MAX_CPUS};
-use crate::io::{delay_us, mmio_read32, mmio_write32, pause, rdtsc, tsc_hz};
+use crate::io::{delay_us, mmio_read32, mmio_write32, pause, rdtsc, sleep_us, tsc_hz};
 use crate::println;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
@@ -27,6 +27,8 @@ const ICR_STARTUP: u32 = 0x0000_4600;
 
 /// How long the BSP waits for the APs.
 const AP_TIMEOUT_US: u64 = 5_000_000;
+/// How often it looks.
+const AP_POLL_US: u64 = 1000;
 
 /// APIC IDs from the MADT, in MADT order: a CPU's index is its position.
 static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
@@ -105,12 +107,14 @@ pub fn start_aps() -> (usize, usize) {
     unsafe {
         core::ptr::copy_nonoverlapping(tramp.as_ptr(), AP_TRAMPOLINE as *mut u8, tramp.len());
     }
-    // Software-enable the local APIC (spurious vector 0xff); interrupts stay
-    // off (IF=0), so nothing is ever delivered to us.
+    // Software-enable the local APIC (spurious vector 0xff). Interrupts are
+    // off (IF=0) but in a sleep's halt (crate::io::sleep_us), where only the
+    // LAPIC timer interrupts.
     lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x1ff);
 
-    // INIT, 10 ms, STARTUP, 200 us, STARTUP: the MP spec's sequence. KVM
-    // needs no delays, so they are short rather than exact.
+    // INIT, 10 ms (asleep), STARTUP, 200 us (spinning), STARTUP: the MP
+    // spec's sequence. KVM needs no delays, so they are short rather than
+    // exact.
     let aps = || ids[..n].iter().copied().filter(move |&id| id != bsp);
     aps().for_each(|id| send_ipi(id, ICR_INIT));
     delay_us(10_000);
@@ -120,9 +124,11 @@ pub fn start_aps() -> (usize, usize) {
         delay_us(200);
     }
 
+    // Asleep between looks, so that the APs (emulated real mode and CPL0
+    // code on PVM hosts) have the host's CPUs to themselves.
     let deadline = rdtsc() + tsc_hz() / 1_000_000 * AP_TIMEOUT_US;
     while ONLINE.load(Ordering::Acquire) < n && rdtsc() < deadline {
-        pause();
+        sleep_us(AP_POLL_US);
     }
     (ONLINE.load(Ordering::Acquire), n)
 }

@@ -19,8 +19,8 @@
 //! # Serial output (tests grep these prefixes)
 //! After rt's `testguest tools: boot via ...` line:
 //! * `tools: backdoor version <v> type <t>` (GETVERSION), or
-//!   `tools: no VMware backdoor` and then nothing more: the guest spins on
-//!   `pause` for ever.
+//!   `tools: no VMware backdoor` and then nothing more: the guest halts
+//!   for ever.
 //! * `tools: tsc <hz> Hz (<backdoor GETHZ|cpuid 0x40000010|rt::io::tsc_hz>)`:
 //!   the rate the guest clock runs at (see [`tsc_hz`] for why the backdoor
 //!   comes first).
@@ -56,7 +56,8 @@
 //! # Behaviour (guest-channel.md §4, §5)
 //! The TCLO loop is vmt's: each tick sends the reply to the last command (or
 //! nothing) and fetches the next command; after a command it polls again at
-//! once, else it waits `poll_ms`. A new channel first sends `OK ATR toolbox`
+//! once, else it sleeps `poll_ms` (the CPU halts: an idle guest takes
+//! next to no host CPU). A new channel first sends `OK ATR toolbox`
 //! unsolicited, as vmt does; on any TCLO error the channel is closed and
 //! reopened after 1 s (guestrpc's `TcloSession`). Replies: `reset` ->
 //! `OK ATR toolbox`; `ping` -> `OK `; `Capabilities_Register` -> RPCIs
@@ -96,7 +97,7 @@ use guestrpc::guestinfo::{format_set_guest_info, format_set_guest_info_nics, Gue
 use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_NO_IP, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
 use guestrpc::x86::PortIo;
-use rt::io::{cpuid, pause, rdtsc};
+use rt::io::{cpuid, rdtsc, sleep_until};
 use rt::println;
 
 rt::guest!("tools", main);
@@ -441,11 +442,9 @@ impl Tools {
         (self.hz() / 1000).saturating_mul(ms)
     }
 
+    /// Sleeps (halts, see `rt::io::sleep_until`) for `ms` at our TSC rate.
     fn sleep_ms(&self, ms: u64) {
-        let end = rdtsc().saturating_add(self.ticks_ms(ms));
-        while rdtsc() < end {
-            pause();
-        }
+        sleep_until(rdtsc().saturating_add(self.ticks_ms(ms)));
     }
 
     fn uptime_s(&self) -> u64 {
@@ -906,9 +905,7 @@ fn main() -> ! {
     let mut bd = unsafe { PortIo::new() };
     let Some((version, kind)) = client::checkvm(&mut bd) else {
         println!("tools: no VMware backdoor");
-        loop {
-            pause();
-        }
+        rt::halt()
     };
     println!("tools: backdoor version {version} type {kind}");
     let (hz, source) = tsc_hz(&mut bd);
