@@ -4,8 +4,11 @@
 //! interrupt). It is all hand-written assembly on purpose:
 //!
 //! * On this project's KVM (PVM) guest CPL0 code is instruction-emulated and
-//!   about 4000x slower than CPL3 code, so the CPL0 path is kept to a few
-//!   thousand instructions (the page-table fill loop is the bulk of it).
+//!   about 4000x slower than CPL3 code, so the CPL0 path is kept to some
+//!   sixty instructions per CPU: no loops, no `rep stos` (emulated one
+//!   iteration at a time). The page tables, GDT, IDT and TSSs are prebuilt
+//!   constants in .data that the loader copies in with the image, and .bss
+//!   is zeroed at CPL3, natively.
 //! * The CPL0 emulator handles what an OS kernel uses, not what a compiler may
 //!   emit for Rust (SSE moves for struct copies, say). Assembly keeps the CPL0
 //!   instruction set under our control; all Rust code runs at CPL3.
@@ -20,22 +23,26 @@
 //!
 //! ```text
 //! _start64 (ELF e_entry, long mode)   _start32 (PVH note, 32-bit, no paging)
-//!   zero .bss, save boot_params ptr     zero .bss, save hvm_start_info ptr
-//!   fill our page tables, load CR3      fill our page tables
-//!   |                                   tg_enter_long32: PAE, EFER.LME, PG
-//!   +---------------> tg_long_common <--+     ^
-//!                     our GDT, SSE on,        | APs: tg_ap_tramp (real mode,
-//!                     TSS (rsp0), IDT,        | copied to 0x3000) ->
-//!                     iretq to CPL3           | tg_ap_start32 (slot, stack)
+//!   save boot_params ptr                save hvm_start_info ptr
+//!   load CR3 (our tables), SSE on       |
+//!   |                                   tg_enter_long32: CR3, PAE, SSE on,
+//!   |                                   EFER.LME, PG      ^
+//!   +---------------> tg_long_common <--+                 |
+//!                     our GDT, TSS, IDT       APs: tg_ap_tramp (real mode,
+//!                     iretq to CPL3           copied to 0x3000) ->
+//!                     tg_user_entry (BSP:     tg_ap_start32 (slot, stack)
+//!                     zero .bss)
 //!                     user_start(slot)
 //! ```
 //!
-//! Memory map of the image: linked at 1 MiB (see link.ld); page tables, IDT
-//! and TSSs live in .bss (zeroed by the entry code), stacks in `.stacks`
-//! (not zeroed). The page tables identity-map 0..4 GiB with 2 MiB pages that
-//! are present, writable and USER, so CPL3 code reaches all RAM and MMIO.
+//! Memory map of the image: linked at 1 MiB (see link.ld); page tables, IDT,
+//! GDT, TSSs and what the CPL0 boot writes (BOOT_INFO, BOOT_KIND) live in
+//! .data, the rest of the runtime's state in .bss (zeroed by the BSP at
+//! CPL3 before any Rust code runs), stacks in `.stacks` (never zeroed). The
+//! page tables identity-map 0..4 GiB with 2 MiB pages that are present,
+//! writable and USER, so CPL3 code reaches all RAM and MMIO.
 //!
-//! Interrupts: the boot code fills IDT vectors 0..31 only and runs CPL3
+//! Interrupts: the prebuilt IDT has vectors 0..31 only and CPL3 runs
 //! with IF=0. The first sleep (rt::timer) fills vectors 32..255 and moves
 //! #UD to a shorter path for the idle request, from CPL3
 //! ([`install_irq_gates`]). The idle request is the one place interrupts
@@ -65,9 +72,12 @@ pub(crate) const BOOT_ELF64: u8 = 1;
 pub(crate) const BOOT_PVH: u8 = 2;
 
 /// Physical address of the boot_params (64-bit entry) or hvm_start_info
-/// (PVH entry) handed over by the loader.
+/// (PVH entry) handed over by the loader. Written at CPL0 before .bss is
+/// zeroed, hence in .data.
+#[unsafe(link_section = ".data.tg_boot_info")]
 pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
-/// Which entry ran: `BOOT_ELF64` or `BOOT_PVH`.
+/// Which entry ran: `BOOT_ELF64` or `BOOT_PVH`. In .data like BOOT_INFO.
+#[unsafe(link_section = ".data.tg_boot_kind")]
 pub(crate) static BOOT_KIND: AtomicU8 = AtomicU8::new(0);
 /// APs take slots 1.. from this counter as they arrive.
 static AP_NEXT: AtomicU32 = AtomicU32::new(0);
@@ -114,41 +124,19 @@ _start64:
     movb tg_early_mark(%rip), %al
     out %al, %dx
 1:
-    mov %rsi, %r12                  // keep boot_params across the .bss wipe
-    lea __bss_start(%rip), %rdi
-    lea __bss_end(%rip), %rcx
-    sub %rdi, %rcx
-    shr $3, %rcx
-    xor %eax, %eax
-    rep stosq
-    mov %r12, {boot_info}(%rip)
+    mov %rsi, {boot_info}(%rip)
     movb ${boot_elf64}, {boot_kind}(%rip)
-
-    // PML4[0] -> PDPT, PDPT[0..4] -> 4 PDs, each PD entry a 2 MiB page.
-    // Flags: 7 = present|writable|user, 0x87 = that plus PS (2 MiB page).
-    lea tg_pdpt(%rip), %rax
-    or $7, %rax
-    mov %rax, tg_pml4(%rip)
-    lea tg_pd(%rip), %rax
-    or $7, %rax
-    lea tg_pdpt(%rip), %rdi
-    mov $4, %ecx
-2:  mov %rax, (%rdi)
-    add $0x1000, %rax
-    add $8, %rdi
-    dec %ecx
-    jnz 2b
-    mov $0x87, %eax
-    lea tg_pd(%rip), %rdi
-    mov $2048, %ecx
-3:  mov %rax, (%rdi)
-    add $0x200000, %rax
-    add $8, %rdi
-    dec %ecx
-    jnz 3b
-    lea tg_pml4(%rip), %rax
+    lea tg_pml4(%rip), %rax         // our page tables (prebuilt, in .data)
     mov %rax, %cr3
-
+    // What tg_enter_long32 does for the 32-bit paths.
+    mov %cr0, %rax
+    and $~4, %rax                   // EM off: Rust code uses SSE
+    or $2, %rax                     // MP on
+    mov %rax, %cr0
+    mov %cr4, %rax
+    or $0x620, %rax                 // PAE | OSFXSR | OSXMMEXCPT
+    and $~0x300000, %rax            // SMEP, SMAP off: all our pages are USER
+    mov %rax, %cr4
     xor %edi, %edi                  // slot 0: the BSP
     lea tg_kstacks + {kstack}(%rip), %rsp
     jmp tg_long_common
@@ -167,36 +155,9 @@ _start32:
     movb tg_early_mark, %al
     out %al, %dx
 1:
-    mov %ebx, %ebp                  // keep hvm_start_info across the wipe
-    mov $__bss_start, %edi
-    mov $__bss_end, %ecx
-    sub %edi, %ecx
-    shr $2, %ecx
-    xor %eax, %eax
-    rep stosl
-    mov %ebp, {boot_info}
+    mov %ebx, {boot_info}
+    movl $0, {boot_info} + 4
     movb ${boot_pvh}, {boot_kind}
-
-    // Same tables as above; the high halves of the entries stay zero.
-    mov $tg_pdpt + 7, %eax
-    mov %eax, tg_pml4
-    mov $tg_pd + 7, %eax
-    mov $tg_pdpt, %edi
-    mov $4, %ecx
-2:  mov %eax, (%edi)
-    add $0x1000, %eax
-    add $8, %edi
-    dec %ecx
-    jnz 2b
-    mov $0x87, %eax
-    mov $tg_pd, %edi
-    mov $2048, %ecx
-3:  mov %eax, (%edi)
-    add $0x200000, %eax
-    add $8, %edi
-    dec %ecx
-    jnz 3b
-
     xor %edi, %edi                  // slot 0: the BSP
     mov $tg_kstacks + {kstack}, %esp
     mov $tg_long_common, %esi
@@ -234,6 +195,7 @@ tg_enter_long32:
     mov %ax, %ss
     mov %cr4, %eax
     or $0x620, %eax                 // PAE | OSFXSR | OSXMMEXCPT
+    and $~0x300000, %eax            // SMEP, SMAP off: all our pages are USER
     mov %eax, %cr4
     mov $tg_pml4, %eax
     mov %eax, %cr3
@@ -250,8 +212,9 @@ tg_enter_long32:
     lret
 
 // ---------------------------------------------------------------------------
-// Common long-mode path of the BSP (either entry) and of every AP.
-// EDI = slot, RSP = top of this slot's kernel stack (below 4 GiB).
+// Common long-mode path of the BSP (either entry) and of every AP, with
+// CR0, CR3 and CR4 set. EDI = slot, RSP = top of this slot's kernel stack
+// (below 4 GiB).
     .code64
 tg_long_common:
     mov %edi, %edi                  // upper halves are undefined after
@@ -268,71 +231,26 @@ tg_long_common:
     xor %eax, %eax
     mov %ax, %fs
     mov %ax, %gs
-    mov %cr0, %rax
-    and $~4, %rax                   // EM off
-    or $2, %rax                     // MP on
-    mov %rax, %cr0
-    mov %cr4, %rax
-    or $0x620, %rax                 // PAE | OSFXSR | OSXMMEXCPT
-    and $~0x300000, %rax            // SMEP, SMAP off: all our pages are USER
-    mov %rax, %cr4
 
-    // This slot's TSS: rsp0 = this kernel stack, so exceptions from CPL3
-    // land here. All TSSs share one all-zero I/O permission bitmap right
-    // after the TSS array: it is what lets CPL3 code do port I/O under PVM,
-    // which keeps the guest's IOPL at 0 whatever iretq asks for (its
-    // emulator then checks the bitmap, like a CPU does).
-    imul ${tss_stride}, %rdi, %rbx
-    lea tg_tss(%rip), %rax
-    add %rax, %rbx
-    mov %rsp, 4(%rbx)
-    lea tg_iobitmap(%rip), %rdx
-    sub %rbx, %rdx                  // bitmap offset from this TSS (< 64 KiB)
-    mov %dx, 102(%rbx)
-    movb $0xff, tg_iobitmap + 8192(%rip)  // the bitmap's terminating byte
-    // Its 16-byte descriptor at GDT 0x30 + 16 * slot: base, type 9
-    // (available 64-bit TSS), present, limit = offset + 8192 (the bitmap
-    // and its terminator; below 64 KiB, so limit[19:16] stays 0).
-    lea 8192(%rdx), %rax
-    mov %rbx, %rcx
-    and $0xffffff, %ecx
-    shl $16, %rcx
-    or %rcx, %rax
-    mov $0x89, %ecx
-    shl $40, %rcx
-    or %rcx, %rax
-    mov %rbx, %rcx
-    shr $24, %rcx
-    and $0xff, %ecx
-    shl $56, %rcx
-    or %rcx, %rax
-    mov %rdi, %rcx
-    shl $4, %rcx
+    // This slot's TSS (prebuilt: rsp0 = this kernel stack, the shared I/O
+    // bitmap) and its GDT descriptor at 0x30 + 16 * slot (prebuilt too).
+    // The descriptor is marked available again first: `ltr` marks it busy,
+    // and a VM reset need not reload the image.
+    mov %edi, %eax
+    shl $4, %eax
     lea tg_gdt_tss(%rip), %rdx
-    add %rcx, %rdx
-    mov %rax, (%rdx)
-    mov %rbx, %rax
-    shr $32, %rax
-    mov %rax, 8(%rdx)
-    lea 0x30(%rcx), %rax
+    movb $0x89, 5(%rdx,%rax)        // present, available 64-bit TSS
+    add $0x30, %eax
     ltr %ax
+    lidt tg_idtr(%rip)
 
-    // The BSP fills the shared IDT; APs come later and only load it.
-    test %edi, %edi
-    jnz 5f
-    call tg_fill_idt
-5:  lidt tg_idtr(%rip)
-
-    // iretq to user_start(slot) at CPL3 on this slot's stack, interrupts off.
-    test %edi, %edi
-    jnz 6f
-    lea tg_bsp_stack_top(%rip), %rax
-    jmp 7f
-6:  mov %rdi, %rax
-    imul ${ap_stack}, %rax, %rax
-    lea tg_ap_stacks(%rip), %rcx
-    add %rcx, %rax                  // top of AP stack number slot-1
-7:  sub $8, %rax                    // a fake return address keeps the
+    // iretq to tg_user_entry(slot) at CPL3 on this slot's stack, interrupts
+    // off. The stack tops are tg_bsp_stack_top + slot * AP stack size (the
+    // AP stacks follow the BSP's).
+    imul ${ap_stack}, %rdi, %rax
+    lea tg_bsp_stack_top(%rip), %rcx
+    add %rcx, %rax
+    sub $8, %rax                    // a fake return address keeps the
     movq $0, (%rax)                 // ABI's stack alignment at entry
     mov $0x1b, %ecx
     mov %cx, %ds
@@ -341,38 +259,33 @@ tg_long_common:
     push %rax                       // RSP
     pushq $0x3002                   // RFLAGS: IOPL 3 (not under PVM), IF 0
     pushq $0x23                     // CS: user code | RPL 3
-    lea {user_start}(%rip), %rax
+    lea tg_user_entry(%rip), %rax
     push %rax
     iretq
 
-// IDT: vectors 0..31 -> the exception stubs (DPL 0 interrupt gates).
-tg_fill_idt:
-    lea tg_isr_stubs(%rip), %rsi
-    lea tg_idt(%rip), %r8
-    mov $32, %r9d
-    mov $0x8e00, %edx
-8:  call tg_set_gate
-    add $16, %rsi
-    add $16, %r8
-    dec %r9d
-    jnz 8b
-    ret
-// R8 = gate, RSI = handler, DX = type/attribute word.
-tg_set_gate:
-    mov %rsi, %rax
-    mov %ax, (%r8)
-    movw $0x08, 2(%r8)
-    mov %dx, 4(%r8)
-    shr $16, %rax
-    mov %ax, 6(%r8)
-    shr $16, %rax
-    mov %eax, 8(%r8)
-    movl $0, 12(%r8)
-    ret
+// Where every CPU arrives at CPL3, EDI = slot. The BSP zeroes .bss here,
+// at CPL3's native speed (at the emulated CPL0 each `rep stos` iteration
+// costs as much as an instruction), before any code reads it: the CPL0
+// boot uses .data (the tables, BOOT_INFO, BOOT_KIND) and the stacks only.
+// Then user_start(slot), with the stack as the iretq left it.
+tg_user_entry:
+    test %edi, %edi
+    jnz 1f
+    lea __bss_start(%rip), %rdi
+    lea __bss_end(%rip), %rcx
+    sub %rdi, %rcx
+    shr $3, %rcx
+    xor %eax, %eax
+    rep stosq
+    xor %edi, %edi
+1:  jmp {user_start}
 
 // Exception stubs, 16 bytes apart: push a zero error code where the CPU
-// pushes none (all but 8, 10-14, 17, 21, 29, 30), then the vector.
-    .balign 16
+// pushes none (all but 8, 10-14, 17, 21, 29, 30), then the vector. The
+// prebuilt IDT gates point here (see tg_idt): aligned so that the 32 stubs
+// share their address bits 16 and up.
+    .balign 512
+    .global tg_isr_stubs
 tg_isr_stubs:
     .set tg_vec, 0
     .rept 32
@@ -507,7 +420,14 @@ tg_ap_tramp_end:
     .popsection
 
 // ---------------------------------------------------------------------------
-// GDT. The TSS descriptors are written at run time, one per CPU slot.
+// GDT, prebuilt with one 16-byte TSS descriptor per CPU slot: base
+// tg_tss + TSS_STRIDE * slot, limit = that TSS's I/O bitmap offset + 8192
+// (the bitmap and its terminating byte), present, available 64-bit TSS.
+// Its fields are bit ranges of tg_tss's address, which only the linker can
+// take apart: tg_tss_desc0 (link.ld) is slot 0's low quadword. Slot n's
+// adds n * TSS_STRIDE to the base (bits 16..39) and takes it off the
+// limit (bits 0..15); link.ld checks that neither carries out of its field.
+// `ltr` marks a descriptor busy: tg_long_common marks it available again.
     .pushsection .data.tg_gdt, "aw"
     .balign 16
 tg_gdt:
@@ -517,8 +437,13 @@ tg_gdt:
     .quad 0x00cff2000000ffff        // 0x18 user data (DPL 3)
     .quad 0x00affa000000ffff        // 0x20 user code, 64-bit (DPL 3)
     .quad 0x00cf9a000000ffff        // 0x28 kernel code, 32-bit (APs, PVH)
-tg_gdt_tss:
-    .fill {max_cpus} * 2, 8, 0      // 0x30 + 16 * slot: TSS of that slot
+tg_gdt_tss:                         // 0x30 + 16 * slot: TSS of that slot
+    .set tg_slot, 0
+    .rept {max_cpus}
+    .quad tg_tss_desc0 + tg_slot * (({tss_stride} << 16) - {tss_stride})
+    .quad 0                         // base 63:32: the image is below 4 GiB
+    .set tg_slot, tg_slot + 1
+    .endr
 tg_gdt_end:
     .balign 8
 tg_gdtr:
@@ -536,21 +461,62 @@ tg_null_idtr:
     .quad 0
     .popsection
 
-    .pushsection .bss.tg_tables, "aw", @nobits
+// Page tables, IDT, TSSs and the I/O permission bitmap: constants, built
+// here rather than at run time, so that the loader copies them in with the
+// image and the (emulated) CPL0 boot neither zeroes nor fills anything.
+    .pushsection .data.tg_tables, "aw"
     .balign 4096
+// Identity map of 0..4 GiB: PML4[0] -> PDPT, PDPT[0..4] -> 4 PDs, each PD
+// entry a 2 MiB page. Flags: 7 = present|writable|user, 0x87 = that plus PS
+// (2 MiB page).
 tg_pml4:
-    .skip 4096
+    .quad tg_pdpt + 7
+    .fill 511, 8, 0
 tg_pdpt:
-    .skip 4096
+    .quad tg_pd + 7, tg_pd + 0x1000 + 7, tg_pd + 0x2000 + 7, tg_pd + 0x3000 + 7
+    .fill 508, 8, 0
 tg_pd:
-    .skip 4 * 4096
+    .set tg_page, 0
+    .rept 4 * 512
+    .quad tg_page * 0x200000 + 0x87
+    .set tg_page, tg_page + 1
+    .endr
+
+// IDT: vectors 0..31 -> the exception stubs, DPL 0 64-bit interrupt gates;
+// tg_idt_gate0 (link.ld) is vector 0's low quadword, vector n's adds
+// 16 * n to the handler's bits 0..15 (tg_isr_stubs' alignment: no carry).
+// Vectors 32..255 stay empty until install_irq_gates (from CPL3).
     .global tg_idt
 tg_idt:
-    .skip 256 * 16
+    .set tg_gate, 0
+    .rept 32
+    .quad tg_idt_gate0 + tg_gate * 16
+    .quad 0                         // handler 63:32: below 4 GiB
+    .set tg_gate, tg_gate + 1
+    .endr
+    .fill (256 - 32) * 2, 8, 0
+
+// One 64-bit TSS (104 bytes) per slot, TSS_STRIDE apart: rsp0 = top of
+// that slot's kernel stack, so exceptions from CPL3 land there, and the
+// offset of the I/O permission bitmap. All of them share one all-zero
+// bitmap right after the array: it is what lets CPL3 code do port I/O
+// under PVM, which keeps the guest's IOPL at 0 whatever iretq asks for
+// (its emulator then checks the bitmap, like a CPU does).
+    .global tg_tss
 tg_tss:
-    .skip {max_cpus} * {tss_stride}
-tg_iobitmap:                        // must follow tg_tss (see tg_long_common)
-    .skip 8192 + 1
+    .set tg_slot, 0
+    .rept {max_cpus}
+    .long 0
+    .quad tg_kstacks + (tg_slot + 1) * {kstack} // rsp0
+    .fill 90, 1, 0                  // rsp1, rsp2, IST1-7, reserved
+    .word tg_iobitmap - tg_tss - tg_slot * {tss_stride} // I/O bitmap offset
+    .fill {tss_stride} - 104, 1, 0
+    .set tg_slot, tg_slot + 1
+    .endr
+    .global tg_iobitmap
+tg_iobitmap:                        // must follow tg_tss (see tg_gdt)
+    .fill 8192, 1, 0
+    .byte 0xff                      // the bitmap's terminating byte
     .popsection
 
     .pushsection .stacks, "aw", @nobits

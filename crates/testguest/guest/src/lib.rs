@@ -3,11 +3,12 @@
 //! A guest binary is a `#![no_std] #![no_main]` file that names itself and
 //! its main function with [`guest!`]. The runtime supplies everything else:
 //!
-//! * both boot entries (64-bit ELF entry and PVH), page tables, GDT, TSS,
-//!   IDT, done at CPL0 in assembly (the private `entry` module), after which
-//!   **all Rust code runs at CPL3** with port I/O allowed (IOPL=3 and, for
-//!   PVM, which ignores IOPL, an all-zero TSS I/O bitmap) and every page
-//!   (RAM and MMIO) mapped USER;
+//! * both boot entries (64-bit ELF entry and PVH) and the page tables, GDT,
+//!   TSS and IDT they load (prebuilt data: the CPL0 code is a few dozen
+//!   instructions per CPU), in assembly (the private `entry` module), after
+//!   which **all Rust code runs at CPL3** with port I/O allowed (IOPL=3
+//!   and, for PVM, which ignores IOPL, an all-zero TSS I/O bitmap) and
+//!   every page (RAM and MMIO) mapped USER;
 //! * the 8250 console ([`println!`]), the kernel command line ([`cmdline`]),
 //!   ACPI table parsing ([`acpi`]), power-off and reset ([`power`]), AP
 //!   start-up ([`smp`]), port/MMIO/CMOS access and waiting ([`io`]:

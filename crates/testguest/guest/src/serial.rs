@@ -1,14 +1,27 @@
-//! The console: 8250 UART COM1 at port 0x3f8, polled. Output from several
+//! The console: 16550 UART COM1 at port 0x3f8, polled. Output from several
 //! CPUs is serialised by a spinlock so lines do not interleave.
+//!
+//! The transmit FIFO is used: once the line status says the transmitter
+//! is empty, 16 bytes may be written without looking again. Every port
+//! access is a VM exit (~30 µs on PVM hosts), so this halves the cost of
+//! printing compared with a status read before every byte.
 
 use crate::io::{inb, outb, pause};
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 const COM1: u16 = 0x3f8;
-/// Line status register; bit 5: transmit holding register empty.
+/// FIFO control register (write): enable, clear both FIFOs.
+const FCR: u16 = COM1 + 2;
+const FCR_ENABLE_CLEAR: u8 = 0x07;
+/// Line status register; bit 5: transmit holding register (FIFO) empty.
 const LSR: u16 = COM1 + 5;
 const LSR_THRE: u8 = 1 << 5;
+const TX_FIFO: u8 = 16;
+
+/// Bytes that may still go into the transmit FIFO without a status read;
+/// `u8::MAX` until the FIFO has been enabled.
+static TX_ROOM: AtomicU8 = AtomicU8::new(u8::MAX);
 
 static LOCK: AtomicBool = AtomicBool::new(false);
 
@@ -18,15 +31,24 @@ pub struct Serial;
 
 impl Serial {
     pub fn write_byte(b: u8) {
-        // Bounded: a missing UART reads LSR as 0xff, a stuck one must not
-        // hang the guest.
-        for _ in 0..100_000 {
-            if inb(LSR) & LSR_THRE != 0 {
-                break;
+        let mut room = TX_ROOM.load(Ordering::Relaxed);
+        if room == u8::MAX {
+            outb(FCR, FCR_ENABLE_CLEAR);
+            room = 0;
+        }
+        if room == 0 {
+            // Bounded: a missing UART reads LSR as 0xff, a stuck one must
+            // not hang the guest.
+            for _ in 0..100_000 {
+                if inb(LSR) & LSR_THRE != 0 {
+                    break;
+                }
+                pause();
             }
-            pause();
+            room = TX_FIFO;
         }
         outb(COM1, b);
+        TX_ROOM.store(room - 1, Ordering::Relaxed);
     }
 }
 
