@@ -62,6 +62,18 @@ impl<S: AsRef<str>> fmt::Display for TcloCommand<S> {
     }
 }
 
+impl<S: AsRef<str>> TcloCommand<S> {
+    /// The command's name: the first word of its wire form (`OS_Halt`,
+    /// `Set_Option`, ...).
+    pub fn name(&self) -> &str {
+        match self {
+            TcloCommand::SetOption(..) => "Set_Option",
+            TcloCommand::Other(s) => s.as_ref().split(' ').next().unwrap_or(""),
+            fixed => fixed.fixed_wire().unwrap_or(""),
+        }
+    }
+}
+
 impl<S> TcloCommand<S> {
     /// The wire string of the variants that carry no text.
     fn fixed_wire(&self) -> Option<&'static str> {

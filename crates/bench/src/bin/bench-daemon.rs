@@ -145,11 +145,20 @@ fn ours_first_byte(v: &Vmd) -> f64 {
     let t = Instant::now();
     let o = v.ctl(&["start", "first"]);
     if !o.status.success() {
-        fail(&format!("vmctl start: {}", String::from_utf8_lossy(&o.stderr)));
+        fail(&format!(
+            "vmctl start: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
     }
     let err = String::from_utf8_lossy(&o.stderr);
     let tty = err.split_whitespace().find(|w| w.starts_with("/dev/pts/"));
-    let dt = match tty.and_then(|p| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOCTTY).open(p).ok()) {
+    let dt = match tty.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(p)
+            .ok()
+    }) {
         Some(mut f) => {
             let mut b = [0u8; 1];
             f.read_exact(&mut b).unwrap();

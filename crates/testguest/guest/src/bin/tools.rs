@@ -287,21 +287,6 @@ fn show(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
-/// The first word of a command, as `ignore=` matches it.
-fn command_name<'a>(cmd: &TcloCommand<&'a str>) -> &'a str {
-    match cmd {
-        TcloCommand::Reset => "reset",
-        TcloCommand::Ping => "ping",
-        TcloCommand::CapabilitiesRegister => "Capabilities_Register",
-        TcloCommand::OsHalt => "OS_Halt",
-        TcloCommand::OsReboot => "OS_Reboot",
-        TcloCommand::OsPowerOn => "OS_PowerOn",
-        TcloCommand::OsSuspend => "OS_Suspend",
-        TcloCommand::OsResume => "OS_Resume",
-        TcloCommand::SetOption(..) => "Set_Option",
-        TcloCommand::Other(s) => s.split(' ').next().unwrap_or(""),
-    }
-}
 
 /// The self-test's deterministic printable-ASCII (0x21..=0x7e) byte pattern,
 /// not periodic in 4 (the low-bandwidth word size) nor in 94.
@@ -653,7 +638,7 @@ impl Tools {
             let after = match session.poll(&mut self.bd, &mut tclo[..]) {
                 Ok(Some(cmd)) => {
                     println!("tools: command {cmd}");
-                    if self.cfg.ignores(command_name(&cmd)) {
+                    if self.cfg.ignores(cmd.name()) {
                         println!("tools: ignoring {cmd}");
                         After::Continue
                     } else {
