@@ -287,7 +287,6 @@ fn show(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
-
 /// The self-test's deterministic printable-ASCII (0x21..=0x7e) byte pattern,
 /// not periodic in 4 (the low-bandwidth word size) nor in 94.
 fn pattern(i: usize) -> u8 {
