@@ -278,31 +278,60 @@ impl Daemon {
     /// Starts VM `id`'s process and waits until the VM is built (its
     /// console exists) or the process failed.
     pub async fn start(self: &Arc<Self>, id: u32) -> Result<VmStatus, Error> {
-        let mut changed = {
+        // Claim the VM under the lock (a second start sees it Starting),
+        // then fork the VM process without holding it: under a burst of
+        // starts, spawns and status requests proceed in parallel.
+        let (args, name, mut changed) = {
             let mut g = self.lock();
             let vm = g
                 .vms
                 .get_mut(&id)
                 .ok_or_else(|| Error::NotFound(format!("no vm {id}")))?;
-            if vm.running() {
+            if vm.running() || vm.state == VmState::Starting {
                 return Err(Error::Conflict(format!(
                     "vm {} is already running",
                     vm.def.name
                 )));
             }
             let args = Self::vmm_args(&vm.def).map_err(Error::BadRequest)?;
-            let sink: Arc<dyn Sink> = self.clone();
-            let proc = vmproc::spawn(&self.vmm, &args, id, &vm.def.name, sink)
-                .map_err(|e| Error::Internal(format!("cannot run {}: {e}", self.vmm.display())))?;
-            tracing::info!(vm = %vm.def.name, pid = proc.pid, "starting");
-            vm.proc = Some(proc);
             vm.state = VmState::Starting;
             vm.tty = None;
             vm.guest = Guest::default();
             vm.last_exit = None;
+            vm.exit_reason = None;
             vm.bump();
-            vm.changed.subscribe()
+            (args, vm.def.name.clone(), vm.changed.subscribe())
         };
+        let sink: Arc<dyn Sink> = self.clone();
+        let spawned = vmproc::spawn(&self.vmm, &args, id, &name, sink);
+        {
+            let mut g = self.lock();
+            let vm = g
+                .vms
+                .get_mut(&id)
+                .expect("VMs are not removed while starting");
+            match spawned {
+                Ok(proc) => {
+                    tracing::info!(vm = %name, pid = proc.pid, "starting");
+                    // A process that already died has been reaped by now
+                    // (`exited` set the state): keep no handle on it.
+                    if vm.state != VmState::Stopped && vm.state != VmState::Disabled {
+                        vm.proc = Some(proc);
+                    }
+                }
+                Err(e) => {
+                    let why = format!("cannot run {}: {e}", self.vmm.display());
+                    vm.state = if vm.def.enabled || !vm.configured {
+                        VmState::Stopped
+                    } else {
+                        VmState::Disabled
+                    };
+                    vm.last_exit = Some(why.clone());
+                    vm.bump();
+                    return Err(Error::Internal(why));
+                }
+            }
+        }
         let ready = async {
             loop {
                 {

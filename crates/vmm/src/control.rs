@@ -161,12 +161,17 @@ fn handle(req: Request, h: &VmHandle, stopping: &std::sync::atomic::AtomicBool) 
     }
 }
 
+/// How often the guest-tools state is checked for news for vmd. A copy
+/// under the device lock costs about a microsecond; 20 ms keeps what
+/// `vmctl status` shows fresh without a wakeup storm across many VMs.
+const GUEST_WATCH_PERIOD: Duration = Duration::from_millis(20);
+
 /// Reports what the guest tools say whenever it changes (ignoring the
 /// poll time, which changes every poll).
 fn watch_guest(ch: Channel, h: VmHandle) {
     let mut last: Option<Guest> = None;
     loop {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(GUEST_WATCH_PERIOD);
         if h.state() == VmRunState::Stopping {
             return;
         }
