@@ -36,18 +36,23 @@ pub struct Vm {
     pub changed: watch::Sender<u64>,
 }
 
+/// The state of a VM without a process: `disable`d configured VMs show
+/// as disabled, all others as stopped.
+fn idle_state(def: &VmDef, configured: bool) -> VmState {
+    if def.enabled || !configured {
+        VmState::Stopped
+    } else {
+        VmState::Disabled
+    }
+}
+
 impl Vm {
     fn new(id: u32, def: VmDef, configured: bool) -> Vm {
-        let state = if def.enabled || !configured {
-            VmState::Stopped
-        } else {
-            VmState::Disabled
-        };
         Vm {
             id,
+            state: idle_state(&def, configured),
             def,
             configured,
-            state,
             tty: None,
             guest: Guest::default(),
             last_exit: None,
@@ -206,11 +211,7 @@ impl Daemon {
                     let vm = g.vms.get_mut(&id).expect("found");
                     vm.configured = true;
                     if !vm.running() {
-                        vm.state = if def.enabled {
-                            VmState::Stopped
-                        } else {
-                            VmState::Disabled
-                        };
+                        vm.state = idle_state(&def, true);
                         vm.def = def;
                     }
                 }
@@ -321,11 +322,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     let why = format!("cannot run {}: {e}", self.vmm.display());
-                    vm.state = if vm.def.enabled || !vm.configured {
-                        VmState::Stopped
-                    } else {
-                        VmState::Disabled
-                    };
+                    vm.state = idle_state(&vm.def, vm.configured);
                     vm.last_exit = Some(why.clone());
                     vm.bump();
                     return Err(Error::Internal(why));
@@ -487,11 +484,7 @@ impl Sink for Daemon {
         vm.proc = None;
         vm.tty = None;
         vm.last_exit = Some(why);
-        vm.state = if vm.def.enabled || !vm.configured {
-            VmState::Stopped
-        } else {
-            VmState::Disabled
-        };
+        vm.state = idle_state(&vm.def, vm.configured);
         vm.bump();
     }
 }

@@ -252,16 +252,8 @@ impl TestDaemon {
     /// accepts connections (fails the test after 10 s).
     pub fn start(conf: &str) -> TestDaemon {
         let dir = fresh_dir();
-        let d = TestDaemon {
-            conf: dir.join("vm.conf"),
-            sock: dir.join("sock"),
-            log: dir.join("vmd.stderr"),
-            dir,
-            child: None,
-            vmm_pids: Default::default(),
-        };
-        d.write_conf(conf);
-        d.launch()
+        std::fs::write(dir.join("vm.conf"), conf).expect("write vm.conf");
+        TestDaemon::start_in(dir)
     }
 
     /// Starts vmd in an existing directory (conf written, socket path
