@@ -11,7 +11,8 @@
 //! The guest is untrusted: every path here ends in `guestrpc`, which
 //! answers malformed calls with error statuses and bounds what it buffers.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guestrpc::backdoor::{vmx_type, Platform, Regs, PORT_HB, PORT_LB};
 use guestrpc::host::{self, Channels, Tools};
@@ -65,6 +66,34 @@ pub struct Backdoor {
     channels: Channels,
     tools: Tools,
     epoch: Instant,
+    news: Arc<News>,
+}
+
+/// Wakes threads waiting for the guest tools to report something
+/// ([`Tools::reports`] moved), so that nobody has to poll the tools state:
+/// with a hundred VMs on a host, polling wakeups add up.
+#[derive(Debug, Default)]
+pub struct News {
+    reports: Mutex<u64>,
+    moved: Condvar,
+}
+
+impl News {
+    fn publish(&self, reports: u64) {
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = reports;
+        self.moved.notify_all();
+    }
+
+    /// Waits until the report count differs from `seen`, at most `timeout`;
+    /// returns the count then (`seen` itself on a timeout).
+    pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let n = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, _) = self
+            .moved
+            .wait_timeout_while(n, timeout, |n| *n == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *n
+    }
 }
 
 fn regs_in(g: &GuestRegs) -> Regs {
@@ -98,7 +127,26 @@ impl Backdoor {
             channels: Channels::new(seed),
             tools: Tools::new(tclo_timeout_ms),
             epoch: Instant::now(),
+            news: Arc::default(),
         }
+    }
+
+    /// Where to wait for the guest tools' next report.
+    pub fn news(&self) -> Arc<News> {
+        self.news.clone()
+    }
+
+    /// Runs one exit's worth of protocol, then wakes news waiters if the
+    /// guest reported something.
+    fn exit<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.tools.set_now(self.now_ms());
+        let before = self.tools.reports();
+        let r = f(self);
+        let after = self.tools.reports();
+        if after != before {
+            self.news.publish(after);
+        }
+        r
     }
 
     /// Milliseconds since the device was made: the time base of everything
@@ -115,6 +163,13 @@ impl Backdoor {
         &mut self.tools
     }
 
+    /// A VM reset: every channel closes (the guest's tools start over);
+    /// the guestinfo store and what the guest last reported stay, as on
+    /// VMware.
+    pub fn reset(&mut self) {
+        self.exit(|d| d.channels.reset(&mut d.tools));
+    }
+
     /// Bytes the channels hold for the guest (bounded by `guestrpc`).
     pub fn buffered_bytes(&self) -> usize {
         self.channels.buffered_bytes()
@@ -123,8 +178,16 @@ impl Backdoor {
 
 impl RegsDevice for Backdoor {
     fn io_in(&mut self, port: u16, data: &mut [u8], g: &mut GuestRegs) -> bool {
-        let now = self.now_ms();
-        self.tools.set_now(now);
+        self.exit(|d| d.port_in(port, data, g))
+    }
+
+    fn io_out(&mut self, port: u16, data: &[u8], g: &mut GuestRegs) -> bool {
+        self.exit(|d| d.port_out(port, data, g))
+    }
+}
+
+impl Backdoor {
+    fn port_in(&mut self, port: u16, data: &mut [u8], g: &mut GuestRegs) -> bool {
         match port {
             PORT_LB if data.len() == 4 => {
                 let mut r = regs_in(g);
@@ -154,9 +217,7 @@ impl RegsDevice for Backdoor {
         }
     }
 
-    fn io_out(&mut self, port: u16, data: &[u8], g: &mut GuestRegs) -> bool {
-        let now = self.now_ms();
-        self.tools.set_now(now);
+    fn port_out(&mut self, port: u16, data: &[u8], g: &mut GuestRegs) -> bool {
         if port != PORT_HB {
             // An `out` to the low-bandwidth port is not a backdoor call.
             return false;
@@ -246,5 +307,66 @@ mod tests {
         let mut buf = [0xaau8; 16];
         assert!(d.io_in(PORT_HB, &mut buf, &mut g));
         assert_eq!((g.rbx, buf), (0, [0; 16]));
+    }
+
+    /// The guest side of `guestrpc` driving the device as a vCPU would.
+    struct Guest<'a>(&'a mut Backdoor);
+
+    fn to_guest(r: &Regs) -> GuestRegs {
+        GuestRegs {
+            rax: r.eax.into(),
+            rbx: r.ebx.into(),
+            rcx: r.ecx.into(),
+            rdx: r.edx.into(),
+            rsi: r.esi.into(),
+            rdi: r.edi.into(),
+            rbp: r.ebp.into(),
+        }
+    }
+
+    impl guestrpc::client::Backdoor for Guest<'_> {
+        fn lb(&mut self, regs: &mut Regs) {
+            let mut g = to_guest(regs);
+            let eax = call(self.0, &mut g);
+            *regs = regs_in(&g);
+            regs.eax = eax;
+        }
+        fn hb_out(&mut self, regs: &mut Regs, data: &[u8]) {
+            let mut g = to_guest(regs);
+            self.0.io_out(PORT_HB, data, &mut g);
+            *regs = regs_in(&g);
+        }
+        fn hb_in(&mut self, regs: &mut Regs, buf: &mut [u8]) {
+            let mut g = to_guest(regs);
+            self.0.io_in(PORT_HB, buf, &mut g);
+            *regs = regs_in(&g);
+        }
+    }
+
+    #[test]
+    fn news_wakes_waiters_on_reports_only() {
+        let mut d = dev();
+        let news = d.news();
+        let quiet = Duration::from_millis(10);
+        assert_eq!(news.wait(0, quiet), 0);
+        let waiter = {
+            let news = news.clone();
+            std::thread::spawn(move || news.wait(0, Duration::from_secs(30)))
+        };
+        let mut reply = [0u8; 64];
+        let r = guestrpc::client::rpci(&mut Guest(&mut d), b"SetGuestInfo  1 web1", &mut reply);
+        assert_eq!(r.unwrap(), b"1 ");
+        let seen = waiter.join().unwrap();
+        assert_eq!(seen, d.tools().reports());
+        assert_eq!(d.tools().guest_state().hostname.as_deref(), Some("web1"));
+        // Plain backdoor calls are not reports.
+        let mut g = GuestRegs {
+            rax: u64::from(MAGIC),
+            rcx: u64::from(cmd::GETVERSION),
+            rdx: u64::from(PORT_LB),
+            ..Default::default()
+        };
+        call(&mut d, &mut g);
+        assert_eq!(news.wait(seen, quiet), seen);
     }
 }

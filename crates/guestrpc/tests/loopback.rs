@@ -549,3 +549,52 @@ fn tclo_queue_bounded() {
         Err(guestrpc::host::QueueFull)
     );
 }
+
+#[test]
+fn reports_move_with_news_not_with_idle_polls() {
+    let mut vm = FakeVcpu::new();
+    let mut s = TcloSession::new();
+    let mut buf = [0u8; 256];
+    assert_eq!(vm.tools.reports(), 0);
+    // Opening the TCLO channel is news (the tools are there).
+    assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), Some(TcloCommand::Reset));
+    let opened = vm.tools.reports();
+    assert!(opened > 0);
+    s.set_reply(TcloSession::default_reply(&TcloCommand::<&str>::Reset));
+    assert_eq!(
+        s.poll(&mut vm, &mut buf).unwrap(),
+        Some(TcloCommand::CapabilitiesRegister)
+    );
+    s.set_reply(REPLY_OK);
+    assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), None);
+    let settled = vm.tools.reports();
+    assert!(settled > opened, "replies to commands are news");
+    // Idle polls move the poll time only.
+    for _ in 0..3 {
+        assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), None);
+    }
+    assert_eq!(vm.tools.reports(), settled);
+    assert!(vm.tools.guest_state().last_poll_ms.is_some());
+    // Every RPCI request is news, whatever it says.
+    call(&mut vm, b"info-get guestinfo.nothing");
+    assert_eq!(vm.tools.reports(), settled + 1);
+    s.close(&mut vm);
+    assert_eq!(vm.tools.reports(), settled + 2);
+}
+
+#[test]
+fn reset_closes_every_channel() {
+    let mut vm = FakeVcpu::new();
+    let mut s = TcloSession::new();
+    let mut buf = [0u8; 256];
+    assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), Some(TcloCommand::Reset));
+    let _rpc = Channel::open(&mut vm, PROTO_RPCI).unwrap();
+    assert_eq!(vm.channels.open_count(), 2);
+    assert!(vm.tools.has_toolbox_channel());
+    vm.channels.reset(&mut vm.tools);
+    assert_eq!(vm.channels.open_count(), 0);
+    assert!(!vm.tools.has_toolbox_channel());
+    // A rebooted guest's tools start over and get "reset" first again.
+    let mut s = TcloSession::new();
+    assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), Some(TcloCommand::Reset));
+}

@@ -52,6 +52,9 @@ pub const IRQ_KBD: u32 = 1;
 pub const IRQ_RTC: u32 = 8;
 pub const IRQ_SCI: u32 = 9;
 
+/// CMOS RTC/NVRAM: index port (0x70), data port (0x71).
+pub const RTC_INDEX_PORT: u16 = 0x70;
+
 /// Fixed-hardware ACPI power-management ports (PIIX4-like block at 0x600).
 pub const PM1A_EVT_PORT: u16 = 0x600;
 pub const PM1A_EVT_LEN: u8 = 4;

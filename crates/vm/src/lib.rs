@@ -3,6 +3,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod coalesced;
 pub mod control;
 pub mod cpuid;
 pub mod irq;
@@ -29,9 +30,24 @@ pub struct IoBuses {
     )>,
     /// KVM has KVM_CAP_SYNC_REGS (registers in kvm_run at each exit).
     pub sync_regs: bool,
+    /// Writes KVM queued for ports registered as coalesced (see
+    /// [`coalesced`]); drained before every exit is dispatched.
+    pub coalesced: Option<std::sync::Mutex<coalesced::CoalescedRing>>,
 }
 
 impl IoBuses {
+    /// Applies the writes KVM queued, in order, so that the exit about to
+    /// be dispatched sees devices as the guest left them.
+    fn drain_coalesced(&self) {
+        if let Some(ring) = &self.coalesced {
+            let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+            ring.drain(|w| {
+                let bus = if w.pio { &self.pio } else { &self.mmio };
+                bus.write(w.addr, w.data());
+            });
+        }
+    }
+
     fn is_regs_port(&self, port: u16) -> bool {
         matches!(self.regs_dev, Some((base, _)) if port.wrapping_sub(base) < 2)
     }

@@ -72,7 +72,17 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctl: Arc<Control>, io: Arc<IoBuses>) 
     }
     while ctl.vcpu_may_run() {
         let mut regs_io = None;
-        match vcpu.run() {
+        let exit = vcpu.run();
+        if matches!(
+            exit,
+            Ok(VcpuExit::IoIn(..)
+                | VcpuExit::IoOut(..)
+                | VcpuExit::MmioRead(..)
+                | VcpuExit::MmioWrite(..))
+        ) {
+            io.drain_coalesced();
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) if io.is_regs_port(port) => {
                 regs_io = Some(RegsIo {
                     port,

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::acpi_pm::AcpiPm;
-use devices::backdoor::{Backdoor, HostFacts};
+use devices::backdoor::{Backdoor, HostFacts, News};
 use devices::i8042::I8042;
 use devices::pci_host::{PciHost, PciRoot};
 use devices::rtc::Rtc;
@@ -22,11 +22,12 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::acpi::{create_acpi_tables, AcpiConfig};
 use crate::boot::{self, BootConfig, KernelKind};
+use crate::coalesced::CoalescedRing;
 use crate::control::{Control, RunState, StopReason};
 use crate::cpuid::{vcpu_cpuid, CpuidConfig};
 use crate::irq::KvmIrqLine;
@@ -204,6 +205,8 @@ pub struct VmHandle {
     acpi_pm: Arc<Mutex<AcpiPm>>,
     serial: Arc<Mutex<Serial>>,
     backdoor: Option<Arc<Mutex<Backdoor>>>,
+    /// Kept apart from the device so that waiting takes no device lock.
+    tools_news: Option<Arc<News>>,
 }
 
 /// The guest tools were turned off for this VM (`VmConfig::guest_tools`).
@@ -270,6 +273,13 @@ impl VmHandle {
     pub fn guest_state(&self) -> GuestState {
         self.with_tools(|t| t.guest_state().clone())
             .unwrap_or_default()
+    }
+
+    /// Waits until the guest tools report something after the report
+    /// count `seen` (see `Tools::reports`), at most `timeout`; returns the
+    /// count then (`seen` on a timeout). `None` without guest tools.
+    pub fn wait_guest_news(&self, seen: u64, timeout: Duration) -> Option<u64> {
+        Some(self.tools_news.as_ref()?.wait(seen, timeout))
     }
 
     /// Milliseconds on the clock `GuestState`'s times are stamped with.
@@ -380,7 +390,7 @@ impl Vm {
         pio.insert(serial.clone(), 0x3f8, 8).map_err(dev_err)?;
         pio.insert(Arc::new(Mutex::new(I8042::new(events.clone()))), 0x60, 5)
             .map_err(dev_err)?;
-        pio.insert(Arc::new(Mutex::new(rtc)), 0x70, 2)
+        pio.insert(Arc::new(Mutex::new(rtc)), u64::from(RTC_INDEX_PORT), 2)
             .map_err(dev_err)?;
         pio.insert(
             Arc::new(Mutex::new(PciHost::new(PciRoot::new(), events.clone()))),
@@ -413,6 +423,23 @@ impl Vm {
             });
         }
 
+        // The CMOS index port, as QEMU does: see `coalesced`.
+        let coalesced = match vcpus.first().and_then(|v| v.fd.as_ref()) {
+            Some(fd) if kvm.check_extension(Cap::CoalescedPio) => {
+                vm.register_coalesced_mmio(IoEventAddress::Pio(RTC_INDEX_PORT.into()), 1)
+                    .map_err(kvm_err("KVM_REGISTER_COALESCED_MMIO"))?;
+                let ring = CoalescedRing::map(fd).map_err(|e| {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    VmError::Kvm(
+                        "mmap of the coalesced I/O ring",
+                        kvm_ioctls::Error::new(errno),
+                    )
+                })?;
+                Some(Mutex::new(ring))
+            }
+            _ => None,
+        };
+
         let backdoor = cfg.guest_tools.then(|| {
             let facts = HostFacts {
                 tsc_hz: u64::from(tsc_khz_bsp) * 1000,
@@ -432,6 +459,7 @@ impl Vm {
                 .clone()
                 .map(|b| -> (u16, Arc<Mutex<dyn RegsDevice>>) { (PORT_LB, b) }),
             sync_regs: kvm.check_extension(Cap::SyncRegs),
+            coalesced,
         });
 
         let irqchip = IrqchipSnapshot {
@@ -458,6 +486,9 @@ impl Vm {
             ctl: ctl.clone(),
             acpi_pm,
             serial,
+            tools_news: backdoor
+                .as_ref()
+                .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).news()),
             backdoor,
         };
         let mut v = Vm {
@@ -532,6 +563,9 @@ impl Vm {
         self.vm
             .set_pit2(&self.irqchip.pit)
             .map_err(kvm_err("KVM_SET_PIT2"))?;
+        if let Some(b) = &self.handle.backdoor {
+            b.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
         self.load()
     }
 

@@ -140,24 +140,29 @@ fn os_reboot_resets_the_guest() {
         return;
     }
     let (h, console, t) = start("");
-    wait_for("tools", T, || h.guest_state().tools_present.then_some(()));
-    assert!(matches!(
-        command(&h, TcloCommand::OsReboot),
-        CommandStatus::Acked(_)
-    ));
-    console.wait_line("tools: rebooting", T);
-    // The guest comes back and its tools answer again.
-    console.wait_count("testguest tools: boot via", 2, T);
-    assert!(matches!(
-        command(&h, TcloCommand::Ping),
-        CommandStatus::Acked(_)
-    ));
+    // Nine reboots: each boot's tools open a TCLO and an RPCI channel, so
+    // a reset that left old channels open would fill the 16-slot table.
+    const REBOOTS: usize = 9;
+    for i in 1..=REBOOTS {
+        wait_for("tools", T, || h.guest_state().tools_present.then_some(()));
+        assert!(matches!(
+            command(&h, TcloCommand::OsReboot),
+            CommandStatus::Acked(_)
+        ));
+        console.wait_count("tools: rebooting", i, T);
+        // The guest comes back and its tools answer again.
+        console.wait_count("testguest tools: boot via", i + 1, T);
+        assert!(matches!(
+            command(&h, TcloCommand::Ping),
+            CommandStatus::Acked(_)
+        ));
+    }
     assert!(matches!(
         command(&h, TcloCommand::OsHalt),
         CommandStatus::Acked(_)
     ));
     let (exit, boots) = t.join().unwrap();
-    assert_eq!((exit, boots), (VmExit::ToolsHalt, 2));
+    assert_eq!((exit, boots), (VmExit::ToolsHalt, REBOOTS as u32 + 1));
 }
 
 #[test]

@@ -130,6 +130,19 @@ impl Channels {
         }
     }
 
+    /// Closes every channel, as a VM reset does: the rebooted guest's tools
+    /// open new ones, and the old ones would only fill the table. `svc`
+    /// hears of each TCLO channel closed.
+    pub fn reset(&mut self, svc: &mut impl Service) {
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(c) = slot.take() {
+                if c.proto == Protocol::Tclo {
+                    svc.tclo_closed(id as u16);
+                }
+            }
+        }
+    }
+
     /// Channels currently open.
     pub fn open_count(&self) -> usize {
         self.slots.iter().flatten().count()

@@ -36,6 +36,7 @@ pub struct Tools {
     statuses: BTreeMap<u64, CommandStatus>,
     next_id: u64,
     chans: [Option<tclo::TcloChan>; MAX_CHANNELS],
+    reports: u64,
 }
 
 impl Default for Tools {
@@ -58,6 +59,7 @@ impl Tools {
             statuses: BTreeMap::new(),
             next_id: 1,
             chans: core::array::from_fn(|_| None),
+            reports: 0,
         }
     }
 
@@ -71,6 +73,15 @@ impl Tools {
     /// What the guest's tools have reported.
     pub fn guest_state(&self) -> &GuestState {
         &self.state
+    }
+
+    /// Counts what the guest has told the host: every RPCI request, TCLO
+    /// reply and TCLO channel opened or closed moves it. It moves whenever
+    /// [`Tools::guest_state`] may have changed, the poll time aside (a
+    /// TCLO poll with nothing to say leaves it), so a watcher can sleep
+    /// until it moves instead of polling the state.
+    pub fn reports(&self) -> u64 {
+        self.reports
     }
 
     /// The guestinfo value of `key` (`"foo"` or `"guestinfo.foo"`).
@@ -107,14 +118,20 @@ fn strip_guestinfo(key: &[u8]) -> &[u8] {
 
 impl Service for Tools {
     fn rpci(&mut self, request: &[u8]) -> Vec<u8> {
+        self.reports += 1;
         self.handle_rpci(request)
     }
 
     fn tclo_opened(&mut self, chan: u16) {
+        self.reports += 1;
         self.on_tclo_opened(chan);
     }
 
     fn tclo_sent(&mut self, chan: u16, data: &[u8]) {
+        // An empty message is a poll: only the poll time changes.
+        if data.first().is_some_and(|&b| b != 0) {
+            self.reports += 1;
+        }
         self.on_tclo_sent(chan, data);
     }
 
@@ -127,6 +144,7 @@ impl Service for Tools {
     }
 
     fn tclo_closed(&mut self, chan: u16) {
+        self.reports += 1;
         self.on_tclo_closed(chan);
     }
 }
