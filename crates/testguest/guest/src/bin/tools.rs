@@ -15,7 +15,7 @@
 //! | `halt_delay_ms=N` | 0 | after acknowledging `OS_Halt`, wait this long before powering off: for grace-period tests |
 //! | `selftest=1` | 0 | run the RPCI self-test before the TCLO loop |
 //! | `bench=N` | 0 | time N RPCI round trips each way, then power off |
-//! | `quiet=1` | 0 | no routine lines (backdoor, tsc, commands, guest info, clock syncs) |
+//! | `quiet=1` | 0 | a short boot line (`testguest tools`) and no routine lines (backdoor, tsc, commands, guest info, clock syncs) |
 //!
 //! # Serial output (tests grep these prefixes)
 //! After rt's `testguest tools: boot via ...` line:
@@ -451,6 +451,9 @@ struct Tools {
     info_due: Option<u64>,
     /// When the next periodic clock sync is due (TSC); none if disabled.
     sync_due: Option<u64>,
+    /// The RPCI channel, kept open between requests as vmtoolsd keeps its
+    /// own: opening and closing one per request costs two more exits each.
+    rpc: Option<Channel>,
 }
 
 impl Tools {
@@ -475,9 +478,39 @@ impl Tools {
 
     /// Sends `self.req[..len]` as one RPCI request; the reply's length in
     /// `self.reply` on success.
+    /// `force_lb` requests go on a channel of their own (self-test).
     fn rpci(&mut self, len: usize, force_lb: bool) -> Result<usize, Error> {
         let req = self.req.get(..len).ok_or(Error::Format)?;
-        rpci_on(&mut self.bd, req, &mut self.reply[..], force_lb).map(<[u8]>::len)
+        if force_lb {
+            return rpci_on(&mut self.bd, req, &mut self.reply[..], true).map(<[u8]>::len);
+        }
+        // A failed call leaves the channel in an unknown state (the host may
+        // have reset it, the VM may have been reset under it): drop it, and
+        // if it was an old one, try once more on a fresh one.
+        loop {
+            let (mut chan, fresh) = match self.rpc.take() {
+                Some(c) => (c, false),
+                None => (Channel::open(&mut self.bd, PROTO_RPCI)?, true),
+            };
+            match chan.call(&mut self.bd, req, &mut self.reply[..]) {
+                Ok(r) => {
+                    let n = r.len();
+                    self.rpc = Some(chan);
+                    return Ok(n);
+                }
+                // The channel itself is fine: the reply was discarded.
+                Err(e @ Error::BufferTooSmall(_)) => {
+                    self.rpc = Some(chan);
+                    return Err(e);
+                }
+                Err(e) => {
+                    let _ = chan.close(&mut self.bd);
+                    if fresh {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     /// Sends `self.req[..len]` and checks that the host answered `1 ...`.
@@ -969,6 +1002,7 @@ fn main() -> ! {
         },
         info_due: None,
         sync_due: None,
+        rpc: None,
     };
     tools.sync_clock("boot");
     tools.restart_sync_timer();
