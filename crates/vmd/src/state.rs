@@ -98,16 +98,19 @@ impl Vm {
     }
 }
 
-/// Resident memory of a process, bytes (0 if unknown).
+/// Resident memory of a process, bytes (0 if unknown). From `statm`, not
+/// `status`: a status request reads it for every VM, and the kernel makes
+/// `statm` from a few counters where `status` formats forty lines.
 fn rss(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/statm")) else {
         return 0;
     };
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    s.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
 }
 
 pub struct Inner {

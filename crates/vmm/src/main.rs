@@ -13,7 +13,7 @@ mod size;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use std::time::Duration;
 use vm::boot::{BootConfig, BootProtocol};
 use vm::cpuid::{self, CpuidConfig};
@@ -154,6 +154,14 @@ fn block_stop_signals() -> libc::sigset_t {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.control_fd == Some(0) && matches!(args.serial, serial_out::Dest::Stdio) {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--control-fd 0 is stdin, which the console on stdio reads: use -s pty, file:PATH or none",
+            )
+            .exit();
+    }
     let level = match args.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
