@@ -12,7 +12,8 @@
 //! - P6: `vmctl stop -w` to VM process gone for a tools guest polling every
 //!   1 s; the ratio is the median over the poll interval.
 //!
-//! Usage: bench-daemon BINDIR QEMU   (BINDIR has vmd, vmctl, vmm, testguest)
+//! Usage: bench-daemon BINDIR QEMU   (BINDIR has vmd, vmctl, vmm, testguest;
+//! BENCH_ONLY=P2,P4 runs only the figures named)
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -218,6 +219,12 @@ fn main() {
         qemu: PathBuf::from(&args[2]),
         dir: dir.clone(),
     };
+    // BENCH_ONLY=P4,P6 runs just those figures.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let want = |id: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x == id))
+    };
     let (first, tools, ticker) = (
         guest(&env, "first"),
         guest(&env, "tools"),
@@ -225,7 +232,7 @@ fn main() {
     );
 
     // P2
-    {
+    if want("P2") {
         let v = Vmd::start(
             &env,
             &format!("vm \"first\" {{\n disable\n kernel \"{first}\"\n memory 32M\n}}\n"),
@@ -243,7 +250,7 @@ fn main() {
     }
 
     // P3
-    {
+    if want("P3") {
         let mem = 32u64 << 20;
         let v = Vmd::start(&env, &format!("vm \"tick\" {{\n kernel \"{ticker}\"\n cmdline \"interval_ms=100\"\n memory 32M\n}}\n"));
         let t = Instant::now();
@@ -280,7 +287,7 @@ fn main() {
     }
 
     // P4
-    {
+    if want("P4") {
         let n = 100;
         let mut conf = String::from("staggered start parallel 100 delay 0\n");
         for i in 0..n {
@@ -359,7 +366,7 @@ fn main() {
     }
 
     // P6
-    {
+    if want("P6") {
         let v = Vmd::start(&env, &format!("vm \"web1\" {{\n disable\n kernel \"{tools}\"\n cmdline \"hostname=web1 poll_ms=1000\"\n memory 32M\n}}\n"));
         let mut times = Vec::new();
         for _ in 0..5 {
