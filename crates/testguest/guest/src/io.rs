@@ -196,6 +196,17 @@ pub fn tsc_hz() -> u64 {
     }
 }
 
+/// Sets the TSC rate and the LAPIC timer's from what the platform reports
+/// (e.g. the VMware backdoor's GETHZ), so that neither is measured: the
+/// first sleep then does not spin ~1 ms calibrating the timer. Call it
+/// before the first sleep; 0 leaves a rate to be found as usual.
+pub fn set_clock_rates(tsc_hz: u64, lapic_hz: u64) {
+    if tsc_hz != 0 {
+        TSC_HZ.store(tsc_hz, Ordering::Relaxed);
+    }
+    crate::timer::set_rates(tsc_hz, lapic_hz);
+}
+
 /// TSC ticks in `us` microseconds at [`tsc_hz`].
 fn tsc_ticks_us(us: u64) -> u64 {
     let ticks = u128::from(tsc_hz()) * u128::from(us) / 1_000_000;

@@ -39,35 +39,35 @@ fn from_bcd(v: u8, binary: bool) -> u32 {
     }
 }
 
-/// Reads the date and time: waits out an update, reads, and reads again
-/// until two reads agree.
+/// Reads the date and time as Linux's `mc146818_avoid_UIP` does: waits
+/// out an update in progress, reads, then checks that no update began and
+/// the seconds did not move meanwhile (a vCPU can be preempted for long
+/// between two register reads); else reads again. Each register read is a
+/// VM exit: this costs eleven where reading everything twice cost
+/// seventeen.
 pub fn now() -> DateTime {
-    let read = || {
+    let raw = loop {
         while cmos_read(RTC_STATUS_A) & UIP != 0 {
             pause();
         }
-        [
-            RTC_CENTURY,
-            RTC_YEAR,
-            RTC_MONTH,
-            RTC_DAY,
-            RTC_HOURS,
-            RTC_MINUTES,
+        // Seconds first: an update after this read changes them.
+        let raw = [
             RTC_SECONDS,
+            RTC_MINUTES,
+            RTC_HOURS,
+            RTC_DAY,
+            RTC_MONTH,
+            RTC_YEAR,
+            RTC_CENTURY,
         ]
-        .map(cmos_read)
-    };
-    let mut raw = read();
-    loop {
-        let again = read();
-        if again == raw {
-            break;
+        .map(cmos_read);
+        if cmos_read(RTC_STATUS_A) & UIP == 0 && cmos_read(RTC_SECONDS) == raw[0] {
+            break raw;
         }
-        raw = again;
-    }
+    };
     let status_b = cmos_read(RTC_STATUS_B);
     let bin = status_b & DM_BINARY != 0;
-    let [century, year, month, day, hours, minutes, seconds] = raw;
+    let [seconds, minutes, hours, day, month, year, century] = raw;
     let hour = if status_b & HOURS_24 != 0 {
         from_bcd(hours, bin)
     } else {

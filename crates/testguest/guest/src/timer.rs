@@ -17,7 +17,8 @@
 //!
 //! The timer counts bus cycles, the deadline is a TSC value: the ratio of
 //! the two is measured once, against the TSC, on the first sleep (about
-//! 1 ms of spinning). KVM's LAPIC timer runs at 1 GHz, so the same
+//! 1 ms of spinning), unless the guest learnt both rates from the platform
+//! first ([`crate::io::set_clock_rates`]). KVM's LAPIC timer runs at 1 GHz, so the same
 //! measurement also gives the TSC rate where CPUID does not ([`tsc_hz`]).
 //! The 8259 is never initialised and could deliver on vector 0 (an
 //! exception vector): LINT0, where it is wired, is masked before the first
@@ -136,6 +137,26 @@ fn counts_per_tsc() -> u64 {
             // Another CPU is measuring.
             Err(_) => pause(),
         }
+    }
+}
+
+/// Takes the timer's rate relative to the TSC from rates the platform
+/// reports instead of measuring it: no ~1 ms spin on the first sleep.
+/// Linux does the same on VMware with GETHZ's bus rate. A no-op once the
+/// timer is set up, or if a rate is 0.
+pub(crate) fn set_rates(tsc_hz: u64, lapic_hz: u64) {
+    if tsc_hz == 0 || lapic_hz == 0 {
+        return;
+    }
+    let fixed = (u128::from(lapic_hz) << 32) / u128::from(tsc_hz);
+    let fixed = u64::try_from(fixed).unwrap_or(u64::MAX).max(1);
+    if SETUP
+        .compare_exchange(NEW, BUSY, Ordering::Acquire, Ordering::Acquire)
+        .is_ok()
+    {
+        entry::install_irq_gates();
+        COUNTS_PER_TSC.store(fixed, Ordering::Relaxed);
+        SETUP.store(DONE, Ordering::Release);
     }
 }
 
