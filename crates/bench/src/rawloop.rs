@@ -81,7 +81,8 @@ pub fn run(
         &CpuidConfig::default(),
     ))
     .map_err(e("set cpuid"))?;
-    setup_vcpu(&vcpu, Some(entry)).map_err(e("vcpu setup"))?;
+    let lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
+    setup_vcpu(&vcpu, Some(entry), &lapic).map_err(e("vcpu setup"))?;
 
     let mut out = Vec::new();
     loop {

@@ -540,9 +540,7 @@ impl Vm {
         for (i, slot) in self.vcpus.iter().enumerate() {
             let fd = slot.fd.as_ref().expect("vCPUs are parked between runs");
             let boot: Option<EntryMode> = (i == 0).then_some(entry);
-            fd.set_lapic(&slot.lapic)
-                .map_err(kvm_err("KVM_SET_LAPIC"))?;
-            setup_vcpu(fd, boot).map_err(kvm_err("vCPU setup"))?;
+            setup_vcpu(fd, boot, &slot.lapic).map_err(kvm_err("vCPU setup"))?;
             // APs wait for INIT/SIPI from the boot CPU, as on hardware.
             let state = if i == 0 {
                 KVM_MP_STATE_RUNNABLE
