@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use bench::median;
 
+/// P4 rounds (each: 100 of ours, then 100 QEMUs); the medians count.
+const P4_ROUNDS: usize = 5;
+
 struct Env {
     bin: PathBuf,
     qemu: PathBuf,
@@ -293,10 +296,10 @@ fn main() {
         for i in 0..n {
             conf += &format!("vm \"g{i}\" {{\n disable\n kernel \"{tools}\"\n cmdline \"hostname=g{i} poll_ms=1000 quiet=1\"\n memory 16M\n}}\n");
         }
-        // Three alternating rounds, medians: one burst of 100 VMs on 2 cores
+        // Five alternating rounds, medians: one burst of 100 VMs on 2 cores
         // varies by tens of percent with whatever else the machine does.
         let (mut ours_v, mut qemu_v) = (Vec::new(), Vec::new());
-        for round in 0..3 {
+        for round in 0..P4_ROUNDS {
             let v = Vmd::start(&env, &conf);
             let t = Instant::now();
             let starts: Vec<_> = (0..n)
@@ -358,7 +361,7 @@ fn main() {
         }
         let (ours, qemu) = (median(&mut ours_v), median(&mut qemu_v));
         let (o, q) = (n as f64 / ours, n as f64 / qemu);
-        println!("P4: median of 3: {ours:.2} s ours, {qemu:.2} s qemu");
+        println!("P4: median of {P4_ROUNDS}: {ours:.2} s ours, {qemu:.2} s qemu");
         println!(
             "BENCH P4 ratio={:.2} ours={o:.1}VMs/s ref={q:.1}VMs/s",
             o / q
