@@ -187,13 +187,49 @@ fn sniff(path: &Path, file: &mut File) -> Result<Format, BootError> {
     Err(BootError::NotAKernel(path.to_owned()))
 }
 
+/// Zeroes the bytes of each loadable segment past its file image
+/// (`p_memsz` beyond `p_filesz`: .bss), which the ELF spec defines as 0 and
+/// linux-loader leaves as they are. Fresh guest RAM is zero already, so
+/// only a reload over a used guest's memory needs it; guests then need not
+/// clear .bss themselves (each page they clear is a fault on PVM).
+fn zero_elf_bss(mem: &GuestMemoryMmap, file: &mut File) -> std::io::Result<()> {
+    use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
+    use std::io::{Seek, SeekFrom};
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut ehdr = Elf64_Ehdr::default();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(ehdr.as_mut_slice())?;
+    file.seek(SeekFrom::Start(ehdr.e_phoff))?;
+    for _ in 0..ehdr.e_phnum {
+        let mut ph = Elf64_Phdr::default();
+        file.read_exact(ph.as_mut_slice())?;
+        if ph.p_type != PT_LOAD || ph.p_memsz <= ph.p_filesz {
+            continue;
+        }
+        let start = ph
+            .p_paddr
+            .checked_add(ph.p_filesz)
+            .ok_or_else(|| bad("segment address overflows"))?;
+        let len =
+            usize::try_from(ph.p_memsz - ph.p_filesz).map_err(|_| bad("segment too large"))?;
+        // The loader has already checked that the segment fits in RAM.
+        let zeros = vec![0u8; len];
+        mem.write_slice(&zeros, GuestAddress(start))
+            .map_err(|_| bad("segment past guest memory"))?;
+    }
+    Ok(())
+}
+
 /// Loads kernel, initrd and command line into `mem` and writes the boot
 /// information for the chosen entry. Returns the entry and what was booted.
+/// `ram_is_zero`: `mem` is fresh (all zero), as at power-on; a reload after
+/// a guest reset passes false.
 pub fn load(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     cfg: &BootConfig,
     rsdp: GuestAddress,
+    ram_is_zero: bool,
 ) -> Result<(EntryMode, KernelKind), BootError> {
     let path = &cfg.kernel;
     let mut file = File::open(path).map_err(|e| BootError::Open(path.clone(), e))?;
@@ -208,6 +244,9 @@ pub fn load(
         }
         Format::Elf => {
             let r = Elf::load(mem, None, &mut file, himem).map_err(load_err)?;
+            if !ram_is_zero {
+                zero_elf_bss(mem, &mut file).map_err(|e| BootError::Open(path.clone(), e))?;
+            }
             let pvh = matches!(r.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(_));
             match (cfg.protocol, pvh) {
                 (BootProtocol::Pvh, false) => return Err(BootError::NoPvhNote(path.clone())),
@@ -440,15 +479,56 @@ mod tests {
             kernel: p.clone(),
             ..Default::default()
         };
-        let err = load(&mem, 16 << 20, &cfg, GuestAddress(ACPI_ADDR)).unwrap_err();
+        let err = load(&mem, 16 << 20, &cfg, GuestAddress(ACPI_ADDR), true).unwrap_err();
         assert!(matches!(err, BootError::NotAKernel(_)), "{err}");
         assert!(err.to_string().contains("not a kernel"));
         let cfg = BootConfig {
             kernel: dir.join("missing"),
             ..Default::default()
         };
-        let err = load(&mem, 16 << 20, &cfg, GuestAddress(ACPI_ADDR)).unwrap_err();
+        let err = load(&mem, 16 << 20, &cfg, GuestAddress(ACPI_ADDR), true).unwrap_err();
         assert!(err.to_string().contains("No such file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reload_zeroes_bss_as_elf_says() {
+        let kernel = testguest::path("hello").expect("testguest hello");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        // A used guest's memory: nothing is zero.
+        mem.write_slice(&vec![0xa5u8; 16 << 20], GuestAddress(0))
+            .unwrap();
+        let cfg = BootConfig {
+            kernel: kernel.clone(),
+            ..Default::default()
+        };
+        // The segments past their file images, from the program headers.
+        let mut bss = Vec::new();
+        let mut f = File::open(&kernel).unwrap();
+        let mut ehdr = linux_loader::elf::Elf64_Ehdr::default();
+        f.read_exact(ehdr.as_mut_slice()).unwrap();
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(ehdr.e_phoff)).unwrap();
+        for _ in 0..ehdr.e_phnum {
+            let mut ph = linux_loader::elf::Elf64_Phdr::default();
+            f.read_exact(ph.as_mut_slice()).unwrap();
+            if ph.p_type == linux_loader::elf::PT_LOAD && ph.p_memsz > ph.p_filesz {
+                bss.push((ph.p_paddr + ph.p_filesz, ph.p_memsz - ph.p_filesz));
+            }
+        }
+        assert!(!bss.is_empty(), "the test guest has a .bss");
+        let read = |(at, len): (u64, u64)| {
+            let mut v = vec![0u8; len as usize];
+            mem.read_slice(&mut v, GuestAddress(at)).unwrap();
+            v
+        };
+        // Told RAM is fresh, the loader leaves it alone...
+        load(&mem, 16 << 20, &cfg, GuestAddress(ACPI_ADDR), true).unwrap();
+        assert!(read(bss[0]).iter().all(|&b| b == 0xa5));
+        // ...on a reload it clears every byte past the file images.
+        load(&mem, 16 << 20, &cfg, GuestAddress(ACPI_ADDR), false).unwrap();
+        for &seg in &bss {
+            assert!(read(seg).iter().all(|&b| b == 0), "segment at {:#x}", seg.0);
+        }
     }
 }

@@ -534,7 +534,15 @@ impl Vm {
         };
         let rsdp =
             create_acpi_tables(&self.mem, &acpi).map_err(|e| VmError::Acpi(e.to_string()))?;
-        let (entry, kind) = boot::load(&self.mem, self.cfg.mem_size, &self.cfg.boot, rsdp)?;
+        // Before the first run RAM is as mmap made it: zero.
+        let ram_is_zero = self.boots == 0;
+        let (entry, kind) = boot::load(
+            &self.mem,
+            self.cfg.mem_size,
+            &self.cfg.boot,
+            rsdp,
+            ram_is_zero,
+        )?;
         write_boot_tables(&self.mem, entry).map_err(|e| VmError::Boot(e.into()))?;
         self.kind = kind;
         for (i, slot) in self.vcpus.iter().enumerate() {

@@ -7,8 +7,8 @@
 //!   about 4000x slower than CPL3 code, so the CPL0 path is kept to some
 //!   sixty instructions per CPU: no loops, no `rep stos` (emulated one
 //!   iteration at a time). The page tables, GDT, IDT and TSSs are prebuilt
-//!   constants in .data that the loader copies in with the image, and .bss
-//!   is zeroed at CPL3, natively.
+//!   constants in .data that the loader copies in with the image; .bss is
+//!   the loader's to zero, as the ELF spec says.
 //! * The CPL0 emulator handles what an OS kernel uses, not what a compiler may
 //!   emit for Rust (SSE moves for struct copies, say). Assembly keeps the CPL0
 //!   instruction set under our control; all Rust code runs at CPL3.
@@ -30,15 +30,15 @@
 //!   +---------------> tg_long_common <--+                 |
 //!                     our GDT, TSS, IDT       APs: tg_ap_tramp (real mode,
 //!                     iretq to CPL3           copied to 0x3000) ->
-//!                     tg_user_entry (BSP:     tg_ap_start32 (slot, stack)
-//!                     zero .bss)
+//!                     tg_user_entry           tg_ap_start32 (slot, stack)
 //!                     user_start(slot)
 //! ```
 //!
 //! Memory map of the image: linked at 1 MiB (see link.ld); page tables, IDT,
 //! GDT, TSSs and what the CPL0 boot writes (BOOT_INFO, BOOT_KIND) live in
-//! .data, the rest of the runtime's state in .bss (zeroed by the BSP at
-//! CPL3 before any Rust code runs), stacks in `.stacks` (never zeroed). The
+//! .data, the rest of the runtime's state in .bss (zero from the loader:
+//! untouched pages stay unmapped, which on PVM saves a fault each), stacks
+//! in `.stacks` (never read before written). The
 //! page tables identity-map 0..4 GiB with 2 MiB pages that are present,
 //! writable and USER, so CPL3 code reaches all RAM and MMIO.
 //!
@@ -72,8 +72,8 @@ pub(crate) const BOOT_ELF64: u8 = 1;
 pub(crate) const BOOT_PVH: u8 = 2;
 
 /// Physical address of the boot_params (64-bit entry) or hvm_start_info
-/// (PVH entry) handed over by the loader. Written at CPL0 before .bss is
-/// zeroed, hence in .data.
+/// (PVH entry) handed over by the loader. Written at CPL0, in .data like
+/// everything the CPL0 boot touches.
 #[unsafe(link_section = ".data.tg_boot_info")]
 pub(crate) static BOOT_INFO: AtomicU64 = AtomicU64::new(0);
 /// Which entry ran: `BOOT_ELF64` or `BOOT_PVH`. In .data like BOOT_INFO.
@@ -263,22 +263,13 @@ tg_long_common:
     push %rax
     iretq
 
-// Where every CPU arrives at CPL3, EDI = slot. The BSP zeroes .bss here,
-// at CPL3's native speed (at the emulated CPL0 each `rep stos` iteration
-// costs as much as an instruction), before any code reads it: the CPL0
-// boot uses .data (the tables, BOOT_INFO, BOOT_KIND) and the stacks only.
-// Then user_start(slot), with the stack as the iretq left it.
+// Where every CPU arrives at CPL3, EDI = slot. .bss is zero because the ELF
+// spec says so and loaders do it (QEMU's, and our VMM's on a reload): not
+// clearing it here leaves the pages the guest never uses untouched, and on
+// PVM every page first touched is a fault. Then user_start(slot), with the
+// stack as the iretq left it.
 tg_user_entry:
-    test %edi, %edi
-    jnz 1f
-    lea __bss_start(%rip), %rdi
-    lea __bss_end(%rip), %rcx
-    sub %rdi, %rcx
-    shr $3, %rcx
-    xor %eax, %eax
-    rep stosq
-    xor %edi, %edi
-1:  jmp {user_start}
+    jmp {user_start}
 
 // Exception stubs, 16 bytes apart: push a zero error code where the CPU
 // pushes none (all but 8, 10-14, 17, 21, 29, 30), then the vector. The
