@@ -2,7 +2,8 @@
 //! (SO_PEERCRED, taken by the kernel at connect time, so they cannot be
 //! forged); this module turns them into answers: root may do anything,
 //! others only act on VMs whose `owner` names their user or one of their
-//! groups, as in OpenBSD's vmd.
+//! groups, as in OpenBSD's vmd. An owner is a name or, as vm.conf(5) allows,
+//! a numeric id; users are compared by uid.
 
 use std::ffi::{CStr, CString};
 
@@ -34,6 +35,11 @@ fn buf_len(which: libc::c_int) -> usize {
 
 /// User name of `uid`.
 pub fn user_name(uid: u32) -> Option<String> {
+    passwd_of(uid).map(|(name, _)| name)
+}
+
+/// (name, primary gid) of `uid`.
+fn passwd_of(uid: u32) -> Option<(String, u32)> {
     let mut buf = vec![0 as libc::c_char; buf_len(libc::_SC_GETPW_R_SIZE_MAX)];
     // SAFETY: zeroed passwd is a valid out-parameter; buffers are ours.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -43,11 +49,22 @@ pub fn user_name(uid: u32) -> Option<String> {
         return None;
     }
     // SAFETY: pw_name points into buf, NUL-terminated.
-    Some(
-        unsafe { CStr::from_ptr(pw.pw_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
+    let name = unsafe { CStr::from_ptr(pw.pw_name) }
+        .to_string_lossy()
+        .into_owned();
+    Some((name, pw.pw_gid))
+}
+
+/// uid of an owner's user: a number as it is, else the user of that name.
+fn owner_uid(user: &str) -> Option<u32> {
+    user.parse()
+        .ok()
+        .or_else(|| user_ids(user).map(|(uid, _)| uid))
+}
+
+/// gid of an owner's group: a number as it is, else the group of that name.
+fn owner_gid(group: &str) -> Option<u32> {
+    group.parse().ok().or_else(|| group_id(group))
 }
 
 /// (uid, primary gid) of user `name`.
@@ -100,34 +117,26 @@ pub fn may_control(peer: &Peer, owner: Option<&Owner>) -> bool {
         return true;
     }
     let Some(owner) = owner else { return false };
-    let name = user_name(peer.uid);
-    if let (Some(u), Some(n)) = (&owner.user, &name) {
-        if u == n {
-            return true;
-        }
+    if owner.user.as_deref().and_then(owner_uid) == Some(peer.uid) {
+        return true;
     }
-    if let Some(g) = &owner.group {
-        if let Some(gid) = group_id(g) {
-            if peer.gid == gid {
-                return true;
-            }
-            if let Some(n) = &name {
-                return groups_of(n, peer.gid).contains(&gid);
-            }
-        }
-    }
-    false
+    let Some(gid) = owner.group.as_deref().and_then(owner_gid) else {
+        return false;
+    };
+    peer.gid == gid || user_name(peer.uid).is_some_and(|n| groups_of(&n, peer.gid).contains(&gid))
 }
 
 /// (uid, gid) a VM's owner maps to, for the console pty's ownership.
+/// The group is the owner's, else the user's primary group if the user
+/// exists.
 pub fn owner_ids(owner: &Owner) -> (Option<u32>, Option<u32>) {
-    let user = owner.user.as_deref().and_then(user_ids);
+    let uid = owner.user.as_deref().and_then(owner_uid);
     let gid = owner
         .group
         .as_deref()
-        .and_then(group_id)
-        .or(user.map(|u| u.1));
-    (user.map(|u| u.0), gid)
+        .and_then(owner_gid)
+        .or_else(|| uid.and_then(passwd_of).map(|(_, gid)| gid));
+    (uid, gid)
 }
 
 #[cfg(test)]
@@ -168,6 +177,40 @@ mod tests {
             group_id("nogroup") == Some(nobody.1)
         );
         assert_eq!(user_name(0).as_deref(), Some("root"));
-        assert_eq!(owner_ids(&own).0, Some(nobody.0));
+        assert_eq!(owner_ids(&own), (Some(nobody.0), Some(nobody.1)));
+    }
+
+    #[test]
+    fn numeric_owners_are_ids() {
+        let nobody = user_ids("nobody").expect("nobody exists on Debian");
+        let p = Peer {
+            uid: nobody.0,
+            gid: nobody.1,
+            pid: 1,
+        };
+        let by_uid = Owner {
+            user: Some(nobody.0.to_string()),
+            group: None,
+        };
+        assert!(may_control(&p, Some(&by_uid)));
+        assert_eq!(owner_ids(&by_uid), (Some(nobody.0), Some(nobody.1)));
+        let by_gid = Owner {
+            user: None,
+            group: Some(nobody.1.to_string()),
+        };
+        assert!(may_control(&p, Some(&by_gid)));
+        // An id no account has still names that id.
+        let stray = Owner {
+            user: Some("54321".into()),
+            group: Some("54322".into()),
+        };
+        assert_eq!(owner_ids(&stray), (Some(54321), Some(54322)));
+        assert!(!may_control(&p, Some(&stray)));
+        let q = Peer {
+            uid: 54321,
+            gid: 1,
+            pid: 1,
+        };
+        assert!(may_control(&q, Some(&stray)));
     }
 }
