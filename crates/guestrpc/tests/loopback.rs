@@ -342,6 +342,18 @@ fn tclo_halt_flow() {
     assert!(!vm.tools.has_toolbox_channel());
 }
 
+/// After the first poll got `reset`: answers it, gets and answers
+/// `Capabilities_Register`, and sees the queue empty.
+fn answer_reset_and_register(vm: &mut FakeVcpu, s: &mut TcloSession, buf: &mut [u8]) {
+    s.set_reply(TcloSession::default_reply(&TcloCommand::<&str>::Reset));
+    assert_eq!(
+        s.poll(vm, buf).unwrap(),
+        Some(TcloCommand::CapabilitiesRegister)
+    );
+    s.set_reply(REPLY_OK);
+    assert_eq!(s.poll(vm, buf).unwrap(), None);
+}
+
 #[test]
 fn tclo_session_like_vmt() {
     let mut vm = FakeVcpu::new();
@@ -350,13 +362,7 @@ fn tclo_session_like_vmt() {
     // The first poll opens, sends "OK ATR toolbox" unsolicited, gets "reset".
     assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), Some(TcloCommand::Reset));
     assert!(vm.tools.has_toolbox_channel());
-    s.set_reply(TcloSession::default_reply(&TcloCommand::<&str>::Reset));
-    assert_eq!(
-        s.poll(&mut vm, &mut buf).unwrap(),
-        Some(TcloCommand::CapabilitiesRegister)
-    );
-    s.set_reply(REPLY_OK);
-    assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), None);
+    answer_reset_and_register(&mut vm, &mut s, &mut buf);
 
     let ping = vm.tools.queue(TcloCommand::Ping).unwrap();
     let opt = vm
@@ -560,13 +566,7 @@ fn reports_move_with_news_not_with_idle_polls() {
     assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), Some(TcloCommand::Reset));
     let opened = vm.tools.reports();
     assert!(opened > 0);
-    s.set_reply(TcloSession::default_reply(&TcloCommand::<&str>::Reset));
-    assert_eq!(
-        s.poll(&mut vm, &mut buf).unwrap(),
-        Some(TcloCommand::CapabilitiesRegister)
-    );
-    s.set_reply(REPLY_OK);
-    assert_eq!(s.poll(&mut vm, &mut buf).unwrap(), None);
+    answer_reset_and_register(&mut vm, &mut s, &mut buf);
     let settled = vm.tools.reports();
     assert!(settled > opened, "replies to commands are news");
     // Idle polls move the poll time only.

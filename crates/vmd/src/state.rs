@@ -283,7 +283,7 @@ impl Daemon {
     /// console exists) or the process failed.
     pub async fn start(self: &Arc<Self>, id: u32) -> Result<VmStatus, Error> {
         // Claim the VM under the lock (a second start sees it Starting),
-        // then fork the VM process without holding it: under a burst of
+        // then spawn the VM process without holding it: under a burst of
         // starts, spawns and status requests proceed in parallel.
         let (args, name, mut changed) = {
             let mut g = self.lock();
