@@ -313,15 +313,9 @@ mod tests {
     struct Guest<'a>(&'a mut Backdoor);
 
     fn to_guest(r: &Regs) -> GuestRegs {
-        GuestRegs {
-            rax: r.eax.into(),
-            rbx: r.ebx.into(),
-            rcx: r.ecx.into(),
-            rdx: r.edx.into(),
-            rsi: r.esi.into(),
-            rdi: r.edi.into(),
-            rbp: r.ebp.into(),
-        }
+        let mut g = GuestRegs::default();
+        regs_out(r, &mut g);
+        g
     }
 
     impl guestrpc::client::Backdoor for Guest<'_> {

@@ -390,63 +390,41 @@ fn usage_errors_exit_2() {
 #[test]
 fn start_sends_absolute_paths() {
     let s = Server::start("start", routes);
-    let out = vmctl_cmd()
-        .current_dir(&s.dir)
-        .arg("-s")
-        .arg(&s.socket)
-        .args([
-            "sta",
-            "-m",
-            "1G",
-            "-d",
-            "a.img",
-            "-d",
-            "raw:/x/b.img",
-            "-b",
-            "bzImage",
-        ])
-        .args([
-            "--cpus",
-            "2",
-            "--cmdline",
-            "console=ttyS0",
-            "-L",
-            "-i",
-            "1",
-            "new1",
-        ])
-        .output()
-        .unwrap();
+    // The same start, under a given command word.
+    let start_as = |word: &str| {
+        vmctl_cmd()
+            .current_dir(&s.dir)
+            .arg("-s")
+            .arg(&s.socket)
+            .args([
+                word,
+                "-m",
+                "1G",
+                "-d",
+                "a.img",
+                "-d",
+                "raw:/x/b.img",
+                "-b",
+                "bzImage",
+            ])
+            .args([
+                "--cpus",
+                "2",
+                "--cmdline",
+                "console=ttyS0",
+                "-L",
+                "-i",
+                "1",
+                "new1",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = start_as("sta");
     // "sta" is ambiguous (start, status): nothing was sent.
     assert_eq!(out.status.code(), Some(2));
     assert!(s.requests().is_empty());
-    let out = vmctl_cmd()
-        .current_dir(&s.dir)
-        .arg("-s")
-        .arg(&s.socket)
-        .args([
-            "star",
-            "-m",
-            "1G",
-            "-d",
-            "a.img",
-            "-d",
-            "raw:/x/b.img",
-            "-b",
-            "bzImage",
-        ])
-        .args([
-            "--cpus",
-            "2",
-            "--cmdline",
-            "console=ttyS0",
-            "-L",
-            "-i",
-            "1",
-            "new1",
-        ])
-        .output()
-        .unwrap();
+    let out = start_as("star");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stderr),
