@@ -432,6 +432,29 @@ fn rpci_on<'b>(
     result
 }
 
+/// One RPCI of the benchmark; prints why and returns false unless `accept`
+/// takes the reply.
+fn bench_call(
+    bd: &mut impl Backdoor,
+    request: &[u8],
+    reply: &mut [u8],
+    force_lb: bool,
+    port: &str,
+    accept: impl Fn(&[u8]) -> bool,
+) -> bool {
+    match rpci_on(bd, request, reply, force_lb) {
+        Ok(r) if accept(r) => true,
+        Ok(r) => {
+            println!("tools: bench FAILED: {port}: reply '{}'", Text(r));
+            false
+        }
+        Err(e) => {
+            println!("tools: bench FAILED: {port}: {e}");
+            false
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The tools.
 
@@ -936,32 +959,19 @@ impl Tools {
             self.bd.lb_send = force_lb;
             // One checked call first; the timed ones only check the length.
             let req = &self.req[..get_len];
-            match rpci_on(&mut self.bd, req, &mut self.reply[..], force_lb) {
-                Ok(r)
-                    if r.len() == want_len
-                        && r.starts_with(b"1 ")
-                        && r[2..].iter().enumerate().all(|(i, &b)| b == pattern(i)) => {}
-                Ok(r) => {
-                    println!("tools: bench FAILED: {port}: reply '{}'", Text(r));
-                    return;
-                }
-                Err(e) => {
-                    println!("tools: bench FAILED: {port}: {e}");
-                    return;
-                }
+            let whole = |r: &[u8]| {
+                r.len() == want_len
+                    && r.starts_with(b"1 ")
+                    && r[2..].iter().enumerate().all(|(i, &b)| b == pattern(i))
+            };
+            if !bench_call(&mut self.bd, req, &mut self.reply[..], force_lb, port, whole) {
+                return;
             }
             let start = rdtsc();
             for _ in 0..count {
-                match rpci_on(&mut self.bd, req, &mut self.reply[..], force_lb) {
-                    Ok(r) if r.len() == want_len => {}
-                    Ok(r) => {
-                        println!("tools: bench FAILED: {port}: reply '{}'", Text(r));
-                        return;
-                    }
-                    Err(e) => {
-                        println!("tools: bench FAILED: {port}: {e}");
-                        return;
-                    }
+                let sized = |r: &[u8]| r.len() == want_len;
+                if !bench_call(&mut self.bd, req, &mut self.reply[..], force_lb, port, sized) {
+                    return;
                 }
             }
             let cycles = rdtsc() - start;
