@@ -80,3 +80,12 @@ fn unknown_cpu_feature() {
     assert_eq!(o.code(), Some(2), "{o:?}");
     assert!(o.stderr.contains("unknown CPU feature"), "{o:?}");
 }
+
+#[test]
+fn control_socket_on_stdin_with_a_stdio_console() {
+    // vmd's --control-fd 0 is stdin, which a stdio console would read too.
+    let o = run_guest("hello", &["--control-fd", "0", "-s", "stdio"]);
+    assert_eq!(o.code(), Some(2), "{o:?}");
+    assert!(o.stderr.contains("--control-fd 0 is stdin"), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+}
