@@ -108,15 +108,27 @@ fn regs_in(g: &GuestRegs) -> Regs {
     }
 }
 
-/// A 32-bit register write zero-extends on x86-64.
-fn regs_out(r: &Regs, g: &mut GuestRegs) {
-    g.rax = u64::from(r.eax);
-    g.rbx = u64::from(r.ebx);
-    g.rcx = u64::from(r.ecx);
-    g.rdx = u64::from(r.edx);
-    g.rsi = u64::from(r.esi);
-    g.rdi = u64::from(r.edi);
-    g.rbp = u64::from(r.ebp);
+/// Writes back the registers a command changed, zero-extended as a 32-bit
+/// register write is on x86-64; every other register keeps all 64 bits the
+/// guest had. Real VMware (and QEMU's vmport) leave the registers a command
+/// does not output untouched, and guests rely on it: open-vm-tools' 64-bit
+/// `Backdoor_InOut` keeps a pointer in a register the low-bandwidth call
+/// does not output, so writing back all seven, truncated, crashed it.
+/// RBP is never written here: no low-bandwidth command outputs it.
+fn regs_out(before: &Regs, after: &Regs, g: &mut GuestRegs) {
+    let pairs = [
+        (before.eax, after.eax, &mut g.rax),
+        (before.ebx, after.ebx, &mut g.rbx),
+        (before.ecx, after.ecx, &mut g.rcx),
+        (before.edx, after.edx, &mut g.rdx),
+        (before.esi, after.esi, &mut g.rsi),
+        (before.edi, after.edi, &mut g.rdi),
+    ];
+    for (was, is, reg) in pairs {
+        if was != is {
+            *reg = u64::from(is);
+        }
+    }
 }
 
 impl Backdoor {
@@ -190,12 +202,13 @@ impl Backdoor {
     fn port_in(&mut self, port: u16, data: &mut [u8], g: &mut GuestRegs) -> bool {
         match port {
             PORT_LB if data.len() == 4 => {
-                let mut r = regs_in(g);
+                let before = regs_in(g);
+                let mut r = before;
                 host::handle_lb(&mut r, &self.facts, &mut self.channels, &mut self.tools);
                 // EAX travels in the I/O data: KVM loads it into RAX when it
                 // completes the `in` (and would overwrite a RAX set here).
                 data.copy_from_slice(&r.eax.to_le_bytes());
-                regs_out(&r, g);
+                regs_out(&before, &r, g);
                 true
             }
             PORT_HB => {
@@ -313,9 +326,15 @@ mod tests {
     struct Guest<'a>(&'a mut Backdoor);
 
     fn to_guest(r: &Regs) -> GuestRegs {
-        let mut g = GuestRegs::default();
-        regs_out(r, &mut g);
-        g
+        GuestRegs {
+            rax: r.eax.into(),
+            rbx: r.ebx.into(),
+            rcx: r.ecx.into(),
+            rdx: r.edx.into(),
+            rsi: r.esi.into(),
+            rdi: r.edi.into(),
+            rbp: r.ebp.into(),
+        }
     }
 
     impl guestrpc::client::Backdoor for Guest<'_> {
@@ -362,5 +381,33 @@ mod tests {
         };
         call(&mut d, &mut g);
         assert_eq!(news.wait(seen, quiet), seen);
+    }
+
+    /// What open-vm-tools' 64-bit `Backdoor_InOut` needs: a command writes
+    /// only the registers it outputs; the others, RBP above all, keep
+    /// their full 64-bit values.
+    #[test]
+    fn lb_leaves_registers_it_does_not_output_alone() {
+        let mut d = dev();
+        let high = 0xdead_beef_0000_0000;
+        let mut g = GuestRegs {
+            rax: u64::from(MAGIC),
+            rbx: high | u64::from(!MAGIC),
+            rcx: high | u64::from(cmd::GETVERSION),
+            rdx: high | u64::from(PORT_LB),
+            rsi: 0x7ffd_1234_5678_9abc,
+            rdi: 0x7ffd_0000_1111_2222,
+            rbp: 0x7ffd_aaaa_bbbb_cccc,
+        };
+        let eax = call(&mut d, &mut g);
+        assert_eq!(eax, guestrpc::backdoor::VERSION_MAGIC);
+        // GETVERSION outputs EBX (magic) and ECX (product type), zero-extended.
+        assert_eq!(g.rbx, u64::from(MAGIC));
+        assert_eq!(g.rcx >> 32, 0);
+        // EDX, ESI, EDI and RBP are not outputs: all 64 bits survive.
+        assert_eq!(g.rdx, high | u64::from(PORT_LB));
+        assert_eq!(g.rsi, 0x7ffd_1234_5678_9abc);
+        assert_eq!(g.rdi, 0x7ffd_0000_1111_2222);
+        assert_eq!(g.rbp, 0x7ffd_aaaa_bbbb_cccc);
     }
 }

@@ -39,13 +39,20 @@ impl Backdoor for PortIo {
     fn lb(&mut self, regs: &mut Regs) {
         let mut bx = u64::from(regs.ebx);
         // SAFETY: `new`'s contract grants port access. The asm touches only
-        // the named registers; RBX is swapped in and back out.
+        // the named registers; RBX is swapped in and back out. RBP (our
+        // frame pointer) is saved and restored around the `in`: no
+        // low-bandwidth command outputs it, but a host that wrote it back
+        // anyway (as ours once did, truncated to 32 bits) must not be able
+        // to corrupt this process's stack frames.
         unsafe {
             asm!(
                 "xchg {bx}, rbx",
+                "mov {bp}, rbp",
                 "in eax, dx",
+                "mov rbp, {bp}",
                 "xchg {bx}, rbx",
                 bx = inout(reg) bx,
+                bp = out(reg) _,
                 inout("eax") regs.eax,
                 inout("ecx") regs.ecx,
                 inout("edx") regs.edx,
