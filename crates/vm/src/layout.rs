@@ -9,6 +9,7 @@
 //! 0x0000_9000  PML4, PDPT, 4 PDs: identity map of the low 4 GiB (PML4_ADDR)
 //! 0x0002_0000  kernel command line                 (CMDLINE_ADDR, CMDLINE_MAX)
 //! 0x0009_fc00  EBDA, VGA, ROMs: reserved to 1 MiB   (EBDA_ADDR)
+//! 0x0009_fc00  MP floating pointer + MP table      (MPTABLE_ADDR; to 0xa10b4 at 254 vCPUs)
 //! 0x000e_0000  ACPI tables (RSDP first), reserved  (ACPI_ADDR .. ACPI_END)
 //! 0x0010_0000  kernel (1 MiB), then RAM up to the 32-bit MMIO hole
 //! 0xc000_0000  32-bit MMIO hole: PCI BARs, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
@@ -33,6 +34,9 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 /// our own guests take more, so allow 64 KiB below the EBDA.
 pub const CMDLINE_MAX: usize = 0x10000;
 pub const EBDA_ADDR: u64 = 0x9fc00;
+/// Intel MP floating pointer, then the MP configuration table (`mptable`):
+/// the last KiB of base memory, where Linux's second MP scan looks first.
+pub const MPTABLE_ADDR: u64 = EBDA_ADDR;
 pub const ACPI_ADDR: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x100000;
 pub const HIMEM_START: u64 = 0x100000;

@@ -8,6 +8,7 @@ pub mod control;
 pub mod cpuid;
 pub mod irq;
 pub mod layout;
+pub mod mptable;
 pub mod regs;
 pub mod vcpu;
 mod vm;

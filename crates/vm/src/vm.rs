@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use devices::acpi_pm::AcpiPm;
 use devices::backdoor::{Backdoor, HostFacts, News};
-use devices::i8042::I8042;
+use devices::i8042::{I8042, I8042_AUX_IRQ, I8042_PORT_LEN};
 use devices::pci_host::{PciHost, PciRoot};
 use devices::rtc::Rtc;
 use devices::serial::Serial;
@@ -308,6 +308,10 @@ pub struct Vm {
     handle: VmHandle,
     kind: KernelKind,
     boots: u32,
+    /// Reset with the VM: on a PC the firmware reinitialises the keyboard
+    /// controller at every boot, so the next kernel must not find the
+    /// configuration the last one left.
+    i8042: Arc<Mutex<I8042>>,
 }
 
 impl Vm {
@@ -388,7 +392,12 @@ impl Vm {
         let mut pio = Bus::new();
         let dev_err = |e: devices::BusError| VmError::Device(e.to_string());
         pio.insert(serial.clone(), 0x3f8, 8).map_err(dev_err)?;
-        pio.insert(Arc::new(Mutex::new(I8042::new(events.clone()))), 0x60, 5)
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            irq(IRQ_KBD),
+            irq(I8042_AUX_IRQ),
+            events.clone(),
+        )));
+        pio.insert(i8042.clone(), 0x60, I8042_PORT_LEN)
             .map_err(dev_err)?;
         pio.insert(Arc::new(Mutex::new(rtc)), u64::from(RTC_INDEX_PORT), 2)
             .map_err(dev_err)?;
@@ -502,6 +511,7 @@ impl Vm {
             handle,
             kind: KernelKind::Elf64,
             boots: 0,
+            i8042,
         };
         v.load()?;
         Ok(v)
@@ -534,6 +544,19 @@ impl Vm {
         };
         let rsdp =
             create_acpi_tables(&self.mem, &acpi).map_err(|e| VmError::Acpi(e.to_string()))?;
+        // The MP table beside them, saying what the MADT says: Linux's scan
+        // for it costs seconds of emulated CPL0 here when there is none.
+        let mp = crate::mptable::MpConfig {
+            num_cpus: self.cfg.vcpus,
+            lapic_version: self
+                .vcpus
+                .first()
+                .map_or(crate::mptable::KVM_LAPIC_VERSION, |s| {
+                    crate::mptable::lapic_version(&s.lapic)
+                }),
+        };
+        crate::mptable::create_mp_table(&self.mem, &mp)
+            .map_err(|e| VmError::Acpi(e.to_string()))?;
         // Before the first run RAM is as mmap made it: zero.
         let ram_is_zero = self.boots == 0;
         let (entry, kind) = boot::load(
@@ -572,6 +595,7 @@ impl Vm {
         if let Some(b) = &self.handle.backdoor {
             b.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
+        self.i8042.lock().unwrap_or_else(|e| e.into_inner()).reset();
         self.load()
     }
 
