@@ -9,6 +9,9 @@
 //! | `POST /v1/vms/{id}/pause` | | `VmStatus` |
 //! | `POST /v1/vms/{id}/unpause` | | `VmStatus` |
 //! | `GET /v1/vms/{id}/wait` | | `VmStatus` once the VM has stopped |
+//! | `GET /v1/vms/{id}/guestinfo` | | `{key: value, ...}` (see [`Guestinfo`]) |
+//! | `GET /v1/vms/{id}/guestinfo/{key}` | | `GuestinfoValue` (404 when not set) |
+//! | `PUT /v1/vms/{id}/guestinfo/{key}` | `GuestinfoValue` | `GuestinfoValue` |
 //! | `POST /v1/config/load` | `LoadRequest` | `ConfigResult` |
 //! | `POST /v1/config/reload` | | `ConfigResult` |
 //! | `POST /v1/reset` | `ResetRequest` | `Message` |
@@ -18,6 +21,8 @@
 //! `{id}` is a VM's number or name. Errors are 4xx/5xx with an [`Error`]
 //! body: 400 malformed request, 403 not permitted, 404 no such VM, 409
 //! conflicts with the VM's state (already running, ...).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -91,6 +96,33 @@ pub struct StartRequest {
     pub local_interface: bool,
     /// Start as an instance of this configured VM (`-t`).
     pub instance_of: Option<String>,
+    /// The CPU the guest is shown (`--cpu-vendor`, `--cpu-family`, ...);
+    /// what is not given stays as configured, or the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuRequest>,
+}
+
+/// What CPUID tells a guest about its CPU: vm.conf's `cpu` statement.
+/// Changing it for an instance needs the parent's `allow instance boot`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CpuRequest {
+    /// `intel`, `amd`, or a vendor string of 12 printable ASCII
+    /// characters, e.g. `GenuineIntel` (CPUID leaf 0).
+    #[schema(example = "intel")]
+    pub vendor: Option<String>,
+    /// Family, 1 to 270 (CPUID leaf 1).
+    #[schema(minimum = 1, maximum = 270, example = 6)]
+    pub family: Option<u32>,
+    /// Model, 0 to 255.
+    #[schema(minimum = 0, maximum = 255, example = 44)]
+    pub model: Option<u32>,
+    /// Stepping, 0 to 15.
+    #[schema(minimum = 0, maximum = 15)]
+    pub stepping: Option<u32>,
+    /// Features to hide, by their Linux `/proc/cpuinfo` names (`cx16`,
+    /// `xsave`, ...); replaces the configured list (empty: hide none).
+    pub hide: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -151,4 +183,193 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Error {
     pub error: String,
+}
+
+/// A running VM's guestinfo variables, as `GET /v1/vms/{id}/guestinfo`
+/// answers them: key -> value, in key order.
+///
+/// Keys are **without** the `guestinfo.` prefix the guest writes
+/// (`info-set guestinfo.foo bar` is `"foo": "bar"`): every key the guest
+/// can set has it, so it says nothing, and VMware's host side names them
+/// the same way (`vmrun readVariable VM guestVar foo`). Where the API takes
+/// a key (the `{key}` of a path), a `guestinfo.` prefix is accepted and
+/// removed, as the VM process's own store does.
+///
+/// Guests write bytes; keys and values that are not UTF-8 are shown with
+/// U+FFFD in place of the invalid bytes.
+pub type Guestinfo = BTreeMap<String, String>;
+
+/// One guestinfo variable's value: the answer of `GET` and `PUT
+/// /v1/vms/{id}/guestinfo/{key}`, and the body of that `PUT`.
+///
+/// The host sets what the guest reads back with `info-get
+/// guestinfo.KEY` (VMware's `vmrun writeVariable VM guestVar KEY VALUE`).
+/// There is no delete, as on VMware: an empty value is how guest tools
+/// clear a variable, and the guest reads it back empty (`"1 "`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestinfoValue {
+    pub value: String,
+}
+
+/// The largest GuestRPC message (guestrpc's `proto::MAX_MESSAGE`,
+/// VMware's `GUESTMSG_MAX_IN_SIZE`). A number here rather than a
+/// dependency, so that vmctl's one dependency stays the API's types; the
+/// VM process's tests check that the two agree.
+pub const GUESTINFO_MAX_MESSAGE: usize = 65536;
+
+/// The most bytes a guestinfo key and its value may take together
+/// (65516): one message less `info-set guestinfo.` and the space after
+/// the key. That is what a guest can store with its own `info-set` (the
+/// host refuses a larger message), so a host set is held to it too: a
+/// bigger variable is one no guest could have written, and the guest's
+/// `info-get` reply (`"1 "` + value) could not carry it whole.
+///
+/// Besides, each VM's store holds at most 128 variables and 1 MiB of keys
+/// and values (guestrpc's `MAX_GUESTINFO_KEYS`, `MAX_GUESTINFO_BYTES`);
+/// the VM process refuses a set beyond that (409).
+///
+/// A key travels in the URL, and vmd's HTTP server (hyper) answers a bare
+/// 414 to a request target over 64 KiB before vmd sees it: the keys near
+/// this limit (or a third of it, percent-encoded) cannot be named in a
+/// path, though they show in the listing. vmctl checks keys itself, so
+/// that it says why.
+pub const GUESTINFO_MAX_KEY_VALUE: usize =
+    GUESTINFO_MAX_MESSAGE - "info-set guestinfo.".len() - " ".len();
+
+/// The prefix every guestinfo key has on the guest's side.
+pub const GUESTINFO_PREFIX: &str = "guestinfo.";
+
+/// Checks a guestinfo key as the API takes it and returns it without a
+/// `guestinfo.` prefix; the error says what is wrong (a 400).
+///
+/// A key must be one the guest could name itself: not empty, no space
+/// (the guest's `info-set`/`info-get` end the key at the first space), no
+/// control character (text requests are cut at a NUL, and `info-get`
+/// trims whitespace around the key), and short enough for
+/// [`GUESTINFO_MAX_KEY_VALUE`]. A `/` is refused too: the key is one path
+/// segment of the URL, and a `%2F` in it would make a name no path can
+/// show plainly. So is a second `guestinfo.` prefix (a guest's
+/// `guestinfo.guestinfo.x`, listed as `guestinfo.x`): the store would read
+/// it as `x`.
+pub fn guestinfo_key(key: &str) -> Result<&str, String> {
+    let key = key.strip_prefix(GUESTINFO_PREFIX).unwrap_or(key);
+    if key.is_empty() {
+        return Err("guestinfo key is empty".into());
+    }
+    if key.len() > GUESTINFO_MAX_KEY_VALUE {
+        return Err(format!(
+            "guestinfo key is too long: {} bytes, at most {GUESTINFO_MAX_KEY_VALUE}",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("guestinfo key may not contain control characters".into());
+    }
+    if key.contains(' ') {
+        return Err("guestinfo key may not contain a space".into());
+    }
+    if key.contains('/') {
+        return Err("guestinfo key may not contain '/'".into());
+    }
+    if key.starts_with(GUESTINFO_PREFIX) {
+        // The VM process's store takes the prefix off the keys it is
+        // given, as this does: a second one would come off there too, and
+        // the key meant would not be the key used.
+        return Err("guestinfo key may not start with guestinfo.guestinfo.".into());
+    }
+    Ok(key)
+}
+
+/// Checks a value to set for `key` (already through [`guestinfo_key`]);
+/// the error says what is wrong (a 400). Any text is allowed but a NUL
+/// (the guest's requests are cut at the first NUL, and its C string would
+/// end there), within [`GUESTINFO_MAX_KEY_VALUE`] with the key.
+pub fn check_guestinfo_value(key: &str, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err("guestinfo value may not contain a NUL character".into());
+    }
+    let total = key.len() + value.len();
+    if total > GUESTINFO_MAX_KEY_VALUE {
+        return Err(format!(
+            "guestinfo key and value are too long: {total} bytes together, at most \
+             {GUESTINFO_MAX_KEY_VALUE} (one GuestRPC message)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guestinfo_wire_format() {
+        // A variable's body and answer.
+        let v = GuestinfoValue {
+            value: "bar baz".into(),
+        };
+        let s = serde_json::to_string(&v).unwrap();
+        assert_eq!(s, r#"{"value":"bar baz"}"#);
+        assert_eq!(serde_json::from_str::<GuestinfoValue>(&s).unwrap(), v);
+        assert!(serde_json::from_str::<GuestinfoValue>(r#"{}"#).is_err());
+        assert!(serde_json::from_str::<GuestinfoValue>(r#"{"value":1}"#).is_err());
+        // The listing: a plain object, keys without the prefix, in order.
+        let all: Guestinfo = [("ip", "10.0.0.5"), ("b", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"{"b":"","ip":"10.0.0.5"}"#
+        );
+    }
+
+    #[test]
+    fn guestinfo_keys() {
+        assert_eq!(GUESTINFO_MAX_KEY_VALUE, 65516);
+        assert_eq!(guestinfo_key("foo"), Ok("foo"));
+        assert_eq!(guestinfo_key("guestinfo.foo"), Ok("foo"));
+        // Only one prefix comes off, and the VM's store would take off a
+        // second one: refused rather than set under another name.
+        assert!(guestinfo_key("guestinfo.guestinfo.x").is_err());
+        assert!(guestinfo_key("guestinfo.x.guestinfo.y").is_ok());
+        assert_eq!(guestinfo_key("a.b-c_d:é"), Ok("a.b-c_d:é"));
+        for bad in [
+            "",
+            "guestinfo.",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\0b",
+            "\u{7f}",
+            "a/b",
+            "/",
+        ] {
+            assert!(guestinfo_key(bad).is_err(), "{bad:?}");
+        }
+        let long = "k".repeat(GUESTINFO_MAX_KEY_VALUE);
+        assert!(guestinfo_key(&long).is_ok());
+        let longer = "k".repeat(GUESTINFO_MAX_KEY_VALUE + 1);
+        assert_eq!(
+            guestinfo_key(&longer).unwrap_err(),
+            "guestinfo key is too long: 65517 bytes, at most 65516"
+        );
+    }
+
+    #[test]
+    fn guestinfo_values() {
+        assert!(check_guestinfo_value("k", "").is_ok());
+        assert!(check_guestinfo_value("k", "two\nlines\ttab").is_ok());
+        assert!(check_guestinfo_value("k", "a\0b").is_err());
+        // The guest's largest info-set: "info-set guestinfo.k " + value
+        // filling 64 KiB.
+        let fits = "v".repeat(GUESTINFO_MAX_MESSAGE - "info-set guestinfo.k ".len());
+        assert!(check_guestinfo_value("k", &fits).is_ok());
+        let over = format!("{fits}v");
+        assert_eq!(
+            check_guestinfo_value("k", &over).unwrap_err(),
+            "guestinfo key and value are too long: 65517 bytes together, at most 65516 \
+             (one GuestRPC message)"
+        );
+    }
 }

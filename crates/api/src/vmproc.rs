@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::v1::Guestinfo;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -19,6 +21,16 @@ pub enum Request {
     /// `grace_secs` to power off), or the ACPI power button without tools
     /// (`grace_secs` to power off). `force`: power off at once.
     Stop { force: bool, grace_secs: u64 },
+    /// All guestinfo variables: [`Reply::Guestinfo`].
+    GuestinfoList,
+    /// One guestinfo variable: [`Reply::GuestinfoValue`]. `key` as the
+    /// API takes it (see `v1::guestinfo_key`).
+    GuestinfoGet { key: String },
+    /// Sets a guestinfo variable for the guest to read (`Reply::Ok`). The
+    /// VM process checks key and value again (`v1::guestinfo_key`,
+    /// `v1::check_guestinfo_value`) and refuses a set beyond its store's
+    /// bounds.
+    GuestinfoSet { key: String, value: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +68,14 @@ pub enum Reply {
     Error {
         message: String,
     },
+    /// The answer to `GuestinfoList`: keys without `guestinfo.`.
+    Guestinfo {
+        vars: Guestinfo,
+    },
+    /// The answer to `GuestinfoGet`: None when the variable is not set.
+    GuestinfoValue {
+        value: Option<String>,
+    },
     /// Not an answer: something happened.
     Event(Event),
 }
@@ -92,5 +112,52 @@ mod tests {
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), e);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn guestinfo_wire_format() {
+        let cases = [
+            (Request::GuestinfoList, r#"{"op":"guestinfo_list"}"#),
+            (
+                Request::GuestinfoGet { key: "ip".into() },
+                r#"{"op":"guestinfo_get","key":"ip"}"#,
+            ),
+            (
+                Request::GuestinfoSet {
+                    key: "role".into(),
+                    value: "db".into(),
+                },
+                r#"{"op":"guestinfo_set","key":"role","value":"db"}"#,
+            ),
+        ];
+        for (r, want) in cases {
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(s, want);
+            assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        }
+        let vars: Guestinfo = [("ip".to_owned(), "10.0.0.5".to_owned())].into();
+        let cases = [
+            (
+                Reply::Guestinfo { vars },
+                r#"{"kind":"guestinfo","vars":{"ip":"10.0.0.5"}}"#,
+            ),
+            (
+                Reply::GuestinfoValue {
+                    value: Some(String::new()),
+                },
+                r#"{"kind":"guestinfo_value","value":""}"#,
+            ),
+            (
+                Reply::GuestinfoValue { value: None },
+                r#"{"kind":"guestinfo_value","value":null}"#,
+            ),
+        ];
+        for (r, want) in cases {
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(s, want);
+            assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), r);
+        }
+        // A set needs its value (an empty one is a value).
+        assert!(serde_json::from_str::<Request>(r#"{"op":"guestinfo_set","key":"k"}"#).is_err());
     }
 }

@@ -2,83 +2,40 @@
 //!
 //! Built from `KVM_GET_SUPPORTED_CPUID` (what this host and KVM can run),
 //! then adjusted per vCPU: APIC ids and topology so the guest counts its
-//! CPUs right, the hypervisor leaves, and features the user asked to hide.
+//! CPUs right, the hypervisor leaves, features the user asked to hide, and
+//! the CPU identity (vendor, family, model, stepping) the user asked for.
 //! Hiding matters on this project's PVM hosts, where the CPL0 instruction
 //! emulator lacks `cmpxchg16b` and `xsave` (see DESIGN.md).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
-/// A CPU feature bit that can be hidden from the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Feature {
-    pub name: &'static str,
-    leaf: u32,
-    subleaf: u32,
-    reg: Reg,
-    bit: u8,
+// The table of hideable features and the CPU identity rules live in the
+// dependency-free `cpumodel` crate, so that vmconf checks vm.conf against the
+// very names and ranges applied here without depending on KVM.
+pub use cpumodel::{feature, Feature, Reg, Vendor, FEATURES};
+
+use cpumodel::Signature;
+
+/// Who the guest's CPU says it is: CPUID leaf 0's vendor, leaf 1's family,
+/// model and stepping. Each one left out is the host's.
+///
+/// Setting them lets a guest kernel take another vendor's code paths: on
+/// this project's AMD PVM hosts, Linux's AMD-only FPU workaround runs
+/// instructions KVM's emulator cannot, so the test kernel is shown an
+/// Intel CPU. It also keeps a guest's view stable across hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuIdentity {
+    pub vendor: Option<Vendor>,
+    pub family: Option<u32>,
+    pub model: Option<u32>,
+    pub stepping: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reg {
-    Ebx,
-    Ecx,
-    Edx,
-}
-
-const fn feat(name: &'static str, leaf: u32, subleaf: u32, reg: Reg, bit: u8) -> Feature {
-    Feature {
-        name,
-        leaf,
-        subleaf,
-        reg,
-        bit,
+impl CpuIdentity {
+    /// Nothing set: the guest sees the host's identity.
+    pub fn is_host(&self) -> bool {
+        *self == CpuIdentity::default()
     }
-}
-
-/// Features that can be named in `--cpu-hide` (Linux `/proc/cpuinfo` names).
-pub const FEATURES: &[Feature] = &[
-    feat("sse3", 1, 0, Reg::Ecx, 0),
-    feat("pclmulqdq", 1, 0, Reg::Ecx, 1),
-    feat("monitor", 1, 0, Reg::Ecx, 3),
-    feat("ssse3", 1, 0, Reg::Ecx, 9),
-    feat("fma", 1, 0, Reg::Ecx, 12),
-    feat("cx16", 1, 0, Reg::Ecx, 13),
-    feat("pcid", 1, 0, Reg::Ecx, 17),
-    feat("sse4_1", 1, 0, Reg::Ecx, 19),
-    feat("sse4_2", 1, 0, Reg::Ecx, 20),
-    feat("x2apic", 1, 0, Reg::Ecx, 21),
-    feat("movbe", 1, 0, Reg::Ecx, 22),
-    feat("popcnt", 1, 0, Reg::Ecx, 23),
-    feat("tsc_deadline_timer", 1, 0, Reg::Ecx, 24),
-    feat("aes", 1, 0, Reg::Ecx, 25),
-    feat("xsave", 1, 0, Reg::Ecx, 26),
-    feat("avx", 1, 0, Reg::Ecx, 28),
-    feat("f16c", 1, 0, Reg::Ecx, 29),
-    feat("rdrand", 1, 0, Reg::Ecx, 30),
-    feat("fsgsbase", 7, 0, Reg::Ebx, 0),
-    feat("bmi1", 7, 0, Reg::Ebx, 3),
-    feat("avx2", 7, 0, Reg::Ebx, 5),
-    feat("smep", 7, 0, Reg::Ebx, 7),
-    feat("bmi2", 7, 0, Reg::Ebx, 8),
-    feat("erms", 7, 0, Reg::Ebx, 9),
-    feat("invpcid", 7, 0, Reg::Ebx, 10),
-    feat("avx512f", 7, 0, Reg::Ebx, 16),
-    feat("rdseed", 7, 0, Reg::Ebx, 18),
-    feat("smap", 7, 0, Reg::Ebx, 20),
-    feat("umip", 7, 0, Reg::Ecx, 2),
-    feat("pku", 7, 0, Reg::Ecx, 3),
-    feat("la57", 7, 0, Reg::Ecx, 16),
-    feat("rdpid", 7, 0, Reg::Ecx, 22),
-    feat("fsrm", 7, 0, Reg::Edx, 4),
-    feat("pdpe1gb", 0x8000_0001, 0, Reg::Edx, 26),
-    feat("rdtscp", 0x8000_0001, 0, Reg::Edx, 27),
-    feat("lahf_lm", 0x8000_0001, 0, Reg::Ecx, 0),
-    feat("abm", 0x8000_0001, 0, Reg::Ecx, 5),
-];
-
-/// Looks a feature up by name.
-pub fn feature(name: &str) -> Option<Feature> {
-    FEATURES.iter().copied().find(|f| f.name == name)
 }
 
 /// How the guest's CPUID is shaped, beyond what the host supports.
@@ -95,6 +52,8 @@ pub struct CpuidConfig {
     /// and so keeps kvm-clock and KVM's paravirt features. Off gives the
     /// plain KVM layout.
     pub vmware: bool,
+    /// Vendor, family, model and stepping shown to the guest.
+    pub identity: CpuIdentity,
 }
 
 impl Default for CpuidConfig {
@@ -102,7 +61,46 @@ impl Default for CpuidConfig {
         CpuidConfig {
             hide: Vec::new(),
             vmware: true,
+            identity: CpuIdentity::default(),
         }
+    }
+}
+
+impl CpuidConfig {
+    /// Refuses an identity whose model the guest could not read (see
+    /// `cpumodel::check_signature`), with the host's vendor, family and model
+    /// standing in for those not given.
+    pub fn check(&self, supported: &CpuId) -> Result<(), String> {
+        let id = &self.identity;
+        if id.is_host() {
+            return Ok(());
+        }
+        let entries = supported.as_slice();
+        let host_vendor = vendor_of(entries).unwrap_or_default();
+        let vendor = id.vendor.unwrap_or(host_vendor);
+        let host = signature_of(entries, &host_vendor);
+        let family = id.family.or(host.map(|s| s.family));
+        let model = id.model.or(host.map(|s| s.model));
+        let (Some(family), Some(model)) = (family, model) else {
+            return Ok(());
+        };
+        cpumodel::check_signature(Some(&vendor), family, model).map_err(|e| {
+            let mut taken = Vec::new();
+            if id.vendor.is_none() {
+                taken.push("vendor");
+            }
+            if id.family.is_none() {
+                taken.push("family");
+            }
+            if id.model.is_none() {
+                taken.push("model");
+            }
+            if taken.is_empty() {
+                e
+            } else {
+                format!("{e} ({} from the host)", taken.join(" and "))
+            }
+        })
     }
 }
 
@@ -117,6 +115,56 @@ const KVM_BASE_BEHIND_VMWARE: u32 = 0x4000_0100;
 const LEAF_VMWARE_TIMING: u32 = 0x4000_0010;
 /// KVM's LAPIC timer ticks at 1 GHz (one bus cycle per ns).
 const APIC_BUS_KHZ: u32 = 1_000_000;
+
+/// Leaf 0's vendor string, which is in EBX, EDX, ECX (in that order).
+fn vendor_of(entries: &[kvm_cpuid_entry2]) -> Option<Vendor> {
+    let e = entries.iter().find(|e| e.function == 0)?;
+    let mut v = [0u8; 12];
+    for (i, r) in [e.ebx, e.edx, e.ecx].into_iter().enumerate() {
+        v[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    Some(v)
+}
+
+/// Leaf 1's family, model and stepping, read as a CPU of vendor `v` reads them.
+fn signature_of(entries: &[kvm_cpuid_entry2], v: &Vendor) -> Option<Signature> {
+    let e = entries.iter().find(|e| e.function == 1)?;
+    Some(Signature::decode(e.eax, v))
+}
+
+/// Puts `id` into leaves 0, 1 and 0x80000000; everything else stays.
+fn apply_identity(entries: &mut [kvm_cpuid_entry2], id: &CpuIdentity) {
+    if id.is_host() {
+        return;
+    }
+    let host_vendor = vendor_of(entries).unwrap_or_default();
+    let host = signature_of(entries, &host_vendor);
+    for e in entries.iter_mut() {
+        match (e.function, id.vendor, host) {
+            // Leaf 0 (and 0x80000000) hold the string in EBX, EDX, ECX.
+            (0, Some(v), _) => (e.ebx, e.edx, e.ecx) = sig_regs(&v),
+            (1, _, Some(host)) => {
+                let sig = Signature {
+                    family: id.family.unwrap_or(host.family),
+                    model: id.model.unwrap_or(host.model),
+                    stepping: id.stepping.unwrap_or(host.stepping),
+                };
+                e.eax = sig.encode(e.eax);
+            }
+            // EAX (the highest extended leaf) stays. AMD's CPUs repeat
+            // the vendor in EBX, EDX, ECX here, Intel's have zeros:
+            // a guest may look, so show what the chosen vendor's CPUs do.
+            (0x8000_0000, Some(v), _) => {
+                (e.ebx, e.edx, e.ecx) = if cpumodel::echoes_vendor_in_extended_leaf(&v) {
+                    sig_regs(&v)
+                } else {
+                    (0, 0, 0)
+                };
+            }
+            _ => {}
+        }
+    }
+}
 
 const fn sig_regs(sig: &[u8; 12]) -> (u32, u32, u32) {
     (
@@ -262,6 +310,8 @@ pub fn vcpu_cpuid(
         }
     }
 
+    apply_identity(&mut entries, &cfg.identity);
+
     for e in entries.iter_mut() {
         if matches!(e.function, 0xb | 0x1f | 4 | 7 | 0xd) {
             e.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
@@ -284,12 +334,14 @@ mod tests {
             edx,
             ..Default::default()
         };
+        // An AMD EPYC (family 25 model 1 stepping 1), as on the dev hosts.
+        let (b, c, d) = sig_regs(&cpumodel::AMD);
         CpuId::from_entries(&[
-            e(0, 0, 0xd, 0, 0, 0),
+            e(0, 0, 0xd, b, d, c),
             e(
                 1,
                 0,
-                0x906ea,
+                0x00a0_0f11 | (2 << 12),
                 0xff_0800,
                 (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28),
                 0,
@@ -299,6 +351,8 @@ mod tests {
             e(0xd, 0, 7, 0, 0, 0),
             e(0x4000_0000, 0, 0x4000_0001, 0, 0, 0),
             e(0x4000_0001, 0, 0x1234, 0, 0, 0),
+            e(0x8000_0000, 0, 0x8000_0021, b, d, c),
+            e(0x8000_0001, 0, 0x00a0_0f11, 0x2000_0000, 0x21, 1 << 27),
         ])
         .unwrap()
     }
@@ -376,5 +430,156 @@ mod tests {
         assert_eq!(l1.ecx & ((1 << 13) | (1 << 26) | (1 << 27) | (1 << 28)), 0);
         assert!(c.as_slice().iter().all(|e| e.function != 0xd));
         assert!(feature("nonsense").is_none());
+    }
+
+    fn vendor(c: &CpuId, leaf: u32) -> Vec<u8> {
+        let e = get(c, leaf, 0);
+        [e.ebx, e.edx, e.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect()
+    }
+
+    fn identity(vendor: Option<Vendor>, family: u32, model: u32, stepping: u32) -> CpuidConfig {
+        CpuidConfig {
+            identity: CpuIdentity {
+                vendor,
+                family: Some(family),
+                model: Some(model),
+                stepping: Some(stepping),
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_identity_by_default() {
+        let c = vcpu_cpuid(&host(), 0, 1, 1000, &CpuidConfig::default());
+        assert_eq!(vendor(&c, 0), b"AuthenticAMD");
+        assert_eq!(vendor(&c, 0x8000_0000), b"AuthenticAMD");
+        assert_eq!(get(&c, 1, 0).eax, 0x00a0_0f11 | (2 << 12));
+    }
+
+    #[test]
+    fn intel_family_6_model_44_on_an_amd_host() {
+        let c = vcpu_cpuid(
+            &host(),
+            0,
+            1,
+            1000,
+            &identity(Some(cpumodel::INTEL), 6, 44, 0),
+        );
+        assert_eq!(vendor(&c, 0), b"GenuineIntel");
+        assert_eq!(get(&c, 0, 0).eax, 0xd);
+        // The processor type (bits 13:12) is not part of the signature.
+        assert_eq!(get(&c, 1, 0).eax, 0x0002_06c0 | (2 << 12));
+        // Intel's CPUs have zeros where AMD's repeat the vendor.
+        let ext = get(&c, 0x8000_0000, 0);
+        assert_eq!((ext.eax, ext.ebx, ext.ecx, ext.edx), (0x8000_0021, 0, 0, 0));
+    }
+
+    #[test]
+    fn amd_on_an_intel_host_repeats_the_vendor() {
+        let mut entries = host().as_slice().to_vec();
+        let (b, c, d) = sig_regs(&cpumodel::INTEL);
+        for e in &mut entries {
+            match e.function {
+                0 => (e.ebx, e.edx, e.ecx) = (b, d, c),
+                0x8000_0000 => (e.ebx, e.edx, e.ecx) = (0, 0, 0),
+                1 => e.eax = 0x0005_0654,
+                _ => {}
+            }
+        }
+        let intel_host = CpuId::from_entries(&entries).unwrap();
+        let cfg = identity(Some(cpumodel::AMD), 25, 1, 0);
+        let c = vcpu_cpuid(&intel_host, 0, 1, 1000, &cfg);
+        assert_eq!(vendor(&c, 0), b"AuthenticAMD");
+        assert_eq!(vendor(&c, 0x8000_0000), b"AuthenticAMD");
+        assert_eq!(get(&c, 1, 0).eax, 0x00a0_0f10);
+        assert_eq!(cfg.check(&intel_host), Ok(()));
+    }
+
+    #[test]
+    fn identity_changes_only_its_own_bits() {
+        let plain = vcpu_cpuid(&host(), 1, 2, 1000, &CpuidConfig::default());
+        let cfg = identity(Some(cpumodel::INTEL), 6, 44, 0);
+        let changed = vcpu_cpuid(&host(), 1, 2, 1000, &cfg);
+        assert_eq!(plain.as_slice().len(), changed.as_slice().len());
+        for (a, b) in plain.as_slice().iter().zip(changed.as_slice()) {
+            assert_eq!(
+                (a.function, a.index, a.flags),
+                (b.function, b.index, b.flags)
+            );
+            let regs = |e: &kvm_cpuid_entry2| [e.eax, e.ebx, e.ecx, e.edx];
+            let diff: Vec<u32> = regs(a).iter().zip(regs(b)).map(|(x, y)| x ^ y).collect();
+            let allowed = match a.function {
+                0 => [0, !0, !0, !0],
+                1 => [cpumodel::SIGNATURE_BITS, 0, 0, 0],
+                0x8000_0000 => [0, !0, !0, !0],
+                _ => [0; 4],
+            };
+            for (d, m) in diff.iter().zip(allowed) {
+                assert_eq!(d & !m, 0, "leaf {:#x}: {a:x?} -> {b:x?}", a.function);
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_not_given_stays_the_hosts() {
+        let cfg = CpuidConfig {
+            identity: CpuIdentity {
+                stepping: Some(7),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = vcpu_cpuid(&host(), 0, 1, 1000, &cfg);
+        assert_eq!(get(&c, 1, 0).eax, 0x00a0_0f17 | (2 << 12));
+        assert_eq!(vendor(&c, 0), b"AuthenticAMD");
+        assert_eq!(vendor(&c, 0x8000_0000), b"AuthenticAMD");
+        // Only the family: the host's model 1 stays model 1.
+        let cfg = CpuidConfig {
+            identity: CpuIdentity {
+                family: Some(6),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = vcpu_cpuid(&host(), 0, 1, 1000, &cfg);
+        assert_eq!(get(&c, 1, 0).eax & cpumodel::SIGNATURE_BITS, 0x0000_0611);
+    }
+
+    #[test]
+    fn check_refuses_a_model_the_guest_cannot_read() {
+        let h = host();
+        assert_eq!(CpuidConfig::default().check(&h), Ok(()));
+        assert_eq!(identity(Some(cpumodel::INTEL), 6, 44, 0).check(&h), Ok(()));
+        // Without a vendor, this AMD host's: AMD reads no extended model in family 6.
+        assert_eq!(
+            identity(None, 6, 44, 0).check(&h),
+            Err(
+                "cpu family 6 cannot have model 44 with vendor AuthenticAMD: \
+                 AMD CPUs read the extended model field only from family 15 on \
+                 (vendor from the host)"
+                    .into()
+            )
+        );
+        let cfg = CpuidConfig {
+            identity: CpuIdentity {
+                family: Some(5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(cfg.check(&h), Ok(()), "the host's model 1 fits family 5");
+        let cfg = CpuidConfig {
+            identity: CpuIdentity {
+                vendor: Some(cpumodel::INTEL),
+                model: Some(44),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(cfg.check(&h), Ok(()), "family 25 reads the extended model");
     }
 }

@@ -71,14 +71,25 @@ pub enum VmExit {
 pub enum VmError {
     KvmOpen(kvm_ioctls::Error),
     Kvm(&'static str, kvm_ioctls::Error),
-    TooManyVcpus { asked: u32, max: u32 },
+    TooManyVcpus {
+        asked: u32,
+        max: u32,
+    },
     NoVcpus,
-    MemoryTooSmall { asked: u64, min: u64 },
-    MemoryTooLarge { asked: u64, host: u64 },
+    MemoryTooSmall {
+        asked: u64,
+        min: u64,
+    },
+    MemoryTooLarge {
+        asked: u64,
+        host: u64,
+    },
     Memory(String),
     Device(String),
     Acpi(String),
     Boot(boot::BootError),
+    /// The CPU identity asked for cannot be shown (`CpuidConfig::check`).
+    Cpuid(String),
 }
 
 fn mib(b: u64) -> String {
@@ -128,6 +139,7 @@ impl fmt::Display for VmError {
             VmError::Device(e) => write!(f, "device setup: {e}"),
             VmError::Acpi(e) => write!(f, "ACPI tables: {e}"),
             VmError::Boot(e) => write!(f, "{e}"),
+            VmError::Cpuid(e) => write!(f, "{e}"),
         }
     }
 }
@@ -412,6 +424,7 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        cfg.cpuid.check(&supported).map_err(VmError::Cpuid)?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         let mut tsc_khz_bsp = 0;
         for i in 0..cfg.vcpus {

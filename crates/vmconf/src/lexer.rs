@@ -34,6 +34,10 @@ pub(crate) const KEYWORDS: &[&str] = &[
     "boot",
     "cdrom",
     "cmdline",
+    // `cpu` is reserved so that a path or name before it on the same line ends there; its
+    // attributes (`vendor`, `family`, `model`, `stepping`, `hide`) are only read after it,
+    // so they stay usable as names and macro names.
+    "cpu",
     "cpus",
     "delay",
     "device",

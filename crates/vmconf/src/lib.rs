@@ -24,6 +24,9 @@
 //!     cmdline "console=ttyS0 root=/dev/vda"
 //!     boot device disk|cdrom|net
 //!     cpus 2                          # 1..254, default 1
+//!     cpu vendor intel family 6 model 44  # what CPUID tells the guest; default: the host's
+//!     cpu stepping 2                  # vendor intel|amd|"12 chars", family 1..270,
+//!     cpu hide { cx16, xsave popcnt } #   model 0..255, stepping 0..15, hide NAME|{ ... }
 //!     memory 1G                       # bytes or B/K/M/G/T, rounded up to MiB, default 512M
 //!     cdrom "/var/vm/install.iso"
 //!     disk "/var/vm/web1.qcow2" format qcow2    # up to 4; format raw|qcow2
@@ -57,8 +60,8 @@
 //! [`Config`] with every default filled in, or every error found, each `file:line: message`.
 //!
 //! # Differences from OpenBSD
-//! - Linux additions: `kernel`, `initrd`, `cmdline`, `cpus`, `grace` (in a vm and at top
-//!   level), `allow instance cpus`; `interface` names are Linux tap names (any valid name,
+//! - Linux additions: `kernel`, `initrd`, `cmdline`, `cpus`, `cpu`, `grace` (in a vm and at
+//!   top level), `allow instance cpus`; `interface` names are Linux tap names (any valid name,
 //!   `tap` meaning "pick one"); a switch's `interface` is a Linux bridge.
 //! - `sev` and `seves` are refused: AMD SEV guests are not supported.
 //! - Nothing is looked up while parsing: user and group names, paths and disk formats are
@@ -73,6 +76,10 @@
 //! - An interface's unknown `switch` is an error, not ignored. The checks an instance's
 //!   options get against its parent's `allow instance` apply to the configuration itself.
 //! - `enable`/`disable` is inherited by instances; changing it needs `allow instance disable`.
+//! - `cpu` statements combine (each attribute at most once per vm block); an instance
+//!   inherits each attribute and may change them with `allow instance boot`, since the CPU
+//!   a guest is shown is there to suit the kernel it boots. Feature names are checked
+//!   against the `cpumodel` crate's table, the one the VM process hides them with.
 //! - Memory is rounded up (not down) to a whole MiB, and must be at least 2M.
 //! - VM names: 1 to 64 characters, not all digits (those are VM ids), no whitespace,
 //!   control characters or `/`.

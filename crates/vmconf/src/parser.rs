@@ -86,10 +86,27 @@ struct VmBuild {
     interfaces_set: bool,
     memory: Option<u64>,
     cpus: Option<u32>,
+    cpu: CpuBuild,
     owner: Option<Owner>,
     grace: Option<u64>,
     allow: Option<Vec<InstanceOption>>,
     instance_owner: Option<Owner>,
+}
+
+/// One of `cpumodel`'s parsers of a `cpu` number; Err: why the text is refused.
+type NumberParser = fn(&str) -> Result<u32, String>;
+
+/// What a vm block's `cpu` statements set (each attribute at most once, over all of them).
+#[derive(Default)]
+struct CpuBuild {
+    vendor: Option<cpumodel::Vendor>,
+    family: Option<u32>,
+    model: Option<u32>,
+    stepping: Option<u32>,
+    hide: Option<Vec<String>>,
+    /// The line of the last `cpu` statement, where a family and model that do not go
+    /// together are reported.
+    line: Option<u32>,
 }
 
 /// An `interface` being read, with where its `switch` was given.
@@ -808,6 +825,7 @@ impl Parser<'_> {
             interfaces_set: false,
             memory: None,
             cpus: None,
+            cpu: CpuBuild::default(),
             owner: None,
             grace: None,
             allow: None,
@@ -920,6 +938,13 @@ impl Parser<'_> {
                 self.once(b.cpus.is_some(), "cpus", line);
                 b.cpus = n.map(|n| n as u32).or(b.cpus);
             }
+            "cpu" => {
+                self.advance();
+                // The CPU model suits the kernel: who may choose what boots may choose it.
+                self.instance_change(b, InstanceOption::Boot, line);
+                b.cpu.line = Some(line);
+                self.cpu_statement(&mut b.cpu)?;
+            }
             "cdrom" => {
                 self.advance();
                 self.instance_change(b, InstanceOption::Cdrom, line);
@@ -1015,6 +1040,81 @@ impl Parser<'_> {
                 self.error(line, format!("{w} is not supported on Linux"));
             }
             _ => return self.syntax_error(),
+        }
+        Ok(())
+    }
+
+    /// The attributes of a `cpu` statement (read): `vendor V`, `family N`, `model N`,
+    /// `stepping N`, `hide NAME` or `hide { NAME ... }`, at least one, in any order.
+    fn cpu_statement(&mut self, c: &mut CpuBuild) -> PResult<()> {
+        let mut any = false;
+        loop {
+            let t = self.peek();
+            let attr = match &t.tok {
+                Tok::Word(w)
+                    if matches!(
+                        w.as_str(),
+                        "vendor" | "family" | "model" | "stepping" | "hide"
+                    ) =>
+                {
+                    w.clone()
+                }
+                _ if any => return Ok(()),
+                _ => return self.syntax_error(),
+            };
+            any = true;
+            self.advance();
+            let what = format!("cpu {attr}");
+            match attr.as_str() {
+                "vendor" => {
+                    let (s, vline) = self.word_arg()?;
+                    self.once(c.vendor.is_some(), &what, t.line);
+                    match cpumodel::parse_vendor(&s) {
+                        Ok(v) => c.vendor = Some(v),
+                        Err(e) => self.error(vline, format!("invalid cpu vendor: {s:?} ({e})")),
+                    }
+                }
+                "hide" => {
+                    let mut names = Vec::new();
+                    let o = self.peek();
+                    if o.tok == Tok::LBrace {
+                        self.advance();
+                        self.block(&mut names, "cpu hide", o.line, true, Self::cpu_feature);
+                    } else {
+                        self.cpu_feature(&mut names, o)?;
+                    }
+                    self.once(c.hide.is_some(), &what, t.line);
+                    c.hide = Some(names);
+                }
+                _ => {
+                    let (s, nline) = self.word_arg()?;
+                    let (slot, parse): (_, NumberParser) = match attr.as_str() {
+                        "family" => (&mut c.family, cpumodel::parse_family),
+                        "model" => (&mut c.model, cpumodel::parse_model),
+                        _ => (&mut c.stepping, cpumodel::parse_stepping),
+                    };
+                    let set = slot.is_some();
+                    let parsed = parse(&s);
+                    if let Ok(n) = parsed {
+                        *slot = Some(n);
+                    }
+                    self.once(set, &what, t.line);
+                    if let Err(e) = parsed {
+                        self.error(nline, format!("invalid {what}: {s} ({e})"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One name of a `cpu hide` list: a feature the `vm` crate can hide. The names come
+    /// from `cpumodel`, the table `vm` hides them with, so the two cannot disagree.
+    fn cpu_feature(&mut self, names: &mut Vec<String>, _t: Token) -> PResult<()> {
+        let (name, line) = self.word_arg()?;
+        if cpumodel::feature(&name).is_none() {
+            self.error(line, format!("unknown cpu feature: {name}"));
+        } else if !names.contains(&name) {
+            names.push(name);
         }
         Ok(())
     }
@@ -1228,6 +1328,35 @@ impl Parser<'_> {
         }
         if let Some(c) = b.cpus {
             def.cpus = c;
+        }
+        // Each attribute on its own: an instance allowed to may change one and inherit the rest.
+        let cpu = b.cpu;
+        if let Some(v) = cpu.vendor {
+            def.cpu.vendor = Some(cpumodel::vendor_str(&v));
+        }
+        if cpu.family.is_some() {
+            def.cpu.family = cpu.family;
+        }
+        if cpu.model.is_some() {
+            def.cpu.model = cpu.model;
+        }
+        if cpu.stepping.is_some() {
+            def.cpu.stepping = cpu.stepping;
+        }
+        if let Some(h) = cpu.hide {
+            def.cpu.hide = h;
+        }
+        // A family and model the guest could not read together. The vendor may be the
+        // host's, unknown here: then vmm checks again when it starts the VM.
+        if let (Some(line), Some(family), Some(model)) = (cpu.line, def.cpu.family, def.cpu.model) {
+            let vendor = def
+                .cpu
+                .vendor
+                .as_deref()
+                .and_then(|v| cpumodel::parse_vendor(v).ok());
+            if let Err(e) = cpumodel::check_signature(vendor.as_ref(), family, model) {
+                self.error(line, format!("vm {}: {e}", def.name));
+            }
         }
         if b.owner.is_some() {
             def.owner = b.owner;

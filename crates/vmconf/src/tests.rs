@@ -482,6 +482,210 @@ fn cpus() {
     }
 }
 
+fn intel_6_44(hide: &[&str]) -> CpuModel {
+    CpuModel {
+        vendor: Some("GenuineIntel".into()),
+        family: Some(6),
+        model: Some(44),
+        stepping: None,
+        hide: hide.iter().map(|h| h.to_string()).collect(),
+    }
+}
+
+#[test]
+fn cpu_model() {
+    assert!(vm("vm a {}").cpu.is_host());
+    let v = vm(
+        "vm a {\n cpus 2\n cpu vendor intel family 6 model 44\n cpu stepping 2\n \
+                cpu hide { cx16, xsave\n  popcnt cx16 }\n}",
+    );
+    assert_eq!(v.cpus, 2);
+    assert_eq!(
+        v.cpu,
+        CpuModel {
+            stepping: Some(2),
+            ..intel_6_44(&["cx16", "xsave", "popcnt"])
+        }
+    );
+    // Any order, hex numbers, `amd`, one name without braces, on the line of other options.
+    let v = vm("vm a { cpu hide cx16 model 0x1 family 0x19 vendor AMD memory 1G }");
+    assert_eq!(v.memory, 1024 * M);
+    assert_eq!(
+        v.cpu,
+        CpuModel {
+            vendor: Some("AuthenticAMD".into()),
+            family: Some(25),
+            model: Some(1),
+            stepping: None,
+            hide: vec!["cx16".into()],
+        }
+    );
+    // Any 12 printable characters; the limits of each number.
+    let v = vm("vm a { cpu vendor \"  Shanghai  \" family 270 model 255 stepping 15 }");
+    assert_eq!(v.cpu.vendor.as_deref(), Some("  Shanghai  "));
+    assert_eq!(
+        (v.cpu.family, v.cpu.model, v.cpu.stepping),
+        (Some(270), Some(255), Some(15))
+    );
+    let v = vm("vm a { cpu family 1 model 0 stepping 0 }");
+    assert_eq!(
+        (v.cpu.family, v.cpu.model, v.cpu.stepping),
+        (Some(1), Some(0), Some(0))
+    );
+    // An empty list hides nothing (and overrides a parent's list).
+    assert!(vm("vm a { cpu hide { } }").cpu.is_host());
+    // Macros: a value, or the whole statement's text.
+    let c = ok("fam = 6\nintel = \"vendor intel family 6 model 44\"\n\
+                vm a { cpu family $fam }\nvm b {\n cpu $intel\n}\n");
+    assert_eq!(c.vm("a").unwrap().cpu.family, Some(6));
+    assert_eq!(c.vm("b").unwrap().cpu, intel_6_44(&[]));
+    // The attribute words are not reserved.
+    let v = vm("model = 44\nvm vendor { cpu family 6 model $model vendor intel }");
+    assert_eq!((v.name.as_str(), v.cpu.model), ("vendor", Some(44)));
+}
+
+#[test]
+fn cpu_and_cpus_are_different_statements() {
+    assert_eq!(vm("vm a { cpus 4 }").cpu, CpuModel::default());
+    assert_eq!(vm("vm a {\n cpu family 6\n cpus 3\n}").cpus, 3);
+    assert_eq!(
+        err1("vm a {\n cpu 2\n}"),
+        "vm.conf:2: syntax error near \"2\""
+    );
+    assert_eq!(
+        err1("vm a {\n cpus vendor\n}"),
+        "vm.conf:2: invalid cpus: vendor (must be 1 to 254)"
+    );
+    assert_eq!(
+        err1("vm a {\n cpu cpus 2\n}"),
+        "vm.conf:2: syntax error near \"cpus\""
+    );
+    // `cpu` is a keyword: it ends a path, and is no name.
+    assert_eq!(vm("vm a { kernel /k cpu family 6 }").kernel, p("/k"));
+    assert_eq!(err1("vm cpu {\n}"), "vm.conf:1: syntax error near \"cpu\"");
+}
+
+#[test]
+fn cpu_errors() {
+    for (text, want) in [
+        ("cpu", "syntax error near end of line"),
+        ("cpu speed 3", "syntax error near \"speed\""),
+        ("cpu vendor", "syntax error near end of line"),
+        ("cpu family", "syntax error near end of line"),
+        ("cpu family 0", "invalid cpu family: 0 (must be 1 to 270)"),
+        (
+            "cpu family 271",
+            "invalid cpu family: 271 (must be 1 to 270)",
+        ),
+        (
+            "cpu family 0x10f",
+            "invalid cpu family: 0x10f (must be 1 to 270)",
+        ),
+        (
+            "cpu family six",
+            "invalid cpu family: six (must be 1 to 270)",
+        ),
+        ("cpu family -6", "invalid cpu family: -6 (must be 1 to 270)"),
+        ("cpu model 256", "invalid cpu model: 256 (must be 0 to 255)"),
+        ("cpu model 4G", "invalid cpu model: 4G (must be 0 to 255)"),
+        (
+            "cpu stepping 16",
+            "invalid cpu stepping: 16 (must be 0 to 15)",
+        ),
+        (
+            "cpu vendor via",
+            "invalid cpu vendor: \"via\" (must be intel, amd or 12 printable ASCII characters)",
+        ),
+        (
+            "cpu vendor \"GenuineIntel \"",
+            "invalid cpu vendor: \"GenuineIntel \" (must be intel, amd or 12 printable ASCII \
+             characters)",
+        ),
+        ("cpu hide warp-drive", "unknown cpu feature: warp-drive"),
+        ("cpu hide { cx16, AVX }", "unknown cpu feature: AVX"),
+        ("cpu hide { cx16 vm }", "syntax error near \"vm\""),
+        ("cpu hide", "syntax error near end of line"),
+        (
+            "cpu family 6 family 7",
+            "cpu family specified more than once",
+        ),
+        (
+            "cpu family 5 model 16",
+            "vm a: cpu family 5 cannot have model 16: \
+             the extended model field counts only in family 6 and from family 15 on",
+        ),
+        (
+            "cpu vendor amd family 6 model 44",
+            "vm a: cpu family 6 cannot have model 44 with vendor AuthenticAMD: \
+             AMD CPUs read the extended model field only from family 15 on",
+        ),
+    ] {
+        assert_eq!(
+            err1(&format!("vm a {{\n {text}\n}}")),
+            format!("vm.conf:2: {want}"),
+            "{text}"
+        );
+    }
+    // Each error at its own line; an unknown name does not drop the others.
+    assert_eq!(
+        errs("vm a {\n cpu hide {\n  cx16\n  nope\n }\n cpu model 300\n}"),
+        [
+            "vm.conf:4: unknown cpu feature: nope",
+            "vm.conf:6: invalid cpu model: 300 (must be 0 to 255)"
+        ]
+    );
+    // A family and model from different statements: reported at the last `cpu`.
+    assert_eq!(
+        err1("vm a {\n cpu model 44\n memory 1G\n cpu family 7\n}"),
+        "vm.conf:4: vm a: cpu family 7 cannot have model 44: \
+         the extended model field counts only in family 6 and from family 15 on"
+    );
+    // Without a vendor, family 6 with a model above 15 is fine here (Intel reads it);
+    // vmm refuses it on an AMD host.
+    assert_eq!(vm("vm a { cpu family 6 model 44 }").cpu.model, Some(44));
+    assert_eq!(
+        errs("vm a {\n cpu hide {\n  cx16\n"),
+        [
+            "vm.conf:4: unexpected end of file: missing \"}\" for cpu hide at line 2",
+            "vm.conf:4: unexpected end of file: missing \"}\" for vm \"a\" at line 1"
+        ]
+    );
+}
+
+#[test]
+fn cpu_in_instances() {
+    let parent = "vm p {\n kernel /k\n cpu vendor intel family 6 model 44 hide cx16\n \
+                  allow instance { boot }\n}\n";
+    // Inherited whole...
+    let c = ok(&format!("{parent}vm p instance q {{}}\n"));
+    assert_eq!(c.vm("q").unwrap().cpu, intel_6_44(&["cx16"]));
+    // ... or attribute by attribute, with `allow instance boot`.
+    let c = ok(&format!(
+        "{parent}vm p instance q {{\n cpu stepping 3 hide {{ xsave }}\n}}\n"
+    ));
+    assert_eq!(
+        c.vm("q").unwrap().cpu,
+        CpuModel {
+            stepping: Some(3),
+            ..intel_6_44(&["xsave"])
+        }
+    );
+    assert_eq!(c.vm("p").unwrap().cpu, intel_6_44(&["cx16"]));
+    // A change that does not fit what is inherited is the instance's error.
+    assert_eq!(
+        err1(&format!(
+            "{parent}vm p instance q {{\n cpu vendor amd\n}}\n"
+        )),
+        "vm.conf:7: vm q: cpu family 6 cannot have model 44 with vendor AuthenticAMD: \
+         AMD CPUs read the extended model field only from family 15 on"
+    );
+    // Without `allow instance boot`, no change.
+    assert_eq!(
+        err1("vm p { allow instance memory }\nvm p instance q {\n cpu family 6\n}\n"),
+        "vm.conf:3: vm q: instance may not change boot"
+    );
+}
+
 #[test]
 fn owners() {
     let o = |s: &str| vm(&format!("vm a {{ owner {s} }}")).owner.unwrap();
@@ -701,6 +905,11 @@ fn specified_more_than_once() {
         ("cdrom", "cdrom /a", "cdrom /b"),
         ("memory", "memory 1G", "memory 2G"),
         ("cpus", "cpus 1", "cpus 2"),
+        ("cpu vendor", "cpu vendor intel", "cpu vendor amd"),
+        ("cpu family", "cpu family 6", "cpu family 6"),
+        ("cpu model", "cpu model 1", "cpu family 6 model 2"),
+        ("cpu stepping", "cpu stepping 1 hide cx16", "cpu stepping 1"),
+        ("cpu hide", "cpu hide cx16", "cpu hide { xsave }"),
         ("grace", "grace 1", "grace 2"),
         ("interfaces", "interfaces 1", "interfaces 2"),
     ] {
@@ -1244,6 +1453,7 @@ fn instance_refused_overrides() {
         ("boot", "boot device net"),
         ("cdrom", "cdrom /other.iso"),
         ("cpus", "cpus 1"),
+        ("boot", "cpu family 6"),
         ("disable", "enable"),
         ("disable", "disable"),
         ("instance", "allow instance memory"),
@@ -1365,12 +1575,37 @@ fn serde_round_trip() {
     ));
     let json = serde_json::to_string(&c).unwrap();
     assert!(json.contains("\"local_prefix6\":\"fd12::/64\""), "{json}");
+    assert!(
+        json.contains("\"cpu\":{\"vendor\":null,\"family\":null,"),
+        "{json}"
+    );
     assert!(json.contains("\"allow_instance\":[\"disk\",\"interface\",\"memory\",\"owner\"]"));
     assert!(json.contains("\"boot_device\":\"disk\""));
     let back: Config = serde_json::from_str(&json).unwrap();
     assert_eq!(back, c);
     let bad = json.replace("fd12::/64", "fd12::");
     assert!(serde_json::from_str::<Config>(&bad).is_err());
+}
+
+#[test]
+fn cpu_model_json() {
+    let v = vm("vm a { cpu vendor intel family 6 model 44 hide { cx16 xsave } }");
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(
+        json["cpu"],
+        serde_json::json!({
+            "vendor": "GenuineIntel", "family": 6, "model": 44, "stepping": null,
+            "hide": ["cx16", "xsave"]
+        })
+    );
+    assert_eq!(serde_json::from_value::<VmDef>(json.clone()).unwrap(), v);
+    // A VmDef from before `cpu` existed still reads, as the host's CPU.
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("cpu");
+    assert!(serde_json::from_value::<VmDef>(old).unwrap().cpu.is_host());
+    // So does a partial one.
+    let c: CpuModel = serde_json::from_str(r#"{"family": 6}"#).unwrap();
+    assert_eq!(c.family, Some(6));
 }
 
 #[test]
@@ -1387,6 +1622,8 @@ fn example_file() {
     let linux = c.vm("linux").unwrap();
     assert!(linux.kernel.is_some() && linux.initrd.is_some() && linux.cmdline.is_some());
     assert_eq!(linux.cpus, 2);
+    assert_eq!(linux.cpu.vendor.as_deref(), Some("GenuineIntel"));
+    assert_eq!(linux.cpu.hide, ["cx16", "xsave"]);
     let lab1 = c.vm("lab1").unwrap();
     assert_eq!(lab1.instance_of.as_deref(), Some("openbsd"));
     assert!(!lab1.enabled);

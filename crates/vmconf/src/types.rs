@@ -372,7 +372,8 @@ impl Default for Interface {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceOption {
-    /// `boot`, `boot device`, `kernel`, `initrd`, `cmdline`.
+    /// `boot`, `boot device`, `kernel`, `initrd`, `cmdline`, and `cpu`: the CPU a guest is
+    /// shown is there to suit the kernel it boots.
     Boot,
     Cdrom,
     /// `cpus` (a Linux addition).
@@ -426,6 +427,31 @@ impl fmt::Display for InstanceOption {
     }
 }
 
+/// `cpu ...`: what the guest is told about its CPU. Everything unset: the host's CPU, with
+/// every feature KVM offers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CpuModel {
+    /// `cpu vendor`: the 12-character vendor string of CPUID leaf 0 (`intel` and `amd` are
+    /// kept as `GenuineIntel` and `AuthenticAMD`).
+    pub vendor: Option<String>,
+    /// `cpu family`, 1 to 270.
+    pub family: Option<u32>,
+    /// `cpu model`, 0 to 255.
+    pub model: Option<u32>,
+    /// `cpu stepping`, 0 to 15.
+    pub stepping: Option<u32>,
+    /// `cpu hide`: feature names (Linux `/proc/cpuinfo` spellings), no duplicates.
+    pub hide: Vec<String>,
+}
+
+impl CpuModel {
+    /// Nothing set: the guest sees the host's CPU.
+    pub fn is_host(&self) -> bool {
+        *self == CpuModel::default()
+    }
+}
+
 /// A `vm NAME { ... }` or `vm PARENT instance NAME { ... }` block, with defaults (and, for an
 /// instance, the parent's settings) filled in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -446,6 +472,9 @@ pub struct VmDef {
     /// Bytes, a whole number of MiB.
     pub memory: u64,
     pub cpus: u32,
+    /// `cpu`: the CPU identity and hidden features (absent in JSON from before it existed).
+    #[serde(default)]
+    pub cpu: CpuModel,
     pub owner: Option<Owner>,
     pub grace_secs: u64,
     /// Sorted, no duplicates.
@@ -473,6 +502,7 @@ impl VmDef {
             interfaces: Vec::new(),
             memory: DEFAULT_MEMORY,
             cpus: DEFAULT_CPUS,
+            cpu: CpuModel::default(),
             owner: None,
             grace_secs: DEFAULT_GRACE_SECS,
             allow_instance: Vec::new(),

@@ -40,7 +40,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a VM from the configuration, or a new one defined here
-    Start(StartArgs),
+    // Boxed: its many options make it far larger than the other commands.
+    Start(Box<StartArgs>),
     /// Stop a VM (ask its guest to halt, then power it off)
     #[command(override_usage = "vmctl stop [-fw] <ID|-a>")]
     Stop(StopArgs),
@@ -67,6 +68,18 @@ pub enum Command {
         /// VM number or name
         id: String,
     },
+    /// Show a running VM's guestinfo variables, or set one for its guest
+    #[command(
+        override_usage = "vmctl guestinfo <ID> [KEY [VALUE]]",
+        long_about = "Show a running VM's guestinfo variables (what its guest set with \
+                      `vmware-rpctool \"info-set guestinfo.KEY VALUE\"`), or set one for \
+                      the guest to read with `info-get guestinfo.KEY`.\n\n\
+                      Without KEY: every variable as `KEY = VALUE` lines (control characters \
+                      and backslashes escaped), or with --json one object. With KEY: its value \
+                      as it is. With VALUE: sets it; an empty VALUE clears it, as the guest \
+                      tools do. KEY is without the `guestinfo.` prefix (given, it is removed)."
+    )]
+    Guestinfo(GuestinfoArgs),
     /// Create a disk image (done by vmctl itself, not vmd)
     #[command(override_usage = "vmctl create [-b base | -i disk] [-s size] <DISK>")]
     Create(CreateArgs),
@@ -136,6 +149,21 @@ pub struct StartArgs {
     /// Kernel command line
     #[arg(long, value_name = "str")]
     pub cmdline: Option<String>,
+    /// CPU vendor the guest sees: intel, amd, or a 12-character vendor string
+    #[arg(long, value_name = "vendor", value_parser = parse_cpu_vendor)]
+    pub cpu_vendor: Option<String>,
+    /// CPU family the guest sees, 1 to 270 (decimal, or hex with 0x)
+    #[arg(long, value_name = "N", value_parser = cpumodel::parse_family)]
+    pub cpu_family: Option<u32>,
+    /// CPU model the guest sees, 0 to 255
+    #[arg(long, value_name = "N", value_parser = cpumodel::parse_model)]
+    pub cpu_model: Option<u32>,
+    /// CPU stepping the guest sees, 0 to 15
+    #[arg(long, value_name = "N", value_parser = cpumodel::parse_stepping)]
+    pub cpu_stepping: Option<u32>,
+    /// CPU features to hide, comma separated (e.g. cx16,xsave; "" hides none)
+    #[arg(long, value_name = "list", value_parser = parse_cpu_hide)]
+    pub cpu_hide: Option<FeatureList>,
     /// VM number or name (a new name defines a VM)
     #[arg(value_name = "id|name")]
     pub id: String,
@@ -164,6 +192,18 @@ pub struct StatusArgs {
     pub running: bool,
     /// VM number or name
     pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestinfoArgs {
+    /// VM number or name
+    pub id: String,
+    /// Variable name, without `guestinfo.`
+    pub key: Option<String>,
+    /// Value to set (empty clears it)
+    // A value may well start with '-' (a number, an option for the guest).
+    #[arg(allow_hyphen_values = true)]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +241,34 @@ fn parse_memory(s: &str) -> Result<u64, String> {
         return Err("size must be at least one megabyte".into());
     }
     Ok(n)
+}
+
+/// `--cpu-vendor`: checked here too, so a typo is a usage error before
+/// anything is sent; sent as written (vmd reads `intel` and `amd` itself).
+fn parse_cpu_vendor(s: &str) -> Result<String, String> {
+    cpumodel::parse_vendor(s).map(|_| s.to_string())
+}
+
+/// `--cpu-hide`'s names, from one argument (clap would read a bare `Vec`
+/// as an option given several times).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeatureList(pub Vec<String>);
+
+/// `--cpu-hide`: feature names, comma separated; empty: none.
+fn parse_cpu_hide(s: &str) -> Result<FeatureList, String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in s.split(',').filter(|n| !n.is_empty()) {
+        if cpumodel::feature(name).is_none() {
+            return Err(format!(
+                "unknown CPU feature {name:?}; known: {}",
+                cpumodel::feature_names()
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(FeatureList(names))
 }
 
 /// How a command word matched.
@@ -366,12 +434,90 @@ mod tests {
     fn real_command_names() {
         let names = command_names();
         for n in [
-            "start", "stop", "status", "show", "console", "pause", "unpause", "wait", "create",
-            "load", "reload", "reset", "log", "help",
+            "start",
+            "stop",
+            "status",
+            "show",
+            "console",
+            "pause",
+            "unpause",
+            "wait",
+            "create",
+            "load",
+            "reload",
+            "reset",
+            "log",
+            "guestinfo",
+            "help",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
         assert!(!names.iter().any(|x| x == "completions"));
+    }
+
+    #[test]
+    fn guestinfo_takes_no_prefix_from_another_command() {
+        let names = command_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        // The only command starting with "g": "g" alone is enough, and no
+        // prefix that named another command before is shared with it.
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with('g'))
+                .collect::<Vec<_>>(),
+            [&"guestinfo"]
+        );
+        assert_eq!(match_command("g", &names), Match::One("guestinfo"));
+        assert_eq!(match_command("gu", &names), Match::One("guestinfo"));
+        let others: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| *n != "guestinfo")
+            .collect();
+        for n in &others {
+            for end in 1..=n.len() {
+                let word = &n[..end];
+                assert_eq!(
+                    match_command(word, &names),
+                    match_command(word, &others),
+                    "{word}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parses_guestinfo() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["vmctl", "guestinfo"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.command) {
+                Ok(Command::Guestinfo(g)) => Ok((g.id, g.key, g.value)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        let s = |x: &str| Some(x.to_owned());
+        assert_eq!(parse(&["web1"]), Ok(("web1".into(), None, None)));
+        assert_eq!(parse(&["web1", "ip"]), Ok(("web1".into(), s("ip"), None)));
+        assert_eq!(
+            parse(&["web1", "role", "db"]),
+            Ok(("web1".into(), s("role"), s("db")))
+        );
+        // An empty value (clears it) and one that looks like an option.
+        assert_eq!(
+            parse(&["web1", "role", ""]),
+            Ok(("web1".into(), s("role"), s("")))
+        );
+        assert_eq!(
+            parse(&["web1", "n", "-5"]),
+            Ok(("web1".into(), s("n"), s("-5")))
+        );
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["web1", "k", "v", "extra"]).is_err());
+        let cli = Cli::try_parse_from(["vmctl", "guestinfo", "--json", "web1"]).unwrap();
+        assert!(cli.json);
     }
 
     fn expand(args: &[&str]) -> Result<Vec<String>, String> {

@@ -166,20 +166,42 @@ impl Client {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         self.request("POST", path, body.as_deref())?.json()
     }
+
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, Error> {
+        let body = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.request("PUT", path, Some(&body))?.json()
+    }
 }
 
 /// `/v1/vms/{id}` and below, with the id percent-encoded where needed.
 pub fn vm_path(id: &str, rest: &str) -> String {
     let mut p = String::from("/v1/vms/");
-    for b in id.bytes() {
+    push_encoded(&mut p, id);
+    p.push_str(rest);
+    p
+}
+
+/// `/v1/vms/{id}/guestinfo`, or `.../guestinfo/{key}` with the key
+/// percent-encoded too (a `/` in it reaches vmd as `%2F`, to be refused
+/// there as a bad key rather than taken for another path).
+pub fn guestinfo_path(id: &str, key: Option<&str>) -> String {
+    let mut p = vm_path(id, "/guestinfo");
+    if let Some(k) = key {
+        p.push('/');
+        push_encoded(&mut p, k);
+    }
+    p
+}
+
+/// One path segment: unreserved bytes as they are, the rest as `%XX`.
+fn push_encoded(p: &mut String, segment: &str) {
+    for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             p.push(b as char);
         } else {
             p.push_str(&format!("%{b:02X}"));
         }
     }
-    p.push_str(rest);
-    p
 }
 
 /// Reads one HTTP/1.x response. Interim 1xx answers are skipped.
@@ -391,5 +413,10 @@ mod tests {
         assert_eq!(vm_path("web1", "/stop"), "/v1/vms/web1/stop");
         assert_eq!(vm_path("3", ""), "/v1/vms/3");
         assert_eq!(vm_path("a b/c", ""), "/v1/vms/a%20b%2Fc");
+        assert_eq!(guestinfo_path("web1", None), "/v1/vms/web1/guestinfo");
+        assert_eq!(
+            guestinfo_path("web1", Some("guestinfo.a/b é")),
+            "/v1/vms/web1/guestinfo/guestinfo.a%2Fb%20%C3%A9"
+        );
     }
 }

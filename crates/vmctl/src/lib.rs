@@ -1,10 +1,11 @@
 //! vmctl's parts, for its binary and its tests: the command line, a small
-//! HTTP/1.1 client for vmd's Unix socket, the status table, the console
-//! relay, and disk image creation.
+//! HTTP/1.1 client for vmd's Unix socket, the status table, the guestinfo
+//! listing, the console relay, and disk image creation.
 
 pub mod cli;
 pub mod console;
 pub mod create;
+pub mod guestinfo;
 pub mod http;
 pub mod size;
 pub mod table;

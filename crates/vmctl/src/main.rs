@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use api::v1::{
-    ConfigResult, LoadRequest, LogLevel, LogRequest, Message, ResetRequest, ResetWhat,
+    ConfigResult, CpuRequest, LoadRequest, LogLevel, LogRequest, Message, ResetRequest, ResetWhat,
     StartRequest, StopRequest, VmStatus,
 };
 use clap::{CommandFactory, Parser};
@@ -77,7 +77,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         verbose: cli.verbose,
     };
     match cli.command {
-        Command::Start(a) => start(&ctx, a)?,
+        Command::Start(a) => start(&ctx, *a)?,
         Command::Stop(a) => stop(&ctx, a)?,
         Command::Status(a) => status(&ctx, a)?,
         Command::Console { id } => {
@@ -97,6 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 vm.last_exit.as_deref().unwrap_or("-")
             ));
         }
+        Command::Guestinfo(a) => guestinfo(&ctx, a)?,
         Command::Create(a) => create(&ctx, a)?,
         Command::Load { file } => {
             let path = std::path::absolute(&file)
@@ -193,6 +194,7 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
         return Err("start -n: not supported by vmd yet".into());
     }
     let opt = |p: &Option<String>| p.as_deref().map(abs_path).transpose();
+    let cpu = cpu_request(&a);
     let req = StartRequest {
         name: a.id,
         kernel: opt(&a.kernel)?,
@@ -205,6 +207,7 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
         interfaces: a.interfaces,
         local_interface: a.local,
         instance_of: a.instance_of,
+        cpu,
     };
     let vm: VmStatus = ctx.client.post("/v1/vms", Some(&req)).map_err(err)?;
     if ctx.json {
@@ -227,6 +230,18 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
         console(&vm)?;
     }
     Ok(())
+}
+
+/// The `--cpu-*` flags, if any was given.
+fn cpu_request(a: &StartArgs) -> Option<CpuRequest> {
+    let cpu = CpuRequest {
+        vendor: a.cpu_vendor.clone(),
+        family: a.cpu_family,
+        model: a.cpu_model,
+        stepping: a.cpu_stepping,
+        hide: a.cpu_hide.as_ref().map(|h| h.0.clone()),
+    };
+    (cpu != CpuRequest::default()).then_some(cpu)
 }
 
 fn console(vm: &VmStatus) -> Result<()> {
@@ -342,6 +357,51 @@ fn simple(ctx: &Ctx, id: &str, op: &str, done: &str) -> Result<()> {
     }
     ctx.say(format!("{done} vm {}", vm.name));
     Ok(())
+}
+
+/// `guestinfo ID`: the listing; `guestinfo ID KEY`: one value, exactly
+/// (for `$(...)`); `guestinfo ID KEY VALUE`: set it, quietly.
+fn guestinfo(ctx: &Ctx, a: cli::GuestinfoArgs) -> Result<()> {
+    use api::v1::{Guestinfo, GuestinfoValue};
+    // vmd checks the key too; checked here, one too long for a URL is
+    // refused with the reason rather than with the HTTP server's bare 414.
+    if let Some(k) = &a.key {
+        api::v1::guestinfo_key(k)?;
+    }
+    let path = http::guestinfo_path(&a.id, a.key.as_deref());
+    let write = |s: &str| {
+        io::stdout()
+            .lock()
+            .write_all(s.as_bytes())
+            .map_err(|e| format!("stdout: {}", os_error(&e)))
+    };
+    match (a.key, a.value) {
+        (None, _) => {
+            let vars: Guestinfo = ctx.client.get(&path).map_err(err)?;
+            if ctx.json {
+                return ctx.print_json(&vars);
+            }
+            write(&vmctl::guestinfo::format_listing(&vars))
+        }
+        (Some(_), None) => {
+            let v: GuestinfoValue = ctx.client.get(&path).map_err(err)?;
+            if ctx.json {
+                return ctx.print_json(&v);
+            }
+            write(&format!("{}\n", v.value))
+        }
+        (Some(key), Some(value)) => {
+            let v: GuestinfoValue = ctx
+                .client
+                .put(&path, &GuestinfoValue { value })
+                .map_err(err)?;
+            if ctx.json {
+                return ctx.print_json(&v);
+            }
+            ctx.say(format!("vm {}: set guestinfo {key}", a.id));
+            Ok(())
+        }
+    }
 }
 
 fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {

@@ -445,6 +445,85 @@ fn start_sends_absolute_paths() {
 }
 
 #[test]
+fn start_sends_the_cpu_model() {
+    let s = Server::start("cpu", routes);
+    let out = s.vmctl(&[
+        "start",
+        "-b",
+        "/k",
+        "--cpu-vendor",
+        "intel",
+        "--cpu-family",
+        "6",
+        "--cpu-model",
+        "0x2c",
+        "--cpu-hide",
+        "cx16,xsave,cx16",
+        "w",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r = &s.requests()[0];
+    assert_eq!(
+        r.json()["cpu"],
+        json!({
+            "vendor": "intel", "family": 6, "model": 44, "stepping": null,
+            "hide": ["cx16", "xsave"]
+        })
+    );
+    // `--cpu-hide ""` hides nothing (where the configuration hides some).
+    let out = s.vmctl(&["start", "--cpu-stepping", "3", "--cpu-hide", "", "web1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        s.requests()[1].json()["cpu"],
+        json!({ "vendor": null, "family": null, "model": null, "stepping": 3, "hide": [] })
+    );
+    // Without the flags, no `cpu` at all: the configured or host's CPU.
+    let out = s.vmctl(&["start", "web1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.requests()[2].json().get("cpu").is_none());
+}
+
+#[test]
+fn bad_cpu_flags_are_usage_errors() {
+    for (flag, value, why) in [
+        (
+            "--cpu-vendor",
+            "via",
+            "must be intel, amd or 12 printable ASCII characters",
+        ),
+        ("--cpu-family", "0", "must be 1 to 270"),
+        ("--cpu-family", "0x10f", "must be 1 to 270"),
+        ("--cpu-model", "256", "must be 0 to 255"),
+        ("--cpu-stepping", "16", "must be 0 to 15"),
+        (
+            "--cpu-hide",
+            "cx16,warp",
+            "unknown CPU feature \"warp\"; known: sse3 ",
+        ),
+    ] {
+        let out = vmctl_cmd()
+            .args([
+                "-s",
+                "/nonexistent/sock",
+                "start",
+                "-b",
+                "/k",
+                flag,
+                value,
+                "w",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag} <")) && err.contains(why),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
+#[test]
 fn load_reports_errors() {
     let s = Server::start("load", routes);
     let out = vmctl_cmd()
@@ -639,4 +718,96 @@ fn console_ends_when_the_vm_goes_away() {
         "{:?}",
         text(&out)
     );
+}
+
+/// `vmctl guestinfo`'s three forms against a server that answers as vmd
+/// does (GET listing, GET one, PUT one; JSON errors).
+#[test]
+fn guestinfo_list_get_set() {
+    let s = Server::start("guestinfo", |req| {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/v1/vms/web1/guestinfo") => ok(json!({
+                "ip": "10.0.0.5",
+                "motd": "hi\nip = 6.6.6.6",
+                "empty": ""
+            })),
+            ("GET", "/v1/vms/web1/guestinfo/motd") => ok(json!({ "value": "hi\nip = 6.6.6.6" })),
+            ("PUT", "/v1/vms/web1/guestinfo/role") => ok(req.json()),
+            ("GET", "/v1/vms/web1/guestinfo/nosuch") => Reply {
+                status: 404,
+                body: json!({ "error": "vm web1: guestinfo.nosuch is not set" }),
+                chunked: false,
+            },
+            _ => Reply {
+                status: 400,
+                body: json!({ "error": format!("unexpected {} {}", req.method, req.path) }),
+                chunked: false,
+            },
+        }
+    });
+
+    // All of them, in key order; what could forge a line is escaped.
+    let out = s.vmctl(&["guestinfo", "web1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "empty = \nip = 10.0.0.5\nmotd = hi\\nip = 6.6.6.6\n"
+    );
+    // --json: the daemon's object, exact.
+    let out = s.vmctl(&["--json", "guestinfo", "web1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["motd"], "hi\nip = 6.6.6.6");
+    assert_eq!(v.as_object().unwrap().len(), 3);
+
+    // One value, exactly as set, under the shortest prefix.
+    let out = s.vmctl(&["g", "web1", "motd"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\nip = 6.6.6.6\n");
+
+    // Set: a PUT of {"value": ...}, nothing printed.
+    let out = s.vmctl(&["guestinfo", "web1", "role", "db"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "");
+    let put = s.requests().pop().unwrap();
+    assert_eq!(put.method, "PUT");
+    assert_eq!(put.json(), json!({ "value": "db" }));
+    // An empty value is a value (it clears the variable).
+    let out = s.vmctl(&["guestinfo", "--json", "web1", "role", ""]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!({ "value": "" }));
+
+    // vmd's errors, as it says them.
+    let out = s.vmctl(&["guestinfo", "web1", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "vmctl: vm web1: guestinfo.nosuch is not set\n"
+    );
+    assert_eq!(text(&out.stdout), "");
+    // Bad keys are refused before anything is sent, in vmd's words (a key
+    // too long for a URL would get only the HTTP server's bare 414).
+    let before = s.requests().len();
+    let out = s.vmctl(&["guestinfo", "web1", "a/b", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "vmctl: guestinfo key may not contain '/'\n"
+    );
+    let long = "k".repeat(65517);
+    let out = s.vmctl(&["guestinfo", "web1", &long]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "vmctl: guestinfo key is too long: 65517 bytes, at most 65516\n"
+    );
+    assert_eq!(s.requests().len(), before);
+    // Usage errors never reach the daemon either.
+    for args in [&["guestinfo"][..], &["guestinfo", "web1", "k", "v", "more"]] {
+        let out = s.vmctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    assert_eq!(s.requests().len(), before);
 }

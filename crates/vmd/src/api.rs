@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use api::v1::{
-    ConfigResult, LoadRequest, LogLevel, LogRequest, Message, ResetRequest, ResetWhat,
-    StartRequest, StopRequest, VmState, VmStatus,
+    ConfigResult, CpuRequest, Guestinfo, GuestinfoValue, LoadRequest, LogLevel, LogRequest,
+    Message, ResetRequest, ResetWhat, StartRequest, StopRequest, VmState, VmStatus,
 };
 use api::vmproc::{Reply, Request};
 use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -160,7 +161,8 @@ async fn start(
         || !req.disks.is_empty()
         || req.cdrom.is_some()
         || req.interfaces.is_some()
-        || req.local_interface;
+        || req.local_interface
+        || req.cpu.is_some();
     // The guard must not live through the match: the arms lock again.
     let existing = d.lock().find(&req.name);
     let id = match (existing, &req.instance_of) {
@@ -244,6 +246,9 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
         }
         def.cpus = c;
     }
+    if let Some(cpu) = &req.cpu {
+        def.cpu = cpu_model(&def.cpu, cpu).map_err(Error::BadRequest)?;
+    }
     if !req.disks.is_empty()
         || req.cdrom.is_some()
         || req.interfaces.is_some()
@@ -256,11 +261,61 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
     Ok(())
 }
 
+/// `base` with a start request's `cpu` on it, checked as vm.conf's `cpu`
+/// statement is (the same rules, from `cpumodel`), with the same messages.
+fn cpu_model(base: &vmconf::CpuModel, req: &CpuRequest) -> Result<vmconf::CpuModel, String> {
+    let mut cpu = base.clone();
+    if let Some(v) = &req.vendor {
+        let parsed =
+            cpumodel::parse_vendor(v).map_err(|e| format!("invalid cpu vendor: {v:?} ({e})"))?;
+        cpu.vendor = Some(cpumodel::vendor_str(&parsed));
+    }
+    let number = |n: Option<u32>, what: &str, check: fn(u32) -> Result<u32, String>| {
+        n.map(|n| check(n).map_err(|e| format!("invalid cpu {what}: {n} ({e})")))
+            .transpose()
+    };
+    if let Some(f) = number(req.family, "family", cpumodel::check_family)? {
+        cpu.family = Some(f);
+    }
+    if let Some(m) = number(req.model, "model", cpumodel::check_model)? {
+        cpu.model = Some(m);
+    }
+    if let Some(s) = number(req.stepping, "stepping", cpumodel::check_stepping)? {
+        cpu.stepping = Some(s);
+    }
+    if let Some(names) = &req.hide {
+        cpu.hide.clear();
+        for name in names {
+            if cpumodel::feature(name).is_none() {
+                return Err(format!(
+                    "unknown cpu feature: {name} (known: {})",
+                    cpumodel::feature_names()
+                ));
+            }
+            if !cpu.hide.contains(name) {
+                cpu.hide.push(name.clone());
+            }
+        }
+    }
+    if let (Some(family), Some(model)) = (cpu.family, cpu.model) {
+        let vendor = cpu
+            .vendor
+            .as_deref()
+            .and_then(|v| cpumodel::parse_vendor(v).ok());
+        cpumodel::check_signature(vendor.as_ref(), family, model)?;
+    }
+    Ok(cpu)
+}
+
 fn check_instance_overrides(parent: &vmconf::VmDef, req: &StartRequest) -> Result<(), Error> {
     use vmconf::InstanceOption as O;
     let asks = [
+        // The CPU model suits the kernel, so it goes with `boot` (as in vm.conf).
         (
-            req.kernel.is_some() || req.initrd.is_some() || req.cmdline.is_some(),
+            req.kernel.is_some()
+                || req.initrd.is_some()
+                || req.cmdline.is_some()
+                || req.cpu.is_some(),
             O::Boot,
         ),
         (req.memory.is_some(), O::Memory),
@@ -363,6 +418,136 @@ async fn unpause(
 async fn wait(State(app): State<App>, Path(key): Path<String>) -> ApiResult<VmStatus> {
     let id = lookup(&app.daemon, &key)?;
     Ok(Json(app.daemon.wait_stopped(id).await?))
+}
+
+/// VM `key` for a guestinfo request: the same check as stop and pause
+/// (root, or the VM's owner), for reading too. Unlike a VM's status,
+/// guestinfo is the guest's to say and the owner's to read: guests and
+/// provisioning keep addresses, roles and secrets there (cloud-init's
+/// VMware data source reads its user data from it).
+fn guestinfo_vm(d: &Daemon, peer: &Peer, key: &str) -> Result<u32, Error> {
+    controllable(d, peer, key)
+}
+
+/// `{id}` and `{key}` of a guestinfo path. A key that does not decode
+/// (`%FF`) is a 400 with a JSON message, as every other error, rather
+/// than axum's plain text.
+fn guestinfo_path(
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), Error> {
+    p.map(|Path(v)| v)
+        .map_err(|e| Error::BadRequest(format!("bad path: {}", e.body_text())))
+}
+
+/// Asks VM `id`'s process. One that ends before it answers was "not
+/// running", the same 409 as one that was not running at all.
+async fn guestinfo_request(d: &Daemon, id: u32, req: Request) -> Result<Reply, Error> {
+    match d.request(id, req).await {
+        Err(Error::Internal(m)) if m == crate::vmproc::EXITED => {
+            let name = d.lock().vms.get(&id).map(|v| v.def.name.clone());
+            Err(Error::Conflict(format!(
+                "vm {} is not running",
+                name.unwrap_or_else(|| id.to_string())
+            )))
+        }
+        r => r,
+    }
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::Internal(format!("unexpected answer from the VM process: {r:?}"))
+}
+
+/// All guestinfo variables of a running VM. Keys are without the
+/// `guestinfo.` prefix the guest writes (`info-set guestinfo.ip ...` is
+/// `"ip"`), as VMware's `vmrun readVariable VM guestVar ip` names them:
+/// every key has the prefix, so it would say nothing.
+#[utoipa::path(get, path = "/v1/vms/{id}/guestinfo",
+    params(("id" = String, Path, description = "VM number or name")),
+    responses((status = 200, body = std::collections::BTreeMap<String, String>,
+               description = "key (without `guestinfo.`) -> value"),
+              (status = 403, body = api::v1::Error), (status = 404, body = api::v1::Error),
+              (status = 409, body = api::v1::Error, description = "not running, or no guest tools channel")))]
+async fn guestinfo_list(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(key): Path<String>,
+) -> ApiResult<Guestinfo> {
+    let d = &app.daemon;
+    let id = guestinfo_vm(d, &peer, &key)?;
+    match guestinfo_request(d, id, Request::GuestinfoList).await? {
+        Reply::Guestinfo { vars } => Ok(Json(vars)),
+        Reply::Error { message } => Err(Error::Conflict(message)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// One guestinfo variable. `{key}` is without the `guestinfo.` prefix (a
+/// prefix given is removed); 404 when the variable is not set.
+#[utoipa::path(get, path = "/v1/vms/{id}/guestinfo/{key}",
+    params(("id" = String, Path, description = "VM number or name"),
+           ("key" = String, Path, description = "variable name, without `guestinfo.`")),
+    responses((status = 200, body = GuestinfoValue), (status = 400, body = api::v1::Error),
+              (status = 403, body = api::v1::Error),
+              (status = 404, body = api::v1::Error, description = "no such VM, or the variable is not set"),
+              (status = 409, body = api::v1::Error)))]
+async fn guestinfo_get(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<GuestinfoValue> {
+    let (vm, key) = guestinfo_path(path)?;
+    let d = &app.daemon;
+    let id = guestinfo_vm(d, &peer, &vm)?;
+    let key = api::v1::guestinfo_key(&key).map_err(Error::BadRequest)?;
+    let req = Request::GuestinfoGet { key: key.into() };
+    match guestinfo_request(d, id, req).await? {
+        Reply::GuestinfoValue { value: Some(value) } => Ok(Json(GuestinfoValue { value })),
+        Reply::GuestinfoValue { value: None } => {
+            let name = d.lock().vms.get(&id).map(|v| v.def.name.clone());
+            Err(Error::NotFound(format!(
+                "vm {}: guestinfo.{key} is not set",
+                name.unwrap_or_else(|| id.to_string())
+            )))
+        }
+        Reply::Error { message } => Err(Error::Conflict(message)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Sets a guestinfo variable the guest reads with `info-get
+/// guestinfo.KEY` (VMware's `vmrun writeVariable VM guestVar KEY VALUE`).
+/// There is no delete: as with VMware's tools, an empty value clears one.
+/// Key and value together are at most 65516 bytes, what the guest's own
+/// `info-set` can store (`api::v1::GUESTINFO_MAX_KEY_VALUE`); the VM's
+/// store holds at most 128 variables and 1 MiB (409 beyond that).
+#[utoipa::path(put, path = "/v1/vms/{id}/guestinfo/{key}", request_body = GuestinfoValue,
+    params(("id" = String, Path, description = "VM number or name"),
+           ("key" = String, Path, description = "variable name, without `guestinfo.`")),
+    responses((status = 200, body = GuestinfoValue, description = "the value now set"),
+              (status = 400, body = api::v1::Error), (status = 403, body = api::v1::Error),
+              (status = 404, body = api::v1::Error),
+              (status = 409, body = api::v1::Error, description = "not running, no guest tools channel, or the store is full")))]
+async fn guestinfo_set(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    b: Bytes,
+) -> ApiResult<GuestinfoValue> {
+    let (vm, key) = guestinfo_path(path)?;
+    let d = &app.daemon;
+    let id = guestinfo_vm(d, &peer, &vm)?;
+    let key = api::v1::guestinfo_key(&key).map_err(Error::BadRequest)?;
+    // No defaults here: an empty body is not an empty value.
+    let req: GuestinfoValue = serde_json::from_slice(&b)
+        .map_err(|e| Error::BadRequest(format!("bad request body: {e}")))?;
+    api::v1::check_guestinfo_value(key, &req.value).map_err(Error::BadRequest)?;
+    let set = Request::GuestinfoSet {
+        key: key.into(),
+        value: req.value.clone(),
+    };
+    expect_ok(guestinfo_request(d, id, set).await?)?;
+    Ok(Json(req))
 }
 
 /// Loads a configuration file; the enabled VMs it adds are started, as
@@ -504,6 +689,9 @@ async fn log_level(
         pause,
         unpause,
         wait,
+        guestinfo_list,
+        guestinfo_get,
+        guestinfo_set,
         load,
         reload_handler,
         reset,
@@ -513,6 +701,7 @@ async fn log_level(
         VmStatus,
         VmState,
         StartRequest,
+        CpuRequest,
         StopRequest,
         LoadRequest,
         ConfigResult,
@@ -520,6 +709,7 @@ async fn log_level(
         ResetWhat,
         LogRequest,
         LogLevel,
+        GuestinfoValue,
         Message,
         api::v1::Error
     ))
@@ -542,6 +732,11 @@ pub fn router(app: App) -> Router {
         .route("/v1/vms/{id}/pause", post(pause))
         .route("/v1/vms/{id}/unpause", post(unpause))
         .route("/v1/vms/{id}/wait", get(wait))
+        .route("/v1/vms/{id}/guestinfo", get(guestinfo_list))
+        .route(
+            "/v1/vms/{id}/guestinfo/{key}",
+            get(guestinfo_get).put(guestinfo_set),
+        )
         .route("/v1/config/load", post(load))
         .route("/v1/config/reload", post(reload_handler))
         .route("/v1/reset", post(reset))

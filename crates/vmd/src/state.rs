@@ -276,6 +276,21 @@ impl Daemon {
             a.push("-i".into());
             a.push(i.display().to_string());
         }
+        // `--opt=VALUE`, one argument each: a vendor string may begin with
+        // a `-` or hold spaces.
+        let cpu = &def.cpu;
+        let numbers = [
+            ("family", cpu.family),
+            ("model", cpu.model),
+            ("stepping", cpu.stepping),
+        ];
+        a.extend(cpu.vendor.iter().map(|v| format!("--cpu-vendor={v}")));
+        for (what, n) in numbers {
+            a.extend(n.map(|n| format!("--cpu-{what}={n}")));
+        }
+        if !cpu.hide.is_empty() {
+            a.push(format!("--cpu-hide={}", cpu.hide.join(",")));
+        }
         Ok(a)
     }
 
@@ -489,5 +504,37 @@ impl Sink for Daemon {
         vm.last_exit = Some(why);
         vm.state = idle_state(&vm.def, vm.configured);
         vm.bump();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_gets_the_cpu_model() {
+        let mut def = VmDef::new("a");
+        def.kernel = Some("/k".into());
+        let plain = Daemon::vmm_args(&def).unwrap();
+        assert!(!plain.iter().any(|a| a.starts_with("--cpu")), "{plain:?}");
+        def.cpu = vmconf::CpuModel {
+            vendor: Some("-weird vendr".into()),
+            family: Some(6),
+            model: Some(44),
+            stepping: Some(2),
+            hide: vec!["cx16".into(), "xsave".into()],
+        };
+        let a = Daemon::vmm_args(&def).unwrap();
+        assert_eq!(
+            a[a.len() - 5..],
+            [
+                "--cpu-vendor=-weird vendr",
+                "--cpu-family=6",
+                "--cpu-model=44",
+                "--cpu-stepping=2",
+                "--cpu-hide=cx16,xsave",
+            ]
+        );
+        assert_eq!(a[..plain.len()], plain[..]);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::vmproc::{Event, Guest, Reply, Request, RunState};
-use vm::guestrpc::host::GuestState;
+use vm::guestrpc::host::{GuestState, MAX_GUESTINFO_BYTES, MAX_GUESTINFO_KEYS};
 use vm::{RunState as VmRunState, VmHandle};
 
 use crate::power;
@@ -158,6 +158,62 @@ fn handle(req: Request, h: &VmHandle, stopping: &std::sync::atomic::AtomicBool) 
             power::graceful_stop(h, Duration::from_secs(grace_secs));
             Reply::Ok
         }
+        Request::GuestinfoList => guestinfo_list(h),
+        Request::GuestinfoGet { key } => guestinfo_get(h, &key),
+        Request::GuestinfoSet { key, value } => guestinfo_set(h, &key, &value),
+    }
+}
+
+fn error(message: impl Into<String>) -> Reply {
+    Reply::Error {
+        message: message.into(),
+    }
+}
+
+/// Guest bytes as text (see `api::v1::Guestinfo`).
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// The guestinfo requests work on the store the backdoor device serves the
+// guest from, under its lock (a vCPU in a backdoor exit waits that long):
+// each takes one copy and nothing more.
+
+fn guestinfo_list(h: &VmHandle) -> Reply {
+    match h.with_tools(|t| t.guestinfo().map(|(k, v)| (lossy(k), lossy(v))).collect()) {
+        Ok(vars) => Reply::Guestinfo { vars },
+        Err(e) => error(e.to_string()),
+    }
+}
+
+fn guestinfo_get(h: &VmHandle, key: &str) -> Reply {
+    let key = match api::v1::guestinfo_key(key) {
+        Ok(k) => k,
+        Err(e) => return error(e),
+    };
+    match h.with_tools(|t| t.get_guestinfo(key).map(lossy)) {
+        Ok(value) => Reply::GuestinfoValue { value },
+        Err(e) => error(e.to_string()),
+    }
+}
+
+/// vmd has checked key and value already; they are checked here again
+/// because this process owns the store, and what it holds must stay what
+/// a guest could have written.
+fn guestinfo_set(h: &VmHandle, key: &str, value: &str) -> Reply {
+    let checked = api::v1::guestinfo_key(key)
+        .and_then(|k| api::v1::check_guestinfo_value(k, value).map(|()| k));
+    let key = match checked {
+        Ok(k) => k,
+        Err(e) => return error(e),
+    };
+    match h.with_tools(|t| t.set_guestinfo(key, value.as_bytes())) {
+        Ok(Ok(())) => Reply::Ok,
+        Ok(Err(_full)) => error(format!(
+            "guestinfo store full: at most {MAX_GUESTINFO_KEYS} variables and \
+             {MAX_GUESTINFO_BYTES} bytes of keys and values"
+        )),
+        Err(e) => error(e.to_string()),
     }
 }
 
@@ -196,5 +252,18 @@ fn watch_guest(ch: Channel, h: VmHandle) {
             ch.event(Event::Guest { guest: g.clone() });
             last = Some(g);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The API's guestinfo limits are stated as numbers (vmctl depends on
+    /// the API types only); they must be the protocol's.
+    #[test]
+    fn guestinfo_limits_are_the_protocols() {
+        assert_eq!(
+            api::v1::GUESTINFO_MAX_MESSAGE,
+            vm::guestrpc::proto::MAX_MESSAGE
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, ValueEnum};
 use std::time::Duration;
 use vm::boot::{BootConfig, BootProtocol};
-use vm::cpuid::{self, CpuidConfig};
+use vm::cpuid::{self, CpuIdentity, CpuidConfig};
 
 use vm::{Vm, VmConfig, VmExit, VmHandle};
 
@@ -91,6 +91,20 @@ struct Args {
     /// CPU features to hide from the guest, comma separated (e.g. cx16,xsave).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_feature)]
     cpu_hide: Vec<cpuid::Feature>,
+    /// CPU vendor the guest sees (CPUID leaf 0): intel, amd, or any
+    /// 12-character vendor string, e.g. GenuineIntel. Default: the host's.
+    #[arg(long, value_name = "VENDOR", value_parser = cpumodel::parse_vendor)]
+    cpu_vendor: Option<cpuid::Vendor>,
+    /// CPU family the guest sees (CPUID leaf 1), 1 to 270 (0x10e), decimal or 0x hex.
+    /// Default: the host's.
+    #[arg(long, value_name = "N", value_parser = cpumodel::parse_family)]
+    cpu_family: Option<u32>,
+    /// CPU model the guest sees, 0 to 255. Default: the host's.
+    #[arg(long, value_name = "N", value_parser = cpumodel::parse_model)]
+    cpu_model: Option<u32>,
+    /// CPU stepping the guest sees, 0 to 15. Default: the host's.
+    #[arg(long, value_name = "N", value_parser = cpumodel::parse_stepping)]
+    cpu_stepping: Option<u32>,
     /// Hypervisor signature at CPUID 0x40000000: vmware (with KVM's leaves
     /// at 0x40000100, so VMware guest tools attach and Linux keeps
     /// kvm-clock) or kvm (KVM's leaves only).
@@ -117,8 +131,10 @@ struct Args {
 
 fn parse_feature(s: &str) -> Result<cpuid::Feature, String> {
     cpuid::feature(s).ok_or_else(|| {
-        let names: Vec<&str> = cpuid::FEATURES.iter().map(|f| f.name).collect();
-        format!("unknown CPU feature {s:?}; known: {}", names.join(" "))
+        format!(
+            "unknown CPU feature {s:?}; known: {}",
+            cpumodel::feature_names()
+        )
     })
 }
 
@@ -161,6 +177,16 @@ fn main() -> ExitCode {
                 "--control-fd 0 is stdin, which the console on stdio reads: use -s pty, file:PATH or none",
             )
             .exit();
+    }
+    // A model above 15 only shows in some families (and not in family 6 on
+    // AMD): refuse what the guest could not read. Where the vendor or family
+    // is the host's, the VM checks once it knows them.
+    if let (Some(family), Some(model)) = (args.cpu_family, args.cpu_model) {
+        if let Err(e) = cpumodel::check_signature(args.cpu_vendor.as_ref(), family, model) {
+            Args::command()
+                .error(clap::error::ErrorKind::ValueValidation, e)
+                .exit();
+        }
     }
     let level = match args.verbose {
         0 => log::LevelFilter::Warn,
@@ -213,6 +239,12 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         cpuid: CpuidConfig {
             hide: args.cpu_hide,
             vmware: matches!(args.hv_signature, HvSignature::Vmware),
+            identity: CpuIdentity {
+                vendor: args.cpu_vendor,
+                family: args.cpu_family,
+                model: args.cpu_model,
+                stepping: args.cpu_stepping,
+            },
         },
         reboot: !args.no_reboot,
         guest_tools: !args.no_tools,

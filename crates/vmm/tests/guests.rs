@@ -44,6 +44,33 @@ fn every_vcpu_reports_in() {
 }
 
 #[test]
+fn another_cpu_identity_boots() {
+    if !kvm_or_skip() {
+        return;
+    }
+    // KVM takes the CPUID (KVM_SET_CPUID2) and the guest runs. What the
+    // guest reads is not checked here: the test guests read CPUID at CPL3,
+    // where this project's PVM hosts return the host's leaves.
+    let o = run_guest(
+        "hello",
+        &[
+            "--cpu-vendor",
+            "intel",
+            "--cpu-family",
+            "6",
+            "--cpu-model",
+            "44",
+            "--cpu-stepping",
+            "2",
+            "--cpu-hide",
+            "cx16,xsave",
+        ],
+    );
+    assert_eq!(o.code(), Some(0), "{o:?}");
+    assert!(o.stdout.contains("hello from testguest"), "{o:?}");
+}
+
+#[test]
 fn guest_reset_reboots_in_place() {
     if !kvm_or_skip() {
         return;
