@@ -317,7 +317,9 @@ fn ids_names_and_command_prefixes() {
 }
 
 #[test]
-fn stop_of_a_guest_that_ignores_halt_is_forced_after_3s() {
+/// The guest's tools take OS_Halt and never answer: powered off once the
+/// 10 s reply timeout has passed.
+fn stop_of_a_guest_that_ignores_halt_is_forced_after_the_reply_timeout() {
     if !kvm_or_skip() {
         return;
     }
@@ -330,7 +332,7 @@ fn stop_of_a_guest_that_ignores_halt_is_forced_after_3s() {
     d.vmctl_ok(&["stop", "-w", "deaf"]);
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(20),
+        took >= Duration::from_secs(10) && took < Duration::from_secs(25),
         "stop -w took {took:?}"
     );
     let deaf = d.vm("deaf");

@@ -11,8 +11,9 @@ use vm::guestrpc::host::CommandStatus;
 use vm::guestrpc::tclo::TcloCommand;
 use vm::VmHandle;
 
-/// How long the guest tools get to acknowledge a request.
-pub const TOOLS_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the guest tools get to take a request (fetch it from their
+/// command queue): tools that do not are not listening.
+pub const TOOLS_TAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Queues `cmd` for the guest tools, if the guest has them.
 fn tools_command(h: &VmHandle, cmd: TcloCommand<String>) -> Option<u64> {
@@ -22,9 +23,10 @@ fn tools_command(h: &VmHandle, cmd: TcloCommand<String>) -> Option<u64> {
     h.tools_command(cmd).ok()?.ok()
 }
 
-/// Waits until the command is answered or `timeout` passes; true if the
-/// guest acknowledged it.
-fn wait_ack(h: &VmHandle, id: u64, timeout: Duration) -> bool {
+/// Waits until the guest acknowledges command `id`: it must take it within
+/// `take` and then answer within the tools' reply timeout
+/// (`DEFAULT_TCLO_TIMEOUT_MS`). True if it acknowledged.
+fn wait_ack(h: &VmHandle, id: u64, take: Duration) -> bool {
     let start = Instant::now();
     loop {
         match h.tools_status(id) {
@@ -33,15 +35,16 @@ fn wait_ack(h: &VmHandle, id: u64, timeout: Duration) -> bool {
                 log::warn!("guest tools answered {s:?}");
                 return false;
             }
-            _ if start.elapsed() > timeout => return false,
+            Some(CommandStatus::Pending) | None if start.elapsed() > take => return false,
             _ => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }
 
-/// Asks the guest to shut down. With guest tools: `OS_Halt`, 3 s to
-/// acknowledge (else it is powered off at once: the tools are there but
-/// not listening), then `grace` to power off. Without tools: the ACPI
+/// Asks the guest to shut down. With guest tools: `OS_Halt`, 3 s to take
+/// it and the reply timeout to acknowledge it (else it is powered off at
+/// once: the tools are there but not listening, or refused), then `grace`
+/// to power off. Without tools: the ACPI
 /// power button, then `grace`. A guest that does not comply in time is
 /// powered off.
 pub fn graceful_stop(h: &VmHandle, grace: Duration) {
@@ -49,7 +52,7 @@ pub fn graceful_stop(h: &VmHandle, grace: Duration) {
     let h = h.clone();
     std::thread::spawn(move || {
         match id {
-            Some(id) if wait_ack(&h, id, TOOLS_ACK_TIMEOUT) => {
+            Some(id) if wait_ack(&h, id, TOOLS_TAKE_TIMEOUT) => {
                 log::info!("guest tools acknowledged the halt; waiting up to {grace:?}");
             }
             Some(_) => {
@@ -70,11 +73,11 @@ pub fn graceful_stop(h: &VmHandle, grace: Duration) {
     });
 }
 
-/// Pauses the VM; the guest's tools are told first (`OS_Suspend`, up to
-/// 3 s to acknowledge) so the guest can log it and prepare.
+/// Pauses the VM; the guest's tools are told first (`OS_Suspend`, 3 s to
+/// take it, then the reply timeout) so the guest can log it and prepare.
 pub fn pause(h: &VmHandle) -> bool {
     if let Some(id) = tools_command(h, TcloCommand::OsSuspend) {
-        if !wait_ack(h, id, TOOLS_ACK_TIMEOUT) {
+        if !wait_ack(h, id, TOOLS_TAKE_TIMEOUT) {
             log::warn!("guest tools did not acknowledge OS_Suspend; pausing anyway");
         }
     }

@@ -25,9 +25,13 @@ use super::Tools;
 use crate::tclo::{classify_reply, is_toolbox_reset_reply, ReplyKind, TcloCommand};
 use crate::text::until_nul;
 
-/// Default reply timeout: vmd powers a VM off when `OS_Halt` is not
-/// acknowledged within 3 s (DESIGN.md).
-pub const DEFAULT_TCLO_TIMEOUT_MS: u64 = 3000;
+/// Default reply timeout: how long the guest may take to answer a command
+/// it has fetched. vmtoolsd answers `OS_Halt` once it has started the
+/// power script, which takes seconds on a slow or busy guest (measured:
+/// more than 3 s in Linux on an emulating host); tools that never fetch a
+/// command are caught sooner by the host (vmm's power requests give them
+/// 3 s).
+pub const DEFAULT_TCLO_TIMEOUT_MS: u64 = 10_000;
 /// Most commands waiting for delivery.
 pub const MAX_QUEUED_COMMANDS: usize = 32;
 /// Most command statuses remembered; the oldest finished ones are forgotten
