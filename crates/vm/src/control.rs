@@ -156,6 +156,12 @@ impl Control {
         true
     }
 
+    /// Whether the VM is stopping because the host asked (a forced
+    /// power-off), as opposed to the guest's own doing.
+    pub(crate) fn stopped_by_host(&self) -> bool {
+        self.lock().reason == Some(StopReason::Host)
+    }
+
     pub fn run_state(&self) -> RunState {
         self.lock().run
     }

@@ -168,7 +168,13 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctl: Arc<Control>, io: Arc<IoBuses>) 
     }
     IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
     vcpu.set_kvm_immediate_exit(0);
-    log::debug!("vCPU {id} stopped: {}", dump(&vcpu));
+    // A VM the host had to power off may have hung: where each vCPU was is
+    // the first thing to know, so say it without -v.
+    if ctl.stopped_by_host() {
+        log::warn!("vCPU {id} at the host's power-off: {}", dump(&vcpu));
+    } else {
+        log::debug!("vCPU {id} stopped: {}", dump(&vcpu));
+    }
     vcpu
 }
 
