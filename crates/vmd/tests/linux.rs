@@ -1,0 +1,323 @@
+//! Real Linux under a real vmd: the Linux test fixture (crates/linux-fixture)
+//! booted from a vm.conf, its console read through `vmctl console`, its
+//! power handled through its own means, and Debian's unmodified
+//! open-vm-tools talking to our backdoor.
+//!
+//! Each test is one boot (the expensive part: about a minute of emulated
+//! kernel code on this project's PVM hosts) with several checks batched
+//! into it. The guest's `/init` prints `VMD-TEST <what> ...` markers on the
+//! console; every wait is bounded, and a guest that stops or hangs is
+//! reported with its last console lines and vmd's log (where vmm reports a
+//! crash with the vCPU registers).
+//!
+//! `.ci/linux-fixture` runs them (they build the kernel on first use).
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use linux_fixture::images;
+use linux_fixture::kernel::Kernel;
+
+/// How long a boot may take to reach `/init`: ~45 s on an idle 2-core
+/// PVM host, several times that when every test boots at once.
+const BOOT: Duration = Duration::from_secs(400);
+/// A step after boot: a few forks and execs of ~1 s each.
+const STEP: Duration = Duration::from_secs(120);
+
+/// One VM's console, as `vmctl console` shows it on a terminal of ours.
+struct Console<'a> {
+    d: &'a TestDaemon,
+    name: String,
+    pty: Pty,
+    client: Option<Child>,
+    seen: String,
+    /// How much of `seen` earlier waits consumed.
+    pos: usize,
+}
+
+impl<'a> Console<'a> {
+    fn attach(d: &'a TestDaemon, name: &str) -> Console<'a> {
+        let pty = Pty::open();
+        let mut cmd = d.vmctl_cmd();
+        {
+            let slave = pty.slave();
+            cmd.args(["console", name])
+                .stdin(stdio_of(&slave))
+                .stdout(stdio_of(&slave))
+                .stderr(Stdio::null());
+        }
+        let client = cmd.spawn().expect("spawn vmctl console");
+        drop(cmd);
+        Console {
+            d,
+            name: name.to_owned(),
+            pty,
+            client: Some(client),
+            seen: String::new(),
+            pos: 0,
+        }
+    }
+
+    /// Waits for a console line containing `needle` after what earlier
+    /// waits saw; returns it. Fails the test with the console's tail and
+    /// vmd's log after `timeout`.
+    fn wait(&mut self, needle: &str, timeout: Duration) -> String {
+        let start = self.pos;
+        // Whole lines only: the text after the last newline may be half a line.
+        let found = read_until(&self.pty.master, &mut self.seen, timeout, |s| {
+            s[start..]
+                .split('\n')
+                .rev()
+                .skip(1)
+                .any(|l| l.contains(needle))
+        });
+        if !found {
+            self.fail(&format!(
+                "no console line with {needle:?} within {timeout:?}"
+            ));
+        }
+        let mut at = start;
+        for l in self.seen[start..].split_inclusive('\n') {
+            at += l.len();
+            if l.ends_with('\n') && l.contains(needle) {
+                self.pos = at;
+                return l.trim_end_matches(['\r', '\n']).to_owned();
+            }
+        }
+        unreachable!("read_until saw the line")
+    }
+
+    /// Types `line` and Enter on the console.
+    fn type_line(&self, line: &str) {
+        self.pty.write(format!("{line}\r").as_bytes());
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let tail: Vec<&str> = self.seen.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "vm {}: {why}\n--- last console lines\n{}\n--- vmd log\n{}",
+            self.name,
+            tail.join("\n"),
+            self.d.log()
+        );
+    }
+}
+
+impl Drop for Console<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.client.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A vm.conf block booting the fixture kernel with `initrd`. The grace
+/// period covers vmtoolsd's power script, which forks a few dozen times
+/// (~45 s of a slow emulated guest).
+fn vm_block(name: &str, kernel: &Kernel, initrd: &std::path::Path) -> String {
+    format!(
+        "vm \"{name}\" {{\n\tdisable\n\tkernel \"{}\"\n\tinitrd \"{}\"\n\tcmdline \"{}\"\n\tmemory 128M\n\tgrace 240\n{}}}\n",
+        kernel.image.display(),
+        initrd.display(),
+        kernel.cmdline(""),
+        kernel
+            .vm_conf_cpu()
+            .lines()
+            .map(|l| format!("\t{l}\n"))
+            .collect::<String>()
+    )
+}
+
+fn kvm_and_kernel() -> Option<Kernel> {
+    if !kvm_or_skip() {
+        return None;
+    }
+    Some(Kernel::required())
+}
+
+/// Boots Linux from a vm.conf, reads its console through `vmctl console`,
+/// types into it, lets the guest reboot itself in place and then power
+/// itself off: the VM process survives the reboot (same pid, the kernel
+/// starts again) and ends with the power-off.
+#[test]
+#[ignore = "boots Linux (minutes); run by .ci/linux-fixture"]
+fn linux_boots_reboots_in_place_and_powers_off() {
+    let Some(kernel) = kvm_and_kernel() else {
+        return;
+    };
+    let init = "\
+hostname fixture
+echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+echo \"VMD-TEST cpu $(grep -m1 vendor_id /proc/cpuinfo)\"
+if dmesg | grep -q -e 'Can.t read CTR' -e 'i8042.*failed'; then echo 'VMD-TEST i8042 failed'; else echo 'VMD-TEST i8042 ok'; fi
+echo 'VMD-TEST ready: type reboot or poweroff'
+read cmd
+echo \"VMD-TEST got $cmd\"
+case \"$cmd\" in
+reboot) reboot -f ;;
+poweroff) poweroff -f ;;
+esac
+echo 'VMD-TEST unknown command'
+sleep 1000
+";
+    let image = images::busybox(init).expect("busybox image");
+    let initrd = images::write("power", &image).expect("write image");
+    let d = TestDaemon::start(&vm_block("lin", &kernel, &initrd));
+    let start = Instant::now();
+    d.vmctl_ok(&["start", "lin"]);
+    let mut con = Console::attach(&d, "lin");
+    let pid = d.vm("lin").pid.expect("a pid");
+
+    con.wait("Linux version", BOOT);
+    let init_line = con.wait("VMD-TEST init", BOOT);
+    eprintln!("lin: /init after {:?} ({init_line})", start.elapsed());
+    let cpu = con.wait("VMD-TEST cpu", STEP);
+    assert!(
+        cpu.contains("GenuineIntel") || kernel.kind == linux_fixture::kernel::Kind::Stock,
+        "{cpu}"
+    );
+    let i8042 = con.wait("VMD-TEST i8042", STEP);
+    assert!(i8042.ends_with("ok"), "Linux's i8042 probe failed: {i8042}");
+    con.wait("VMD-TEST ready", STEP);
+    con.type_line("reboot");
+    con.wait("VMD-TEST got reboot", STEP);
+
+    // The guest resets; the VM process stays and boots the kernel again.
+    con.wait("Linux version", BOOT);
+    con.wait("VMD-TEST init", BOOT);
+    assert_eq!(
+        d.vm("lin").pid,
+        Some(pid),
+        "reboot in place: same VM process"
+    );
+    con.wait("VMD-TEST ready", STEP);
+    con.type_line("poweroff");
+    con.wait("VMD-TEST got poweroff", STEP);
+    let vm = d.wait_vm("lin", "ended after its power-off", STEP, |v| {
+        v.pid.is_none() && v.state != VmState::Running
+    });
+    assert_eq!(vm.last_exit.as_deref(), Some("powered off"), "{vm:#?}");
+    assert!(!process_exists(pid), "vmm {pid} outlived its VM");
+}
+
+/// `vmctl stop -f` ends a Linux guest at once, whatever it is doing.
+#[test]
+#[ignore = "boots Linux (minutes); run by .ci/linux-fixture"]
+fn linux_is_stopped_by_force() {
+    let Some(kernel) = kvm_and_kernel() else {
+        return;
+    };
+    let image = images::busybox("echo 'VMD-TEST init'\nsleep 1000\n").expect("busybox image");
+    let initrd = images::write("force", &image).expect("write image");
+    let d = TestDaemon::start(&vm_block("lin", &kernel, &initrd));
+    d.vmctl_ok(&["start", "lin"]);
+    let mut con = Console::attach(&d, "lin");
+    let pid = d.vm("lin").pid.expect("a pid");
+    // Mid-boot: the kernel is running emulated code.
+    con.wait("Linux version", BOOT);
+    let t = Instant::now();
+    d.vmctl_ok(&["stop", "-f", "-w", "lin"]);
+    let took = t.elapsed();
+    let vm = d.vm("lin");
+    assert!(vm.pid.is_none() && vm.state != VmState::Running, "{vm:#?}");
+    assert_eq!(
+        vm.last_exit.as_deref(),
+        Some("powered off by the host"),
+        "{vm:#?}"
+    );
+    assert!(!process_exists(pid), "vmm {pid} outlived stop -f");
+    assert!(took < Duration::from_secs(10), "stop -f took {took:?}");
+}
+
+/// Debian's unmodified open-vm-tools against our backdoor, in real Linux:
+/// vmware-checkvm sees VMware version 6; vmware-rpctool's guestinfo
+/// round trips both ways through vmd's API; vmtoolsd reports the guest's
+/// hostname and IP (the dummy interface's documentation address), and
+/// `vmctl stop` halts the guest through it.
+#[test]
+#[ignore = "boots Linux (minutes); run by .ci/linux-fixture"]
+fn open_vm_tools_talk_to_our_backdoor() {
+    let Some(kernel) = kvm_and_kernel() else {
+        return;
+    };
+    // ioperm-exec grants the backdoor ports (this host lacks
+    // kvm.enable_vmware_backdoor) and execs the tool unchanged.
+    let init = "\
+hostname fixture-guest
+# The dummy driver makes dummy0 itself when built in; add it otherwise.
+ip link show dummy0 > /dev/null 2>&1 || ip link add dummy0 type dummy
+ip addr add 192.0.2.10/24 dev dummy0
+ip link set dummy0 up
+echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+out=$(ioperm-exec vmware-checkvm 2>&1); rc=$?
+echo \"VMD-TEST checkvm rc=$rc $out\"
+ioperm-exec vmware-rpctool 'info-set guestinfo.fromguest hello from the guest'
+echo \"VMD-TEST info-set rc=$?\"
+i=0
+while [ $i -lt 300 ]; do
+    v=$(ioperm-exec vmware-rpctool 'info-get guestinfo.fromhost' 2>/dev/null) && break
+    i=$((i + 1))
+    sleep 1
+done
+echo \"VMD-TEST info-get value=$v\"
+ioperm-exec vmtoolsd > /tmp/vmtoolsd.log 2>&1 &
+echo \"VMD-TEST vmtoolsd pid=$!\"
+sleep 600
+echo 'VMD-TEST still running'
+cat /tmp/vmtoolsd.log
+";
+    let image = images::guest_tools(init).expect("open-vm-tools image");
+    eprintln!("tools image: {} bytes", image.size());
+    let initrd = images::write("tools", &image).expect("write image");
+    let d = TestDaemon::start(&vm_block("lin", &kernel, &initrd));
+    let start = Instant::now();
+    d.vmctl_ok(&["start", "lin"]);
+    let mut con = Console::attach(&d, "lin");
+    let init_line = con.wait("VMD-TEST init", BOOT);
+    eprintln!("lin: /init after {:?} ({init_line})", start.elapsed());
+
+    let checkvm = con.wait("VMD-TEST checkvm", STEP);
+    assert!(
+        checkvm.contains("rc=0") && checkvm.contains("version 6"),
+        "vmware-checkvm: {checkvm}"
+    );
+
+    let set = con.wait("VMD-TEST info-set", STEP);
+    assert!(set.ends_with("rc=0"), "{set}");
+    let o = d.vmctl_ok(&["guestinfo", "lin", "fromguest"]);
+    assert_eq!(o.stdout.trim_end(), "hello from the guest", "{o:?}");
+
+    d.vmctl_ok(&["guestinfo", "lin", "fromhost", "set by the host"]);
+    let got = con.wait("VMD-TEST info-get", STEP);
+    assert!(got.ends_with("value=set by the host"), "{got}");
+
+    con.wait("VMD-TEST vmtoolsd", STEP);
+    let vm = d.wait_vm("lin", "hostname and IP from vmtoolsd", STEP, |v| {
+        v.hostname.is_some() && v.ip.is_some()
+    });
+    assert_eq!(vm.hostname.as_deref(), Some("fixture-guest"), "{vm:#?}");
+    assert_eq!(vm.ip.as_deref(), Some("192.0.2.10"), "{vm:#?}");
+    let pid = vm.pid.expect("a pid");
+
+    // A graceful stop: OS_Halt to vmtoolsd, which runs the package's
+    // poweroff-vm-default script, acknowledges, and runs `shutdown -h now`.
+    let mut stop = d.vmctl_cmd();
+    stop.args(["stop", "-w", "lin"]);
+    let o = run_bounded(stop, Duration::from_secs(300));
+    assert!(o.ok(), "vmctl stop: {o:?}\nvmd:\n{}", d.log());
+    let vm = d.vm("lin");
+    assert!(vm.pid.is_none() && vm.state != VmState::Running, "{vm:#?}");
+    assert_eq!(
+        vm.last_exit.as_deref(),
+        Some("halted by guest tools"),
+        "{vm:#?}\nvmd:\n{}",
+        d.log()
+    );
+    assert!(!process_exists(pid));
+    con.wait("reboot: Power down", STEP);
+}
