@@ -106,7 +106,13 @@ impl<'a> Console<'a> {
         self.pty.write(format!("{line}\r").as_bytes());
     }
 
+    /// Fails the test with the console's last lines and vmd's log. A VM
+    /// still running is powered off first, so that the log says where its
+    /// vCPUs were (vmm logs their registers at a forced power-off).
     fn fail(&self, why: &str) -> ! {
+        if self.d.vm(&self.name).state == VmState::Running {
+            let _ = self.d.vmctl(&["stop", "-f", "-w", &self.name]);
+        }
         let tail: Vec<&str> = self.seen.lines().rev().take(60).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
