@@ -80,8 +80,23 @@ pub enum Command {
                       tools do. KEY is without the `guestinfo.` prefix (given, it is removed)."
     )]
     Guestinfo(GuestinfoArgs),
-    /// Create a disk image (done by vmctl itself, not vmd)
-    #[command(override_usage = "vmctl create [-b base | -i disk] [-s size] <DISK>")]
+    /// Create a disk image: new, derived from a base image, or copied
+    #[command(
+        override_usage = "vmctl create [-b base | -i disk] [-s size] [raw:|qcow2:]<DISK>",
+        long_about = "Create a disk image (vmctl does this itself, not vmd). DISK is raw, \
+                      or qcow2 when it ends in .qcow2; a raw: or qcow2: prefix says which. \
+                      An existing file is never overwritten, and one that a VM holds is \
+                      reported in use.\n\n\
+                      Without -b or -i: a new, empty image of -s size (a sparse file, or a \
+                      qcow2 image with 64 KiB clusters).\n\
+                      With -b base: a qcow2 image that holds only the changes over the base \
+                      image (raw or qcow2, itself possibly on a base); -s defaults to the \
+                      base's size.\n\
+                      With -i disk: a copy of that image (raw or qcow2; a qcow2 with base \
+                      images comes out whole) in DISK's format, as sparse as the input; -s \
+                      defaults to the input's size and may be larger. A progress bar is \
+                      shown when standard error is a terminal."
+    )]
     Create(CreateArgs),
     /// Load additional configuration from a file
     Load {
@@ -208,17 +223,44 @@ pub struct GuestinfoArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Size of the new image, rounded up to megabytes (e.g. 10G)
-    #[arg(short = 's', value_name = "size", value_parser = crate::size::parse_size)]
-    pub size: Option<u64>,
-    /// Copy and convert this disk into the new one (qcow2; not supported yet)
+    /// Size of the new image with a unit (K, M, G, T: 10G), rounded up to
+    /// megabytes; at least 1M. A number without a unit counts bytes
+    #[arg(short = 's', value_name = "size", value_parser = parse_size_arg)]
+    pub size: Option<SizeArg>,
+    /// Copy this image (raw or qcow2, by its first bytes; a raw: or qcow2:
+    /// prefix says which) into the new one, converting it to the new one's
+    /// format
     #[arg(short = 'i', value_name = "disk", conflicts_with = "base")]
     pub input: Option<String>,
-    /// Base image of a derived qcow2 image (not supported yet)
+    /// Make a qcow2 image that holds only the changes over this base image
+    /// (raw or qcow2, by its first bytes; a raw: or qcow2: prefix says which)
     #[arg(short = 'b', value_name = "base")]
     pub base: Option<String>,
-    /// Path of the image to create; `raw:` or `qcow2:` may prefix it
+    /// Path of the image to create; `raw:` or `qcow2:` may prefix it, else
+    /// a name ending in .qcow2 makes a qcow2 image and any other a raw one
     pub disk: String,
+}
+
+/// A size as given on the command line (`-s`), with what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeArg {
+    /// In bytes.
+    pub bytes: u64,
+    /// Whether a unit letter (B, K, M, G, ...) was given.
+    pub has_unit: bool,
+    /// As typed.
+    pub text: String,
+}
+
+/// Parses `-s` of `create`: [`crate::size::parse_size`], remembering
+/// whether a unit was given.
+pub fn parse_size_arg(s: &str) -> Result<SizeArg, String> {
+    let bytes = crate::size::parse_size(s)?;
+    Ok(SizeArg {
+        bytes,
+        has_unit: s.trim().ends_with(|c: char| c.is_ascii_alphabetic()),
+        text: s.trim().to_owned(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -630,7 +672,23 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Create(CreateArgs {
-                size: Some(0x4000_0000),
+                size: Some(SizeArg {
+                    bytes: 0x4000_0000,
+                    has_unit: true,
+                    ..
+                }),
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["vmctl", "create", "-s", "10", "disk.img"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Create(CreateArgs {
+                size: Some(SizeArg {
+                    bytes: 10,
+                    has_unit: false,
+                    ..
+                }),
                 ..
             })
         ));

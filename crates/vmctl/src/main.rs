@@ -3,7 +3,6 @@
 //! `create`, which it does itself, and `console`, which opens the VM's pty.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -405,28 +404,30 @@ fn guestinfo(ctx: &Ctx, a: cli::GuestinfoArgs) -> Result<()> {
 }
 
 fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
-    let (format, path) = create::image_format(&a.disk);
-    if format == "qcow2" || a.base.is_some() || a.input.is_some() {
-        return Err("qcow2 images are not supported yet".into());
-    }
-    let Some(size) = a.size else {
-        let mut cmd = Cli::command();
-        cmd.build();
-        cmd.find_subcommand_mut("create")
-            .expect("create is a command")
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "create: -s size is required for a raw image",
-            )
-            .exit();
+    let label = create::image_format(&a.disk).1.to_owned();
+    let made = match create::create(&a, &mut create::Bar::new(&label)) {
+        Ok(m) => m,
+        Err(create::CreateError::Failed(msg)) => return Err(msg),
+        Err(create::CreateError::Usage(msg)) => {
+            let mut cmd = Cli::command();
+            cmd.build();
+            cmd.find_subcommand_mut("create")
+                .expect("create is a command")
+                .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
+                .exit();
+        }
     };
-    let size = create::image_size(size)?;
-    create::create_raw(Path::new(path), size)?;
     if ctx.json {
-        ctx.print_json(&serde_json::json!({ "path": path, "format": format, "size": size }))?;
+        ctx.print_json(&serde_json::json!({
+            "path": made.path,
+            "format": made.format.name(),
+            "size": made.size,
+            "base": made.base,
+            "input": a.input,
+        }))?;
     } else {
         // As OpenBSD's vmctl says.
-        eprintln!("vmctl: {format} imagefile created");
+        eprintln!("vmctl: {} imagefile created", made.format);
     }
     Ok(())
 }
