@@ -139,4 +139,44 @@ fn main() {
         list.join(", ")
     );
     fs::write(out_dir.join("names.rs"), names_rs).expect("writing names.rs");
+
+    build_bootsector(&manifest_dir.join("bootsector/bootsector.S"), &out_dir);
+}
+
+/// Assembles the real-mode boot sector (GNU as and ld, which every Rust
+/// toolchain on Linux links with) into a flat 512-byte image at
+/// `$OUT_DIR/bootsector.img`, named by `BOOTSECTOR_IMG`.
+fn build_bootsector(source: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed=bootsector");
+    let obj = out_dir.join("bootsector.o");
+    let img = out_dir.join("bootsector.img");
+    let run = |cmd: &mut Command| {
+        let status = cmd
+            .stdout(Stdio::from(std::io::stderr()))
+            .status()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        assert!(status.success(), "{cmd:?} failed: {status}");
+    };
+    run(Command::new("as")
+        .args(["--32", "-o"])
+        .arg(&obj)
+        .arg(source));
+    run(Command::new("ld")
+        .args([
+            "-m",
+            "elf_i386",
+            "-Ttext=0x7c00",
+            "--oformat",
+            "binary",
+            "-o",
+        ])
+        .arg(&img)
+        .arg(&obj));
+    let bytes = fs::read(&img).expect("reading the boot sector");
+    assert!(
+        bytes.len() == 512 && bytes[510..] == [0x55, 0xaa],
+        "the boot sector is {} bytes or lacks its signature",
+        bytes.len()
+    );
+    println!("cargo:rustc-env=BOOTSECTOR_IMG={}", img.display());
 }

@@ -73,6 +73,19 @@ impl Bus {
         Ok(())
     }
 
+    /// The device at `addr` and the offset into its range, for callers
+    /// that must not hold the bus while the device runs (a bus behind a
+    /// lock that the device's own handling may need to take).
+    pub fn lookup(&self, addr: u64) -> Option<(Arc<Mutex<dyn BusDevice>>, u64)> {
+        self.find(addr).map(|(r, off)| (r.dev.clone(), off))
+    }
+
+    /// Takes the range based at `base` off the bus; returns its device.
+    pub fn remove(&mut self, base: u64) -> Option<Arc<Mutex<dyn BusDevice>>> {
+        let i = self.ranges.iter().position(|r| r.base == base)?;
+        Some(self.ranges.remove(i).dev)
+    }
+
     fn find(&self, addr: u64) -> Option<(&Range, u64)> {
         let idx = self.ranges.partition_point(|r| r.base <= addr);
         let r = self.ranges.get(idx.checked_sub(1)?)?;

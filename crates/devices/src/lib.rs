@@ -8,10 +8,13 @@
 pub mod acpi_pm;
 pub mod backdoor;
 pub mod bus;
+pub mod debugcon;
 pub mod i8042;
+pub mod msix;
 pub mod pci_host;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
 
 #[cfg(test)]
 mod testutil;
@@ -20,7 +23,7 @@ pub use acpi_pm::AcpiPm;
 pub use backdoor::Backdoor;
 pub use bus::{Bus, BusDevice, BusError};
 pub use i8042::I8042;
-pub use pci_host::{PciDevice, PciHost, PciRoot};
+pub use pci_host::{PciDevice, PciEcam, PciHost, PciRoot};
 pub use rtc::Rtc;
 pub use serial::Serial;
 
@@ -49,6 +52,14 @@ pub enum VmEvent {
 /// Receiver of [`VmEvent`]s; the VM stops its vCPUs and acts on them.
 pub trait VmEvents: Send + Sync {
     fn request(&self, event: VmEvent);
+}
+
+/// Registration of KVM ioeventfds: a guest write to `addr` (any width)
+/// signals `fd` inside the kernel, with no exit to this process. Devices
+/// use it for doorbells such as virtio queue notifications.
+pub trait IoEvents: Send + Sync {
+    fn register(&self, fd: &vmm_sys_util::eventfd::EventFd, addr: u64) -> std::io::Result<()>;
+    fn unregister(&self, fd: &vmm_sys_util::eventfd::EventFd, addr: u64) -> std::io::Result<()>;
 }
 
 /// Shared handles a device is built with.

@@ -29,7 +29,15 @@ const REG_COMMAND: usize = 1;
 const REG_CLASS: usize = 2;
 const REG_BAR0: usize = 4;
 const REG_SUBSYSTEM: usize = 11;
+const REG_CAP_PTR: usize = 13;
 const REG_INTERRUPT: usize = 15;
+
+/// Status register bit 4 (in dword 1, bit 20): the capability list exists.
+const STATUS_CAP_LIST: u32 = 1 << 20;
+/// Capabilities live after the 64-byte standard header.
+const CAP_START: usize = 0x40;
+/// Bytes of conventional configuration space.
+pub const PCI_CONFIG_SIZE: usize = PCI_CONFIG_REGS * 4;
 
 // Command register bits a device lets the guest change: I/O space,
 // memory space, bus master, INTx disable.
@@ -70,6 +78,8 @@ pub enum PciError {
     /// A BAR index past the header's six, a 64-bit BAR in the last slot,
     /// or a slot already used.
     InvalidBarIndex(usize),
+    /// The capability does not fit in the 256 bytes of configuration space.
+    NoCapabilitySpace,
     /// BAR size not a power of two of at least 16 bytes, address not
     /// aligned to it, or a 32-bit BAR above 4 GiB.
     InvalidBarRange { size: u64, addr: u64 },
@@ -81,6 +91,7 @@ impl fmt::Display for PciError {
             PciError::InvalidDeviceNumber(d) => write!(f, "PCI device number {d} out of range"),
             PciError::DeviceNumberInUse(d) => write!(f, "PCI device number {d} already in use"),
             PciError::InvalidBarIndex(i) => write!(f, "PCI BAR {i} is out of range or taken"),
+            PciError::NoCapabilitySpace => f.write_str("PCI capability list is full"),
             PciError::InvalidBarRange { size, addr } => {
                 write!(f, "invalid PCI BAR of {size:#x} bytes at {addr:#x}")
             }
@@ -92,8 +103,11 @@ impl std::error::Error for PciError {}
 
 /// A function's configuration space as the host sees it.
 pub trait PciDevice: Send {
-    /// Dword `reg` (0..[`PCI_CONFIG_REGS`]) of configuration space.
-    fn read_config(&self, reg: usize) -> u32;
+    /// Dword `reg` of configuration space: 0..[`PCI_CONFIG_REGS`] is the
+    /// conventional space, up to 1024 the extended space an ECAM access
+    /// can reach. Takes `&mut self` because a window into a BAR (virtio's
+    /// PCI configuration access capability) reads device registers.
+    fn read_config(&mut self, reg: usize) -> u32;
 
     /// Write `data` (1, 2 or 4 bytes) at byte `offset` within dword `reg`;
     /// `offset + data.len() <= 4`. Returns the BAR the write moved, if any,
@@ -125,6 +139,8 @@ struct Bar {
     size: u64,
     /// Address last reported (or assigned), to tell a move from a rewrite.
     addr: u64,
+    /// Address the VMM assigned, restored at reset.
+    initial: u64,
 }
 
 /// A type-0 configuration header with per-bit write masks.
@@ -138,6 +154,11 @@ pub struct PciConfig {
     regs: [u32; PCI_CONFIG_REGS],
     writable: [u32; PCI_CONFIG_REGS],
     bars: [Option<Bar>; PCI_NUM_BARS],
+    /// Offset of the last capability (its "next" byte links the new one),
+    /// 0 while there is none.
+    last_cap: usize,
+    /// Where the next capability goes (dword aligned).
+    next_cap: usize,
 }
 
 impl PciConfig {
@@ -154,7 +175,109 @@ impl PciConfig {
             regs,
             writable,
             bars: [None; PCI_NUM_BARS],
+            last_cap: 0,
+            next_cap: CAP_START,
         }
+    }
+
+    /// Append a capability with ID `id` whose bytes after the ID and the
+    /// next pointer are `body`; returns its offset in configuration space.
+    /// Its bytes are read-only until [`PciConfig::set_writable`] says
+    /// otherwise.
+    pub fn add_capability(&mut self, id: u8, body: &[u8]) -> Result<usize, PciError> {
+        let at = self.next_cap;
+        let end = at + 2 + body.len();
+        if end > PCI_CONFIG_SIZE {
+            return Err(PciError::NoCapabilitySpace);
+        }
+        self.set_bytes(at, &[id, 0]);
+        self.set_bytes(at + 2, body);
+        if self.last_cap == 0 {
+            self.set_bytes(REG_CAP_PTR * 4, &[at as u8]);
+            self.regs[REG_COMMAND] |= STATUS_CAP_LIST;
+        } else {
+            self.set_bytes(self.last_cap + 1, &[at as u8]);
+        }
+        self.last_cap = at;
+        self.next_cap = end.next_multiple_of(4);
+        Ok(at)
+    }
+
+    /// Let the guest change the bits of `mask` in the bytes at `offset`.
+    pub fn set_writable(&mut self, offset: usize, mask: &[u8]) {
+        for (i, &m) in mask.iter().enumerate() {
+            let (reg, shift) = ((offset + i) / 4, 8 * ((offset + i) % 4));
+            if let Some(w) = self.writable.get_mut(reg) {
+                *w = (*w & !(0xff << shift)) | u32::from(m) << shift;
+            }
+        }
+    }
+
+    /// Store `bytes` at byte `offset` regardless of write masks: the
+    /// device's own updates (a register's value, a window's data).
+    pub fn set_bytes(&mut self, offset: usize, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            let (reg, shift) = ((offset + i) / 4, 8 * ((offset + i) % 4));
+            if let Some(r) = self.regs.get_mut(reg) {
+                *r = (*r & !(0xff << shift)) | u32::from(b) << shift;
+            }
+        }
+    }
+
+    /// `N` bytes at byte `offset` (all ones past the end).
+    pub fn bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        std::array::from_fn(|i| {
+            let (reg, shift) = ((offset + i) / 4, 8 * ((offset + i) % 4));
+            (self.read(reg) >> shift) as u8
+        })
+    }
+
+    /// Back to the state the VMM built: command register clear, BARs at
+    /// their assigned addresses (no firmware runs to assign them again).
+    /// Returns the BARs that move.
+    pub fn reset(&mut self) -> Vec<BarMove> {
+        self.regs[REG_COMMAND] &= 0xffff_0000;
+        let mut moves = Vec::new();
+        for index in 0..PCI_NUM_BARS {
+            let Some(bar) = self.bars[index] else {
+                continue;
+            };
+            let reg = REG_BAR0 + index;
+            let low_type = self.regs[reg] & !BAR_MEM_ADDR_MASK;
+            self.regs[reg] = bar.initial as u32 & BAR_MEM_ADDR_MASK | low_type;
+            if bar.kind == BarKind::Memory64 {
+                self.regs[reg + 1] = (bar.initial >> 32) as u32;
+            }
+            if bar.addr != bar.initial {
+                moves.push(BarMove {
+                    bar: index,
+                    old_addr: bar.addr,
+                    new_addr: bar.initial,
+                    len: bar.size,
+                });
+                if let Some(b) = self.bars[index].as_mut() {
+                    b.addr = b.initial;
+                }
+            }
+        }
+        moves
+    }
+
+    /// Whether the guest enabled memory decoding and bus mastering
+    /// (command register bits 1 and 2).
+    pub fn memory_and_master_enabled(&self) -> bool {
+        self.regs[REG_COMMAND] & 0b110 == 0b110
+    }
+
+    /// The INTx Disable bit (command register bit 10).
+    pub fn intx_disabled(&self) -> bool {
+        self.regs[REG_COMMAND] & (1 << 10) != 0
+    }
+
+    /// Declare that the device raises INTA# (Interrupt Pin 1), with the
+    /// Interrupt Line the firmware would have written.
+    pub fn set_interrupt_pin_a(&mut self, line: u8) {
+        self.regs[REG_INTERRUPT] = (self.regs[REG_INTERRUPT] & !0xffff) | 1 << 8 | u32::from(line);
     }
 
     /// Set the subsystem vendor and subsystem IDs (read-only to the guest).
@@ -203,7 +326,12 @@ impl PciConfig {
                 self.writable[reg + 1] = (mask >> 32) as u32;
             }
         }
-        self.bars[index] = Some(Bar { kind, size, addr });
+        self.bars[index] = Some(Bar {
+            kind,
+            size,
+            addr,
+            initial: addr,
+        });
         Ok(())
     }
 
@@ -304,7 +432,7 @@ impl Default for HostBridge {
 }
 
 impl PciDevice for HostBridge {
-    fn read_config(&self, reg: usize) -> u32 {
+    fn read_config(&mut self, reg: usize) -> u32 {
         self.config.read(reg)
     }
 
@@ -480,6 +608,70 @@ impl PciHost {
         if value & RCR_RST_CPU != 0 {
             self.events.request(VmEvent::Reset);
         }
+    }
+}
+
+impl PciHost {
+    /// An ECAM (memory-mapped configuration) read at `offset` from the
+    /// window's base: bus in bits 27:20, device 19:15, function 14:12,
+    /// register 11:0. Only bus 0 exists. An access must be naturally
+    /// aligned and stay inside one dword, as a chipset requires.
+    pub fn ecam_read(&mut self, offset: u64, data: &mut [u8]) {
+        match ecam_decode(offset, data.len()) {
+            Some((device, function, reg, byte)) => {
+                let value = self.root.read_config(device, function, reg);
+                let bytes = value.to_le_bytes();
+                data.copy_from_slice(&bytes[byte..byte + data.len()]);
+            }
+            None => data.fill(0xff),
+        }
+    }
+
+    /// An ECAM write; see [`PciHost::ecam_read`].
+    pub fn ecam_write(&mut self, offset: u64, data: &[u8]) {
+        let Some((device, function, reg, byte)) = ecam_decode(offset, data.len()) else {
+            return;
+        };
+        if let Some(moved) = self.root.write_config(device, function, reg, byte, data) {
+            if let Some(handler) = self.on_bar_move.as_mut() {
+                handler(device, moved);
+            }
+        }
+    }
+}
+
+/// (device, function, dword, byte in dword) an ECAM access names on bus 0.
+fn ecam_decode(offset: u64, len: usize) -> Option<(u8, u8, usize, usize)> {
+    let bus = offset >> 20;
+    let byte = (offset & 3) as usize;
+    if bus != 0 || !matches!(len, 1 | 2 | 4) || !byte.is_multiple_of(len) {
+        return None;
+    }
+    let device = ((offset >> 15) & 0x1f) as u8;
+    let function = ((offset >> 12) & 0x7) as u8;
+    let reg = ((offset & 0xfff) >> 2) as usize;
+    Some((device, function, reg, byte))
+}
+
+/// The memory face of the PCI host: the ECAM window (PCI Express
+/// enhanced configuration access), which the ACPI MCFG table announces.
+/// Guests that find it use it instead of ports 0xcf8/0xcfc: one MMIO
+/// access per configuration access instead of two port accesses.
+pub struct PciEcam(pub Arc<Mutex<PciHost>>);
+
+impl BusDevice for PciEcam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ecam_read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ecam_write(offset, data);
     }
 }
 
@@ -677,7 +869,7 @@ mod tests {
     struct TestDev(PciConfig);
 
     impl PciDevice for TestDev {
-        fn read_config(&self, reg: usize) -> u32 {
+        fn read_config(&mut self, reg: usize) -> u32 {
             self.0.read(reg)
         }
         fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) -> Option<BarMove> {

@@ -239,6 +239,19 @@ impl Rtc {
         }
     }
 
+    /// Sets CMOS byte `index` (NVRAM, 0x0e and up): settings firmware
+    /// reads at boot, such as SeaBIOS's boot order. Clock and status
+    /// registers are not changed this way.
+    pub fn set_nvram(&mut self, index: u8, value: u8) {
+        if let Some(b) = self
+            .cmos
+            .get_mut(usize::from(index))
+            .filter(|_| index >= 0x0e)
+        {
+            *b = value;
+        }
+    }
+
     /// Guest time minus host time, in seconds; 0 until the guest sets its
     /// clock.
     pub fn offset(&self) -> i64 {

@@ -29,6 +29,7 @@
 //! | `smp` | `smp: cpu <i> apic <id> online` per CPU (any order), then `smp: <n>/<n> cpus online` or `smp: only <k>/<n> cpus online` (after 5 s) | power-off |
 //! | `reset` | `reset: boot <k>`; `reset: requesting reset` while `k <= resets` (cmdline `resets=N`, default 1), else `reset: done after <k-1> resets` | reset (i8042 0xFE to port 0x64), then power-off; the boot count lives in CMOS NVRAM byte 0x38 |
 //! | `pio` | `pio: count=<N> cycles=<TSC cycles>` for N (`count=`, default 100000) `out` to `port=` (default 0x80) | power-off |
+//! | `blk` | a polled virtio-blk driver (modern virtio-pci, split virtqueue, CPL3): `blk: device 00:<dd>.<f> capacity <sectors> sectors blk_size <n> seg_max <n> ro <0\|1> features 0x<hex>`, `blk: serial '<GET_ID>'`, then what the cmdline asks for: a pattern write/read-back check (`check=N at=S seed=X`), a read-only write (`readonly=1`), past-end and unknown-type statuses (`sectorpast=1`, `unknown=1`), benchmarks (`randwrite=N`, `read=1 req=KiB depth=D`); `blk: done`, or `blk: FAIL <why>`; BARs the firmware left at 0 go to `pcimem=0xADDR`; every line, option and the pattern's formula are in `guest/src/bin/blk.rs` | power-off |
 //! | `crash` | `crash: triple fault next` | triple fault (KVM_EXIT_SHUTDOWN) |
 //! | `tools` | vmt(4)-style guest tools over the VMware backdoor (guestrpc's guest end): `tools: backdoor version <v> type <t>` or `tools: no VMware backdoor`, clock syncs, an RPCI self-test (`selftest=1`), an RPCI benchmark (`bench=N`: `rpci: lb\|hb count=<N> cycles=<C>`), then a TCLO loop answering power commands; every line and option is listed in `guest/src/bin/tools.rs` | power-off or reset on `OS_Halt` / `OS_Reboot` (or after `bench=`); spins for ever without a backdoor |
 //!
@@ -51,6 +52,14 @@ const DIR: &str = env!("TESTGUEST_DIR");
 /// such guest.
 pub fn path(name: &str) -> Option<PathBuf> {
     NAMES.contains(&name).then(|| PathBuf::from(DIR).join(name))
+}
+
+/// The 512-byte boot sector of the firmware boot tests
+/// (`bootsector/bootsector.S`): loaded by a BIOS from a disk or a CD, it
+/// prints `bootsector: booted from drive 0x<DL>` on COM1 and powers off
+/// through ACPI PM1a_CNT at port 0x604.
+pub fn bootsector() -> PathBuf {
+    PathBuf::from(env!("BOOTSECTOR_IMG"))
 }
 
 /// For tests that boot these guests: true if /dev/kvm can be used. Without

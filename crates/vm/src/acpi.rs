@@ -5,6 +5,13 @@
 //! needs the PM1 event/control blocks the FADT points at (the PIIX4-like
 //! block at port 0x600, see `layout`).
 //!
+//! PCI: the DSDT's host bridge `PCI0` is bus 0, with the BAR window
+//! `PCI_MMIO_START..PCI_MMIO_END` and a `_PRT` that wires INTA# of every
+//! slot 1..=31 to IOAPIC pin `pci_intx_gsi(slot)` (16..=23, level, active
+//! low). The MCFG describes the bus's ECAM at `PCI_ECAM_ADDR`, which a
+//! PNP0C02 motherboard-resource device reserves (as the e820 map does), so
+//! that Linux accepts it.
+//!
 //! Everything lives in `[ACPI_ADDR, ACPI_END)` with the RSDP first, so a guest
 //! that scans the legacy BIOS area (0xe0000..0xfffff, 16-byte steps) finds it
 //! as well as one that is handed its address (PVH `rsdp_paddr`, Linux
@@ -13,22 +20,24 @@
 //! ```text
 //! 0xe0000  RSDP   (36 bytes, rev 2, XSDT only)
 //! 0xe0040  FACS   (64 bytes, 64-byte aligned as the spec requires)
-//! 0xe0080  XSDT   (36 + 8 * 2 bytes: FADT, MADT)
+//! 0xe0080  XSDT   (36 + 8 * 3 bytes: FADT, MADT, MCFG)
 //! 0xe00c0  FADT   (276 bytes, revision 6)
 //! 0xe01e0  MADT   (44 + 8 * cpus + 12 + 2 * 10 + 6 bytes)
-//! ...      DSDT   (right after the MADT, 16-byte aligned)
+//! ...      MCFG   (44 + 16 bytes, right after the MADT, 16-byte aligned)
+//! ...      DSDT   (right after the MCFG, 16-byte aligned)
 //! ```
 
 use std::fmt;
 
 use acpi_tables::aml::{
-    self, AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package,
-    Path, ResourceTemplate, Scope, IO,
+    self, AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed,
+    Name, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags, PmProfile};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -36,8 +45,9 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::layout::{
-    ACPI_ADDR, ACPI_END, IOAPIC_ADDR, IRQ_COM1, IRQ_KBD, IRQ_RTC, IRQ_SCI, LAPIC_ADDR,
-    MMIO_HOLE_START, PM1A_CNT_LEN, PM1A_CNT_PORT, PM1A_EVT_LEN, PM1A_EVT_PORT, PM_TMR_LEN,
+    pci_intx_gsi, ACPI_ADDR, ACPI_END, IOAPIC_ADDR, IRQ_COM1, IRQ_KBD, IRQ_RTC, IRQ_SCI,
+    LAPIC_ADDR, MMIO_HOLE_END, MMIO_HOLE_START, PCI_ECAM_ADDR, PCI_ECAM_SIZE, PCI_MMIO_END,
+    PCI_MMIO_START, PM1A_CNT_LEN, PM1A_CNT_PORT, PM1A_EVT_LEN, PM1A_EVT_PORT, PM_TMR_LEN,
     PM_TMR_PORT, S5_SLP_TYP,
 };
 
@@ -67,9 +77,23 @@ pub const RESET_VALUE: u8 = 0x06;
 /// namespaces on xAPIC systems, and QEMU's tables use 0 too.
 pub const IOAPIC_ID: u8 = 0;
 
-/// Top of the 32-bit PCI memory window: the IOAPIC and LAPIC pages above it
-/// are not PCI's to hand out.
-const PCI_MMIO_END: u32 = (IOAPIC_ADDR - 1) as u32;
+/// The PCI bus the host bridge decodes and the ECAM covers: bus 0 alone
+/// (no bridges behind it).
+const PCI_BUS: u8 = 0;
+/// PCI segment (domain) of that bus.
+const PCI_SEGMENT: u16 = 0;
+/// Device slots on the bus that can hold a device: 0 is the host bridge.
+const PCI_SLOTS: std::ops::RangeInclusive<u8> = 1..=31;
+
+// The host bridge's BAR window lies in the MMIO hole below the ECAM, which
+// ends below the IOAPIC and LAPIC pages: none of them is PCI's to hand out.
+// The ECAM covers exactly one bus (32 devices x 8 functions x 4 KiB).
+const _: () = assert!(MMIO_HOLE_START <= PCI_MMIO_START && PCI_MMIO_START < PCI_MMIO_END);
+const _: () = assert!(PCI_MMIO_END <= PCI_ECAM_ADDR);
+const _: () = assert!(PCI_ECAM_ADDR + PCI_ECAM_SIZE <= IOAPIC_ADDR);
+const _: () = assert!(IOAPIC_ADDR < LAPIC_ADDR && LAPIC_ADDR < MMIO_HOLE_END);
+const _: () = assert!(PCI_ECAM_SIZE == 32 * 8 * 4096);
+const _: () = assert!(PCI_ECAM_ADDR.is_multiple_of(PCI_ECAM_SIZE));
 
 /// FADT length for revision 6 (ACPI 6.x, with the hypervisor vendor id).
 const FADT_LEN: usize = 276;
@@ -181,11 +205,12 @@ fn build_tables(cfg: &AcpiConfig) -> Result<Tables, AcpiError> {
         });
     }
 
-    // The DSDT and MADT do not point anywhere, so build them first; their
-    // sizes then fix every address the FADT, XSDT and RSDP refer to.
+    // The DSDT, MADT and MCFG do not point anywhere, so build them first;
+    // their sizes then fix every address the FADT, XSDT and RSDP refer to.
     let dsdt = build_dsdt(cfg.num_cpus);
     let madt = build_madt(cfg.num_cpus);
-    let xsdt_len = 36 + 8 * 2;
+    let mcfg = build_mcfg();
+    let xsdt_len = 36 + 8 * 3;
 
     // Tables 16-byte aligned: the RSDP must be for the legacy scan, the rest
     // just for tidiness. The FACS must be 64-byte aligned.
@@ -195,6 +220,7 @@ fn build_tables(cfg: &AcpiConfig) -> Result<Tables, AcpiError> {
     let xsdt_addr = at.place(xsdt_len, 16);
     let fadt_addr = at.place(FADT_LEN, 16);
     let madt_addr = at.place(madt.len(), 16);
+    let mcfg_addr = at.place(mcfg.len(), 16);
     let dsdt_addr = at.place(dsdt.len(), 16);
     if at.next > ACPI_END {
         return Err(AcpiError::TablesTooLarge {
@@ -208,6 +234,7 @@ fn build_tables(cfg: &AcpiConfig) -> Result<Tables, AcpiError> {
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt = to_bytes(&xsdt);
     debug_assert_eq!(xsdt.len(), xsdt_len);
 
@@ -225,6 +252,7 @@ fn build_tables(cfg: &AcpiConfig) -> Result<Tables, AcpiError> {
             (GuestAddress(xsdt_addr), xsdt),
             (GuestAddress(fadt_addr), fadt),
             (GuestAddress(madt_addr), madt.as_slice().to_vec()),
+            (GuestAddress(mcfg_addr), mcfg),
             (GuestAddress(dsdt_addr), dsdt.as_slice().to_vec()),
         ],
     })
@@ -355,6 +383,13 @@ fn build_madt(num_cpus: u32) -> Sdt {
     madt
 }
 
+/// The MCFG: one ECAM allocation, for segment 0 bus 0 at `PCI_ECAM_ADDR`.
+fn build_mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_ADDR, PCI_SEGMENT, PCI_BUS, PCI_BUS);
+    to_bytes(&mcfg)
+}
+
 /// `IRQNoFlags () {n}`: the small ISA IRQ descriptor (edge, active high,
 /// exclusive) that legacy devices use; acpi_tables only has the extended
 /// form, which some guests' PNP parsers handle worse for ISA devices.
@@ -387,8 +422,22 @@ fn build_dsdt(num_cpus: u32) -> Sdt {
 
     let mut sb = Vec::new();
 
+    // PCI interrupt routing: INTA# of each slot (the devices are single
+    // function and use no other pin) straight to an IOAPIC pin, in the
+    // "source 0, GSI in the last field" form. Address 0xSSSS_FFFF is "slot
+    // SSSS, any function"; pin 0 is INTA#. GSIs from _PRT entries like
+    // these are level triggered, active low.
+    let prt_addrs: Vec<u32> = PCI_SLOTS.map(|s| (u32::from(s) << 16) | 0xffff).collect();
+    let prt_gsis: Vec<u32> = PCI_SLOTS.map(pci_intx_gsi).collect();
+    let prt_entries: Vec<Package> = prt_addrs
+        .iter()
+        .zip(&prt_gsis)
+        .map(|(addr, gsi)| Package::new(vec![addr, &aml::ZERO, &aml::ZERO, gsi]))
+        .collect();
+    let prt = Package::new(prt_entries.iter().map(|p| p as &dyn Aml).collect());
+
     // The PCI host bridge: bus 0 with the whole I/O space except its own
-    // config ports, and the 32-bit MMIO hole up to the IOAPIC for BARs.
+    // config ports, and the BAR window (below the ECAM) of the MMIO hole.
     Device::new(
         "PCI0".into(),
         vec![
@@ -402,18 +451,42 @@ fn build_dsdt(num_cpus: u32) -> Sdt {
             &Name::new(
                 "_CRS".into(),
                 &ResourceTemplate::new(vec![
-                    &AmlAddressSpace::<u16>::new_bus_number(0, 0xff),
+                    // Bus 0 alone: the MCFG's ECAM covers no other, and
+                    // Linux notes a root bus range the ECAM covers only
+                    // partly.
+                    &AmlAddressSpace::<u16>::new_bus_number(PCI_BUS.into(), PCI_BUS.into()),
                     &io(0xcf8, 8),
                     &AmlAddressSpace::<u16>::new_io(0, 0xcf7, None),
                     &AmlAddressSpace::<u16>::new_io(0xd00, 0xffff, None),
                     &AmlAddressSpace::<u32>::new_memory(
                         AddressSpaceCacheable::NotCacheable,
                         true,
-                        MMIO_HOLE_START as u32,
-                        PCI_MMIO_END,
+                        PCI_MMIO_START as u32,
+                        (PCI_MMIO_END - 1) as u32,
                         None,
                     ),
                 ]),
+            ),
+            &Name::new("_PRT".into(), &prt),
+        ],
+    )
+    .to_aml_bytes(&mut sb);
+
+    // Motherboard resources: the ECAM, so that Linux, which uses an MCFG
+    // region only when firmware reserves it, finds it reserved here too
+    // (besides the e820 map, which it checks first).
+    Device::new(
+        "MRES".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C02")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&Memory32Fixed::new(
+                    true,
+                    PCI_ECAM_ADDR as u32,
+                    PCI_ECAM_SIZE as u32,
+                )]),
             ),
         ],
     )
@@ -537,8 +610,16 @@ mod tests {
         t
     }
 
-    /// Walks RSDP -> XSDT -> tables; returns (FADT, MADT, DSDT, FACS).
-    fn walk(cfg: &AcpiConfig) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    /// The tables a guest finds, each checked by `table`.
+    struct Found {
+        fadt: Vec<u8>,
+        madt: Vec<u8>,
+        mcfg: Vec<u8>,
+        dsdt: Vec<u8>,
+    }
+
+    /// Walks RSDP -> XSDT -> tables.
+    fn walk(cfg: &AcpiConfig) -> Found {
         let (mem, rsdp_addr) = guest(cfg);
         assert_eq!(rsdp_addr.0, ACPI_ADDR);
         assert_eq!(rsdp_addr.0 % 16, 0, "legacy scan needs 16-byte alignment");
@@ -552,13 +633,14 @@ mod tests {
         assert_eq!(u32_at(&rsdp, 20), 36, "RSDP length");
 
         let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
-        assert_eq!(xsdt.len(), 36 + 16);
+        assert_eq!(xsdt.len(), 36 + 8 * 3);
         let entries: Vec<u64> = (36..xsdt.len())
             .step_by(8)
             .map(|o| u64_at(&xsdt, o))
             .collect();
         let fadt = table(&mem, entries[0], b"FACP");
         let madt = table(&mem, entries[1], b"APIC");
+        let mcfg = table(&mem, entries[2], b"MCFG");
 
         let dsdt_addr = u64_at(&fadt, 140);
         assert_eq!(u32_at(&fadt, 40) as u64, dsdt_addr, "DSDT and X_DSDT agree");
@@ -578,13 +660,19 @@ mod tests {
             (u64_at(&rsdp, 24), xsdt.len() as u64),
             (entries[0], fadt.len() as u64),
             (entries[1], madt.len() as u64),
+            (entries[2], mcfg.len() as u64),
             (dsdt_addr, dsdt.len() as u64),
         ];
         spans.sort();
         for w in spans.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "overlap: {spans:x?}");
         }
-        (fadt, madt, dsdt, facs)
+        Found {
+            fadt,
+            madt,
+            mcfg,
+            dsdt,
+        }
     }
 
     fn check_fadt(fadt: &[u8]) {
@@ -671,16 +759,127 @@ mod tests {
         assert_eq!(isos, vec![(0, 2, 0), (9, 9, 0x000d)]);
     }
 
+    fn check_mcfg(mcfg: &[u8]) {
+        assert_eq!(mcfg.len(), 44 + 16, "one allocation");
+        assert_eq!(mcfg[8], 1, "MCFG revision");
+        assert_eq!(u64_at(mcfg, 36), 0, "reserved");
+        assert_eq!(u64_at(mcfg, 44), 0xe000_0000, "ECAM base");
+        assert_eq!(u64_at(mcfg, 44), PCI_ECAM_ADDR);
+        assert_eq!(u16_at(mcfg, 52), 0, "segment");
+        assert_eq!((mcfg[54], mcfg[55]), (0, 0), "buses 0..=0");
+        assert_eq!(u32_at(mcfg, 56), 0, "reserved");
+        // One bus: 32 devices x 8 functions x 4 KiB, what is reserved.
+        assert_eq!(PCI_ECAM_SIZE, (mcfg[55] - mcfg[54] + 1) as u64 * (1 << 20));
+    }
+
     /// Decodes an AML integer (ZeroOp, OneOp, Byte/Word/DWordPrefix).
     fn aml_int(b: &[u8]) -> u64 {
+        aml_int_len(b).0
+    }
+
+    /// An AML integer and the bytes it takes.
+    fn aml_int_len(b: &[u8]) -> (u64, usize) {
         match b[0] {
-            0x00 => 0,
-            0x01 => 1,
-            0x0a => b[1] as u64,
-            0x0b => u16_at(b, 1) as u64,
-            0x0c => u32_at(b, 1) as u64,
+            0x00 => (0, 1),
+            0x01 => (1, 1),
+            0x0a => (b[1] as u64, 2),
+            0x0b => (u16_at(b, 1) as u64, 3),
+            0x0c => (u32_at(b, 1) as u64, 5),
             op => panic!("not an integer: {op:#x}"),
         }
+    }
+
+    /// Decodes a PkgLength: (value, bytes it takes).
+    fn pkg_length(b: &[u8]) -> (usize, usize) {
+        let follow = (b[0] >> 6) as usize;
+        if follow == 0 {
+            return ((b[0] & 0x3f) as usize, 1);
+        }
+        let mut len = (b[0] & 0x0f) as usize;
+        for (i, x) in b[1..=follow].iter().enumerate() {
+            len |= (*x as usize) << (4 + 8 * i);
+        }
+        (len, 1 + follow)
+    }
+
+    /// `Name (_PRT, Package { Package { addr, pin, source, index }, ... })`
+    /// in `aml`, as (address, pin, source, source index) tuples.
+    fn prt(aml: &[u8]) -> Vec<(u64, u64, u64, u64)> {
+        let at = aml.windows(4).position(|w| w == b"_PRT").expect("_PRT");
+        assert_eq!(aml[at - 1], 0x08, "NameOp before _PRT");
+        assert_eq!(aml.windows(4).filter(|w| w == b"_PRT").count(), 1);
+        let p = &aml[at + 4..];
+        assert_eq!(p[0], 0x12, "PackageOp");
+        let (len, n) = pkg_length(&p[1..]);
+        let body = &p[1..1 + len];
+        let count = body[n] as usize;
+        let mut off = n + 1;
+        let mut out = Vec::new();
+        for _ in 0..count {
+            assert_eq!(body[off], 0x12, "PackageOp of an entry");
+            let (elen, en) = pkg_length(&body[off + 1..]);
+            let e = &body[off + 1..off + 1 + elen];
+            assert_eq!(e[en], 4, "4 elements");
+            let mut f = [0u64; 4];
+            let mut o = en + 1;
+            for v in &mut f {
+                let (x, l) = aml_int_len(&e[o..]);
+                *v = x;
+                o += l;
+            }
+            assert_eq!(o, elen, "entry fully read");
+            out.push((f[0], f[1], f[2], f[3]));
+            off += 1 + elen;
+        }
+        assert_eq!(off, len, "package fully read");
+        out
+    }
+
+    /// The Word/DWord address space descriptors (resource type, min, max,
+    /// length) of the `_CRS` that follows PCI0 in `aml`.
+    fn pci0_windows(aml: &[u8]) -> Vec<(u8, u64, u64, u64)> {
+        let pci0 = aml.windows(4).position(|w| w == b"PCI0").expect("PCI0");
+        let crs = pci0 + aml[pci0..].windows(4).position(|w| w == b"_CRS").unwrap();
+        // NameOp _CRS, BufferOp PkgLength BufferSize, descriptors.
+        let b = &aml[crs + 4..];
+        assert_eq!(b[0], 0x11, "BufferOp");
+        let (len, n) = pkg_length(&b[1..]);
+        let buf = &b[1..1 + len];
+        let (size, sn) = aml_int_len(&buf[n..]);
+        let res = &buf[n + sn..];
+        assert_eq!(res.len() as u64, size);
+        let mut out = Vec::new();
+        let mut off = 0;
+        loop {
+            let tag = res[off];
+            if tag & 0x80 == 0 {
+                // Small item: the end tag closes the template.
+                if tag >> 3 == 0x0f {
+                    break;
+                }
+                off += 1 + (tag & 7) as usize;
+                continue;
+            }
+            let dlen = u16_at(res, off + 1) as usize;
+            let d = &res[off + 3..off + 3 + dlen];
+            match tag {
+                0x88 => out.push((
+                    d[0],
+                    u16_at(d, 5) as u64,
+                    u16_at(d, 7) as u64,
+                    u16_at(d, 11) as u64,
+                )),
+                0x87 => out.push((
+                    d[0],
+                    u32_at(d, 7) as u64,
+                    u32_at(d, 11) as u64,
+                    u32_at(d, 19) as u64,
+                )),
+                _ => {}
+            }
+            off += 3 + dlen;
+        }
+        out
     }
 
     fn check_dsdt(dsdt: &[u8], cpus: u32) {
@@ -708,6 +907,59 @@ mod tests {
         ] {
             assert!(aml.windows(needle.len()).any(|w| w == needle), "{needle:?}");
         }
+
+        // _PRT: INTA# of every slot 1..=31 to its GSI, in slot order, in the
+        // "source 0, GSI in the index field" form.
+        let expected: Vec<_> = (1..=31u8)
+            .map(|slot| {
+                let addr = ((slot as u64) << 16) | 0xffff;
+                (addr, 0, 0, pci_intx_gsi(slot) as u64)
+            })
+            .collect();
+        let got = prt(aml);
+        assert_eq!(got, expected);
+        assert!(got.iter().all(|e| (16..=23).contains(&e.3)), "GSIs 16-23");
+        assert_eq!(got[0].3, 17, "slot 1");
+        assert_eq!(got[6].3, 23, "slot 7");
+        assert_eq!(got[7].3, 16, "slot 8");
+
+        // PCI0's bus range and BAR window: bus 0, PCI_MMIO_START..PCI_MMIO_END,
+        // clear of the ECAM and the APICs.
+        let windows = pci0_windows(aml);
+        assert!(windows.contains(&(2, 0, 0, 1)), "bus 0 alone: {windows:x?}");
+        let mem: Vec<_> = windows.iter().filter(|w| w.0 == 0).collect();
+        assert_eq!(
+            mem,
+            vec![&(0, 0xc000_0000, 0xdfff_ffff, 0x2000_0000)],
+            "memory window"
+        );
+        let (lo, hi) = (mem[0].1, mem[0].2 + 1);
+        assert_eq!((lo, hi), (PCI_MMIO_START, PCI_MMIO_END));
+        for (name, a, len) in [
+            ("ECAM", PCI_ECAM_ADDR, PCI_ECAM_SIZE),
+            ("IOAPIC", IOAPIC_ADDR, 0x1000),
+            ("LAPIC", LAPIC_ADDR, 0x1000),
+        ] {
+            assert!(a + len <= lo || hi <= a, "window overlaps the {name}");
+        }
+
+        // A PNP0C02 device reserving the ECAM: Memory32Fixed (ReadWrite,
+        // 0xe0000000, 0x100000).
+        let pnp0c02 = to_bytes(&EISAName::new("PNP0C02"));
+        let mres = aml.windows(4).position(|w| w == b"MRES").expect("MRES");
+        assert_eq!(
+            &aml[mres + 4 + 5..mres + 4 + 5 + pnp0c02.len()],
+            &pnp0c02[..]
+        );
+        let mut m32 = vec![0x86, 9, 0, 1];
+        m32.extend_from_slice(&(PCI_ECAM_ADDR as u32).to_le_bytes());
+        m32.extend_from_slice(&(PCI_ECAM_SIZE as u32).to_le_bytes());
+        let at = aml
+            .windows(m32.len())
+            .position(|w| w == m32)
+            .expect("Memory32Fixed ECAM");
+        assert!(at > mres);
+
         let cpu_devs = aml.windows(9).filter(|w| w == b"ACPI0007\0").count();
         assert_eq!(cpu_devs as u32, cpus);
         let last = format!("C{:03X}", cpus - 1);
@@ -724,10 +976,11 @@ mod tests {
     #[test]
     fn tables_for_1_4_64_and_max_cpus() {
         for cpus in [1, 4, 64, MAX_CPUS] {
-            let (fadt, madt, dsdt, _) = walk(&cfg(cpus));
-            check_fadt(&fadt);
-            check_madt(&madt, cpus);
-            check_dsdt(&dsdt, cpus);
+            let t = walk(&cfg(cpus));
+            check_fadt(&t.fadt);
+            check_madt(&t.madt, cpus);
+            check_mcfg(&t.mcfg);
+            check_dsdt(&t.dsdt, cpus);
         }
     }
 
@@ -736,6 +989,7 @@ mod tests {
         let t = build_tables(&cfg(1)).unwrap();
         let addrs: Vec<u64> = t.blobs.iter().map(|(a, _)| a.0).collect();
         assert_eq!(&addrs[..5], &[0xe0000, 0xe0040, 0xe0080, 0xe00c0, 0xe01e0]);
+        assert_eq!(addrs.len(), 7, "RSDP, FACS, XSDT, FADT, MADT, MCFG, DSDT");
     }
 
     #[test]
@@ -782,7 +1036,7 @@ mod tests {
         let cpus = std::env::var("ACPI_DUMP_CPUS").map_or(4, |n| n.parse().unwrap());
         std::fs::create_dir_all(&dir).unwrap();
         let t = build_tables(&cfg(cpus)).unwrap();
-        let names = ["rsdp", "facs", "xsdt", "facp", "apic", "dsdt"];
+        let names = ["rsdp", "facs", "xsdt", "facp", "apic", "mcfg", "dsdt"];
         for ((_, bytes), name) in t.blobs.iter().zip(names) {
             std::fs::write(format!("{dir}/{name}.dat"), bytes).unwrap();
         }

@@ -60,6 +60,8 @@ pub enum KernelKind {
     BzImage,
     Elf64,
     ElfPvh,
+    /// No kernel: firmware (SeaBIOS) from the reset vector.
+    Firmware,
 }
 
 impl fmt::Display for KernelKind {
@@ -68,6 +70,7 @@ impl fmt::Display for KernelKind {
             KernelKind::BzImage => "bzImage",
             KernelKind::Elf64 => "ELF (64-bit entry)",
             KernelKind::ElfPvh => "ELF (PVH entry)",
+            KernelKind::Firmware => "firmware (BIOS)",
         })
     }
 }
@@ -139,7 +142,8 @@ pub struct BootConfig {
     pub protocol: BootProtocol,
 }
 
-/// The e820 map for `mem_size` bytes of RAM (see `layout`).
+/// The e820 map for `mem_size` bytes of RAM (see `layout`), sorted by
+/// address. Both the zero page and the PVH memmap carry it.
 pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
     // EBDA, VGA hole, option ROM and BIOS areas (our ACPI tables live in
     // the last) are one reserved range, as on PC firmware. Linux's PVH entry
@@ -152,6 +156,10 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
     for (base, len) in ram_regions(mem_size) {
         if base == 0 {
             map.push((HIMEM_START, len - HIMEM_START, E820_RAM));
+            // The PCI ECAM the MCFG points at, in the MMIO hole: Linux
+            // uses an MCFG region only if firmware reserves it (e820 or an
+            // ACPI motherboard resource; the DSDT does both).
+            map.push((PCI_ECAM_ADDR, PCI_ECAM_SIZE, E820_RESERVED));
         } else {
             map.push((base, len, E820_RAM));
         }
@@ -327,6 +335,7 @@ pub fn load(
                 entry: result.kernel_load.raw_value() + 0x200,
             }
         }
+        KernelKind::Firmware => unreachable!("a kernel file is never firmware"),
     };
     Ok((entry, kind))
 }
@@ -459,13 +468,75 @@ mod tests {
         let m = e820_map(256 << 20);
         assert_eq!(m[0], (0, 0x9fc00, E820_RAM));
         assert_eq!(m[1], (0x9fc00, 0x100000 - 0x9fc00, E820_RESERVED));
-        assert_eq!(
-            m.last().unwrap(),
-            &(0x100000, (256 << 20) - 0x100000, E820_RAM)
-        );
+        assert_eq!(m[2], (0x100000, (256 << 20) - 0x100000, E820_RAM));
+        assert_eq!(m.len(), 4);
         let m = e820_map(4 << 30);
         assert_eq!(m.last().unwrap(), &(1 << 32, 1 << 30, E820_RAM));
-        assert_eq!(m[m.len() - 2], (0x100000, 0xc000_0000 - 0x100000, E820_RAM));
+        assert_eq!(m[2], (0x100000, 0xc000_0000 - 0x100000, E820_RAM));
+        assert_eq!(m.len(), 5);
+    }
+
+    #[test]
+    fn e820_reserves_the_pci_ecam() {
+        for mem in [MIN_MEM, 256 << 20, MMIO_HOLE_START, 4 << 30, 64 << 30] {
+            let m = e820_map(mem);
+            assert!(
+                m.contains(&(0xe000_0000, 1 << 20, E820_RESERVED)),
+                "{mem:#x}: {m:x?}"
+            );
+            // Sorted, and no RAM overlaps anything.
+            for w in m.windows(2) {
+                assert!(w[0].0 + w[0].1 <= w[1].0, "{mem:#x}: {m:x?}");
+            }
+            let ram: u64 = m.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
+            assert_eq!(ram, mem - (HIMEM_START - EBDA_ADDR), "{mem:#x}");
+        }
+    }
+
+    /// The PVH memmap a PVH kernel gets carries the same map, the ECAM
+    /// reservation included.
+    #[test]
+    fn pvh_memmap_is_the_e820_map() {
+        let size = 16 << 20;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        write_pvh_info(&mem, size, GuestAddress(ACPI_ADDR), None).unwrap();
+        let info: PvhInfo = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
+        let info = info.0;
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC);
+        let n = info.memmap_entries as usize;
+        let got: Vec<(u64, u64, u32)> = (0..n)
+            .map(|i| {
+                let at =
+                    info.memmap_paddr + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+                let e: PvhMemmap = mem.read_obj(GuestAddress(at)).unwrap();
+                (e.0.addr, e.0.size, e.0.type_)
+            })
+            .collect();
+        assert_eq!(got, e820_map(size));
+        assert!(got.contains(&(PCI_ECAM_ADDR, PCI_ECAM_SIZE, E820_RESERVED)));
+    }
+
+    /// So does the zero page a Linux kernel gets.
+    #[test]
+    fn zero_page_e820_is_the_e820_map() {
+        let size = 16 << 20;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        write_zero_page(
+            &mem,
+            size,
+            GuestAddress(ACPI_ADDR),
+            setup_header::default(),
+            None,
+        )
+        .unwrap();
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let n = params.e820_entries as usize;
+        let got: Vec<(u64, u64, u32)> = params.e820_table[..n]
+            .iter()
+            .map(|e| (e.addr, e.size, e.r#type))
+            .collect();
+        assert_eq!(got, e820_map(size));
+        assert!(got.contains(&(PCI_ECAM_ADDR, PCI_ECAM_SIZE, E820_RESERVED)));
     }
 
     #[test]

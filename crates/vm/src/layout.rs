@@ -9,15 +9,21 @@
 //! 0x0000_9000  PML4, PDPT, 4 PDs: identity map of the low 4 GiB (PML4_ADDR)
 //! 0x0002_0000  kernel command line                 (CMDLINE_ADDR, CMDLINE_MAX)
 //! 0x0009_fc00  EBDA, VGA, ROMs: reserved to 1 MiB   (EBDA_ADDR)
-//! 0x0009_fc00  MP floating pointer + MP table      (MPTABLE_ADDR; to 0xa10b4 at 254 vCPUs)
+//! 0x0009_fc00  MP floating pointer + MP table      (MPTABLE_ADDR; to 0xa11b4 at 254 vCPUs)
 //! 0x000e_0000  ACPI tables (RSDP first), reserved  (ACPI_ADDR .. ACPI_END)
 //! 0x0010_0000  kernel (1 MiB), then RAM up to the 32-bit MMIO hole
-//! 0xc000_0000  32-bit MMIO hole: PCI BARs, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  32-bit MMIO hole; PCI BARs from its start  (PCI_MMIO_START .. PCI_MMIO_END)
+//! 0xe000_0000  PCI ECAM (MMCONFIG), bus 0, 1 MiB, reserved  (PCI_ECAM_ADDR, PCI_ECAM_SIZE)
+//! 0xfec0_0000  IOAPIC                              (IOAPIC_ADDR)
+//! 0xfee0_0000  LAPIC                               (LAPIC_ADDR)
 //! 0x1_0000_0000  RAM above 4 GiB (what did not fit below the hole)
 //! ```
 //!
-//! The hole starts at 3 GiB like on most PCs and on Firecracker, leaving
-//! 768 MiB for 32-bit BARs of the virtio devices to come.
+//! The hole starts at 3 GiB like on most PCs and on Firecracker. The VMM
+//! assigns the BARs of the PCI devices on bus 0 itself, in the 512 MiB
+//! below the ECAM; the ACPI host bridge's `_CRS` offers guests that window
+//! and nothing else, and the ECAM is reserved in the e820 map and by an ACPI
+//! motherboard-resource device, as Linux wants before it uses the MCFG.
 
 pub const GDT_ADDR: u64 = 0x500;
 pub const IDT_ADDR: u64 = 0x520;
@@ -45,6 +51,19 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+
+/// PCI 32-bit memory window for BARs: from the hole's start to the ECAM.
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START; // 0xc000_0000
+pub const PCI_MMIO_END: u64 = PCI_ECAM_ADDR; // exclusive
+/// PCIe enhanced configuration (ECAM / MMCONFIG) for bus 0 only: 32 devices x 8 functions x 4 KiB.
+pub const PCI_ECAM_ADDR: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// IOAPIC pins (GSIs) for PCI INTx: 16..=23, level-triggered, active low, as the _PRT and the MP table say.
+pub const PCI_INTX_FIRST_GSI: u32 = 16;
+/// The GSI device `slot`'s INTA# is wired to (only INTA# is used: devices are single-function).
+pub const fn pci_intx_gsi(slot: u8) -> u32 {
+    PCI_INTX_FIRST_GSI + (slot as u32 % 8)
+}
 
 /// Smallest guest we accept: the low-memory boot structures plus 1 MiB
 /// above the kernel load address is the floor for anything to run.

@@ -6,15 +6,19 @@ pub mod boot;
 pub mod coalesced;
 pub mod control;
 pub mod cpuid;
+pub mod firmware;
 pub mod irq;
 pub mod layout;
 pub mod mptable;
+pub mod msi;
 pub mod regs;
 pub mod vcpu;
 mod vm;
 
 pub use control::{RunState, StopReason};
-pub use vm::{random_uuid, NoGuestTools, Vm, VmConfig, VmError, VmExit, VmHandle, MAX_VCPUS};
+pub use vm::{
+    random_uuid, DiskConfig, NoGuestTools, Vm, VmConfig, VmError, VmExit, VmHandle, MAX_VCPUS,
+};
 
 /// The guest channel's protocol types, for users of `VmHandle`.
 pub use guestrpc;
@@ -22,7 +26,9 @@ pub use guestrpc;
 /// Where the vCPU threads dispatch exits to.
 pub struct IoBuses {
     pub pio: devices::Bus,
-    pub mmio: devices::Bus,
+    /// Behind a lock because PCI BARs move at the guest's request; never
+    /// held while a device runs (see [`IoBuses::mmio_read`]).
+    pub mmio: std::sync::Arc<std::sync::RwLock<devices::Bus>>,
     /// A device that needs the vCPU registers (the VMware backdoor), with
     /// the first of the two consecutive ports it owns.
     pub regs_dev: Option<(
@@ -43,9 +49,49 @@ impl IoBuses {
         if let Some(ring) = &self.coalesced {
             let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
             ring.drain(|w| {
-                let bus = if w.pio { &self.pio } else { &self.mmio };
-                bus.write(w.addr, w.data());
+                if w.pio {
+                    self.pio.write(w.addr, w.data());
+                } else {
+                    self.mmio_write(w.addr, w.data());
+                }
             });
+        }
+    }
+
+    /// Dispatches an MMIO read; false if nothing is mapped at `addr`. The
+    /// bus lock is released before the device runs: a configuration write
+    /// through the ECAM window may move a BAR, which takes it for writing.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let found = self
+            .mmio
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(addr);
+        match found {
+            Some((dev, off)) => {
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        let found = self
+            .mmio
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(addr);
+        match found {
+            Some((dev, off)) => {
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(off, data);
+                true
+            }
+            None => false,
         }
     }
 

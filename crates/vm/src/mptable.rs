@@ -18,11 +18,18 @@
 //! - **Kernels without ACPI** (`acpi=off`, or built without it) learn the
 //!   CPUs, the IOAPIC and the ISA interrupt wiring only from this table.
 //!
-//! So the table says exactly what the MADT says (see `acpi`): one processor
-//! per vCPU with APIC id = vCPU index, the IOAPIC with the MADT's id and
-//! address, and the ISA IRQs wired as the MADT's interrupt source overrides
-//! have them. With both present, Linux and OpenBSD use the MADT and skip
+//! So the table says exactly what the ACPI tables say (see `acpi`): one
+//! processor per vCPU with APIC id = vCPU index, the IOAPIC with the MADT's
+//! id and address, the ISA IRQs wired as the MADT's interrupt source
+//! overrides have them, and INTA# of each PCI slot 1..=31 on IOAPIC pin
+//! `pci_intx_gsi(slot)`, level triggered and active low, as the DSDT's
+//! `_PRT` has it. With both present, Linux and OpenBSD use ACPI and skip
 //! this table's contents.
+//!
+//! Bus ids: PCI bus 0 is MP bus 0, because Linux looks a PCI device's
+//! interrupt up by its PCI bus number in the source bus field
+//! (`IO_APIC_get_PCI_irq_vector`); the ISA bus is bus 1, as SeaBIOS numbers
+//! them (PCI buses first, ISA after).
 //!
 //! Placement: the floating pointer sits at the start of the last KiB of base
 //! memory (`MPTABLE_ADDR`, 0x9fc00, inside the reserved e820 range that runs
@@ -32,14 +39,15 @@
 //! 0x9fc00  floating pointer (16 bytes, "_MP_", 16-byte aligned)
 //! 0x9fc10  configuration table ("PCMP"): 44-byte header, then
 //!            one processor entry (20 bytes) per vCPU
-//!            bus 0 "ISA   "                         (8)
+//!            bus 0 "PCI   ", bus 1 "ISA   "          (8 each)
 //!            IOAPIC                                 (8)
-//!            16 I/O interrupt entries               (8 each)
+//!            16 ISA I/O interrupt entries           (8 each)
+//!            31 PCI I/O interrupt entries (INTA#)   (8 each)
 //!            ExtINT -> LINT0, NMI -> LINT1          (8 each)
 //! ```
 //!
-//! That is 204 + 20 * vCPUs bytes of table: 0x9fc10..0x9fcf0 for one vCPU,
-//! 0x9fc10..0xa10b4 for 254. Past 40 vCPUs it runs over 0xa0000 into the
+//! That is 460 + 20 * vCPUs bytes of table: 0x9fc10..0x9fdf0 for one vCPU,
+//! 0x9fc10..0xa11b4 for 254. Past 27 vCPUs it runs over 0xa0000 into the
 //! (equally reserved, RAM-backed) legacy VGA window; it always ends far
 //! below the ACPI tables at `ACPI_ADDR` (asserted at compile time).
 
@@ -49,7 +57,7 @@ use kvm_bindings::kvm_lapic_state;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::acpi::{IOAPIC_ID, MAX_CPUS, OEM_ID, OEM_TABLE_ID};
-use crate::layout::{ACPI_ADDR, IOAPIC_ADDR, IRQ_SCI, LAPIC_ADDR, MPTABLE_ADDR};
+use crate::layout::{pci_intx_gsi, ACPI_ADDR, IOAPIC_ADDR, IRQ_SCI, LAPIC_ADDR, MPTABLE_ADDR};
 
 /// Floating pointer length: one 16-byte paragraph (its `length` field is 1).
 const FP_LEN: usize = 16;
@@ -87,11 +95,23 @@ const INT_TYPE_EXTINT: u8 = 3;
 /// MADT's interrupt source overrides carry the very same "MPS INTI" encoding.
 const INTI_CONFORMS: u16 = 0;
 const INTI_ACTIVE_HIGH: u16 = 0b01;
+const INTI_ACTIVE_LOW: u16 = 0b11;
 const INTI_LEVEL: u16 = 0b11 << 2;
 
-/// Bus id of the single (ISA) bus, and its 6-byte type string.
-const ISA_BUS_ID: u8 = 0;
+/// Bus ids and 6-byte type strings. The PCI bus's id is its PCI bus number,
+/// which is what Linux looks PCI interrupts up by.
+const PCI_BUS_ID: u8 = 0;
+const PCI_BUS_TYPE: [u8; 6] = *b"PCI   ";
+const ISA_BUS_ID: u8 = 1;
 const ISA_BUS_TYPE: [u8; 6] = *b"ISA   ";
+const BUSES: [(u8, [u8; 6]); 2] = [(PCI_BUS_ID, PCI_BUS_TYPE), (ISA_BUS_ID, ISA_BUS_TYPE)];
+
+/// PCI device slots with an interrupt entry: 0 is the host bridge, which
+/// raises none.
+const PCI_FIRST_SLOT: u8 = 1;
+const PCI_SLOTS: u8 = 32;
+/// INTA#, in the low two bits of a PCI source bus IRQ (device in bits 6:2).
+const PCI_INTA: u8 = 0;
 
 /// Destination "all local APICs" in a local interrupt entry.
 const ALL_LAPICS: u8 = 0xff;
@@ -121,15 +141,15 @@ pub const fn config_table_len(num_cpus: u32) -> usize {
     HEADER_LEN + CPU_ENTRY_LEN * num_cpus as usize + ENTRY_LEN * non_cpu_entries()
 }
 
-/// Entries besides the processors: the bus, the IOAPIC, the I/O interrupt
-/// entries (ExtINT on pin 0 plus ISA IRQs 0-15 but the cascade) and the two
-/// local interrupt entries.
+/// Entries besides the processors: the buses, the IOAPIC, the I/O
+/// interrupt entries (ExtINT on pin 0, ISA IRQs 0-15 but the cascade, INTA#
+/// of PCI slots 1-31) and the two local interrupt entries.
 const fn non_cpu_entries() -> usize {
-    1 + 1 + io_interrupt_entries() + 2
+    BUSES.len() + 1 + io_interrupt_entries() + 2
 }
 
 const fn io_interrupt_entries() -> usize {
-    1 + (ISA_IRQS as usize - 1)
+    1 + (ISA_IRQS as usize - 1) + (PCI_SLOTS - PCI_FIRST_SLOT) as usize
 }
 
 /// First byte past the configuration table for `num_cpus` vCPUs.
@@ -258,11 +278,12 @@ fn floating_pointer(config_addr: u32) -> [u8; FP_LEN] {
     fp
 }
 
-/// An I/O interrupt assignment: ISA `irq` -> IOAPIC `pin`.
+/// An I/O interrupt assignment: `irq` of source `bus` -> IOAPIC `pin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IoInterrupt {
     kind: u8,
     flags: u16,
+    bus: u8,
     irq: u8,
     pin: u8,
 }
@@ -273,10 +294,14 @@ struct IoInterrupt {
 /// the cascade IRQ 2 has no entry. Listing the ExtINT pin also lets a guest
 /// fall back to "8259 through the IOAPIC" for its timer, as Linux does when
 /// the timer is silent on its assigned pin.
+///
+/// Then INTA# of each PCI slot but the host bridge's, on the pin the DSDT's
+/// `_PRT` names, level triggered and active low as PCI INTx is.
 fn io_interrupts() -> Vec<IoInterrupt> {
     let mut v = vec![IoInterrupt {
         kind: INT_TYPE_EXTINT,
         flags: INTI_CONFORMS,
+        bus: ISA_BUS_ID,
         irq: 0,
         pin: 0,
     }];
@@ -290,8 +315,19 @@ fn io_interrupts() -> Vec<IoInterrupt> {
         v.push(IoInterrupt {
             kind: INT_TYPE_INT,
             flags,
+            bus: ISA_BUS_ID,
             irq,
             pin,
+        });
+    }
+    for slot in PCI_FIRST_SLOT..PCI_SLOTS {
+        v.push(IoInterrupt {
+            kind: INT_TYPE_INT,
+            flags: INTI_ACTIVE_LOW | INTI_LEVEL,
+            bus: PCI_BUS_ID,
+            irq: (slot << 2) | PCI_INTA,
+            // GSI = IOAPIC pin: the MADT's only IOAPIC has GSI base 0.
+            pin: pci_intx_gsi(slot) as u8,
         });
     }
     debug_assert_eq!(v.len(), io_interrupt_entries());
@@ -331,9 +367,11 @@ fn config_table(cfg: &MpConfig) -> Vec<u8> {
         t.extend_from_slice(&[0; CPU_ENTRY_LEN - 4]);
     }
 
-    t.push(ENTRY_BUS);
-    t.push(ISA_BUS_ID);
-    t.extend_from_slice(&ISA_BUS_TYPE);
+    for (id, kind) in BUSES {
+        t.push(ENTRY_BUS);
+        t.push(id);
+        t.extend_from_slice(&kind);
+    }
 
     t.extend_from_slice(&[ENTRY_IOAPIC, IOAPIC_ID, IOAPIC_VERSION, IOAPIC_ENABLED]);
     t.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
@@ -341,7 +379,7 @@ fn config_table(cfg: &MpConfig) -> Vec<u8> {
     for e in io_interrupts() {
         t.extend_from_slice(&[ENTRY_IO_INTERRUPT, e.kind]);
         t.extend_from_slice(&e.flags.to_le_bytes());
-        t.extend_from_slice(&[ISA_BUS_ID, e.irq, IOAPIC_ID, e.pin]);
+        t.extend_from_slice(&[e.bus, e.irq, IOAPIC_ID, e.pin]);
     }
 
     // The 8259s' INTR on LINT0 (virtual wire), NMIs on LINT1, for every
@@ -531,26 +569,26 @@ mod tests {
 
     #[test]
     fn sizes_and_entry_counts_for_1_and_max_vcpus() {
-        for (cpus, end) in [(1, 0x9fcf0), (MAX_VCPUS, 0xa10b4), (MAX_CPUS, 0xa10c8)] {
+        for (cpus, end) in [(1, 0x9fdf0), (MAX_VCPUS, 0xa11b4), (MAX_CPUS, 0xa11c8)] {
             let mem = guest();
             create_mp_table(&mem, &cfg(cpus)).unwrap();
             let table = check_floating_pointer(&mem, MPTABLE_ADDR);
             assert_eq!(table, 0x9fc10);
             assert_eq!(table % 16, 0);
             let len = u16_at(&read(&mem, table, HEADER_LEN), 4) as usize;
-            assert_eq!(len, 44 + 20 * cpus as usize + 8 * 20, "{cpus} vCPUs");
+            assert_eq!(len, 44 + 20 * cpus as usize + 8 * 52, "{cpus} vCPUs");
             assert_eq!(len, config_table_len(cpus));
             assert_eq!(table + len as u64, end);
             assert_eq!(mptable_end(cpus), end);
 
             let p = read_mpc(&mem, table);
             assert_eq!(p.cpus.len() as u32, cpus);
-            assert_eq!(p.buses, vec![(0, *b"ISA   ")]);
+            assert_eq!(p.buses, vec![(0, *b"PCI   "), (1, *b"ISA   ")]);
             assert_eq!(p.ioapics, vec![(IOAPIC_ID, 0x11, 1, 0xfec0_0000)]);
-            assert_eq!(p.io_ints.len(), 16);
+            assert_eq!(p.io_ints.len(), 16 + 31);
             assert_eq!(p.local_ints.len(), 2);
             let entries = u16_at(&read(&mem, table, HEADER_LEN), 34) as u32;
-            assert_eq!(entries, cpus + 1 + 1 + 16 + 2);
+            assert_eq!(entries, cpus + 2 + 1 + 16 + 31 + 2);
             // The byte after the table is untouched.
             assert_eq!(read(&mem, end, 1), [0]);
         }
@@ -588,6 +626,48 @@ mod tests {
                 (INT_TYPE_NMI, 0, ISA_BUS_ID, 0, 0xff, 1)
             ]
         );
+    }
+
+    /// INTA# of PCI slots 1..=31 on pins 16..=23 (`pci_intx_gsi`), level
+    /// triggered, active low; found the way Linux's
+    /// `IO_APIC_get_PCI_irq_vector` looks for them (source bus = the PCI bus
+    /// number, device in bits 6:2 of the source IRQ, pin in bits 1:0).
+    #[test]
+    fn pci_inta_of_every_slot_on_its_gsi() {
+        let mem = guest();
+        create_mp_table(&mem, &cfg(2)).unwrap();
+        let p = read_mpc(&mem, MP_CONFIG_ADDR);
+        let pci_bus = 0u8; // the PCI bus number of the host bridge's bus
+        let (id, kind) = p.buses[0];
+        assert_eq!((id, &kind[..3]), (pci_bus, &b"PCI"[..]));
+        assert!(p.buses.iter().filter(|b| b.0 == pci_bus).count() == 1);
+
+        let pci: Vec<_> = p.io_ints.iter().filter(|e| e.2 == pci_bus).collect();
+        assert_eq!(pci.len(), 31);
+        for slot in 0..32u8 {
+            let hits: Vec<_> = pci
+                .iter()
+                .filter(|e| e.0 == INT_TYPE_INT && (e.3 >> 2) & 0x1f == slot && e.3 & 3 == 0)
+                .collect();
+            if slot == 0 {
+                assert!(hits.is_empty(), "the host bridge raises no interrupt");
+                continue;
+            }
+            assert_eq!(hits.len(), 1, "slot {slot}");
+            let (_, flags, _, irq, apic, pin) = **hits[0];
+            assert_eq!(irq, slot << 2, "INTA#");
+            assert_eq!(flags, 0b1111, "level, active low");
+            assert_eq!(apic, IOAPIC_ID);
+            assert_eq!(u32::from(pin), pci_intx_gsi(slot));
+            assert!((16..=23).contains(&pin), "slot {slot} on pin {pin}");
+        }
+        // No other pin of any slot, and the ISA entries stay on pins 0-15.
+        assert!(pci.iter().all(|e| e.3 & 3 == 0));
+        assert!(p
+            .io_ints
+            .iter()
+            .filter(|e| e.2 != pci_bus)
+            .all(|e| e.2 == ISA_BUS_ID && e.5 < 16));
     }
 
     /// The MADT, found as a guest finds it: RSDP at `ACPI_ADDR`, its XSDT.
@@ -672,10 +752,17 @@ mod tests {
                     Some((INT_TYPE_INT, flags, ISA_BUS_ID, irq, id, pin))
                 })
                 .collect();
+            // (The PCI entries follow the DSDT's _PRT, not the MADT; see
+            // pci_inta_of_every_slot_on_its_gsi.)
             // Plus the 8259s on the pin the PIT left: ACPI has no entry for
             // it, the MP spec's virtual wire configurations do.
             expected.push((INT_TYPE_EXTINT, 0, ISA_BUS_ID, 0, id, 0));
-            let mut got = p.io_ints.clone();
+            let mut got: Vec<_> = p
+                .io_ints
+                .iter()
+                .copied()
+                .filter(|e| e.2 == ISA_BUS_ID)
+                .collect();
             expected.sort();
             got.sort();
             assert_eq!(got, expected, "{cpus} vCPUs");
@@ -690,10 +777,10 @@ mod tests {
             assert_eq!(uid, 0xff);
             assert!(p
                 .local_ints
-                .contains(&(INT_TYPE_NMI, flags, 0, 0, 0xff, lint)));
+                .contains(&(INT_TYPE_NMI, flags, ISA_BUS_ID, 0, 0xff, lint)));
             assert!(p
                 .local_ints
-                .contains(&(INT_TYPE_EXTINT, 0, 0, 0, 0xff, 1 - lint)));
+                .contains(&(INT_TYPE_EXTINT, 0, ISA_BUS_ID, 0, 0xff, 1 - lint)));
         }
     }
 
@@ -797,6 +884,8 @@ mod tests {
             reboot: false,
             guest_tools: false,
             uuid: crate::random_uuid(),
+            disks: Vec::new(),
+            firmware: None,
         };
         let vm = crate::Vm::new(cfg, Box::new(std::io::sink())).unwrap();
         let mem = vm.memory();

@@ -32,6 +32,24 @@ pub enum EntryMode {
     Long64 { entry: u64 },
     /// PVH 32-bit entry at this address.
     Pvh { entry: u64 },
+    /// The x86 power-on state: real mode at the reset vector 0xfffffff0,
+    /// where firmware (SeaBIOS) starts.
+    Reset,
+}
+
+/// A real-mode segment as the processor has it after RESET: selector
+/// `sel`, base `sel << 4` (or the given base), 64 KiB limit.
+fn real_mode_segment(sel: u16, base: u64, code: bool) -> kvm_bindings::kvm_segment {
+    kvm_bindings::kvm_segment {
+        base,
+        limit: 0xffff,
+        selector: sel,
+        // Code: execute/read, accessed (0xb); data: read/write, accessed (3).
+        type_: if code { 0xb } else { 3 },
+        present: 1,
+        s: 1,
+        ..Default::default()
+    }
 }
 
 /// GDT descriptor from base, limit and the access/flags bits (the same
@@ -113,6 +131,35 @@ pub fn write_boot_tables<M: GuestMemory>(
 
 /// Special registers for the entry mode, on top of what KVM reports.
 pub fn boot_sregs(mut sregs: kvm_sregs, mode: EntryMode) -> kvm_sregs {
+    if let EntryMode::Reset = mode {
+        // CS 0xf000 with the base at 0xffff0000, so that the first fetch
+        // (IP 0xfff0) reads the top of the 4 GiB space, as on hardware.
+        sregs.cs = real_mode_segment(0xf000, 0xffff_0000, true);
+        let data = real_mode_segment(0, 0, false);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.tr = kvm_bindings::kvm_segment {
+            limit: 0xffff,
+            type_: 0xb, // busy 32-bit TSS, as KVM's reset state has it
+            present: 1,
+            ..Default::default()
+        };
+        sregs.ldt = kvm_bindings::kvm_segment {
+            limit: 0xffff,
+            type_: 2,
+            present: 1,
+            ..Default::default()
+        };
+        sregs.gdt.base = 0;
+        sregs.gdt.limit = 0xffff;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0xffff;
+        sregs.cr0 = CR0_ET | 0x6000_0000; // CD and NW set at reset
+        sregs.cr2 = 0;
+        sregs.cr3 = 0;
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        return sregs;
+    }
     let long = matches!(mode, EntryMode::Long64 { .. });
     let table = gdt(long);
     let code = segment_from_gdt(table[2], 2);
@@ -157,6 +204,11 @@ pub fn boot_regs(mode: EntryMode) -> kvm_regs {
         EntryMode::Pvh { entry } => kvm_regs {
             rip: entry,
             rbx: PVH_INFO_ADDR,
+            rflags: 0x2,
+            ..Default::default()
+        },
+        EntryMode::Reset => kvm_regs {
+            rip: 0xfff0,
             rflags: 0x2,
             ..Default::default()
         },

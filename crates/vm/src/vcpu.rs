@@ -109,12 +109,12 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u32, ctl: Arc<Control>, io: Arc<IoBuses>) 
                 io.pio.write(u64::from(port), data);
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                if !io.mmio.read(addr, data) {
+                if !io.mmio_read(addr, data) {
                     data.fill(0xff);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                io.mmio.write(addr, data);
+                io.mmio_write(addr, data);
             }
             Ok(VcpuExit::Intr) => {}
             Ok(VcpuExit::Shutdown) => {

@@ -2,16 +2,20 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::acpi_pm::AcpiPm;
 use devices::backdoor::{Backdoor, HostFacts, News};
 use devices::i8042::{I8042, I8042_AUX_IRQ, I8042_PORT_LEN};
-use devices::pci_host::{PciHost, PciRoot};
+use devices::pci_host::{BarMove, PciEcam, PciHost, PciRoot};
 use devices::rtc::Rtc;
 use devices::serial::Serial;
+use devices::virtio::block::Block;
+use devices::virtio::pci::{PciWiring, VirtioPci, BAR_SIZE as VIRTIO_BAR_SIZE};
+use devices::BusDevice;
 use devices::{Bus, RegsDevice, SharedEvents, SharedIrq};
 use guestrpc::backdoor::PORT_LB;
 use guestrpc::host::{CommandStatus, GuestState, QueueFull, Tools, DEFAULT_TCLO_TIMEOUT_MS};
@@ -30,8 +34,10 @@ use crate::boot::{self, BootConfig, KernelKind};
 use crate::coalesced::CoalescedRing;
 use crate::control::{Control, RunState, StopReason};
 use crate::cpuid::{vcpu_cpuid, CpuidConfig};
+use crate::firmware::Firmware;
 use crate::irq::KvmIrqLine;
 use crate::layout::*;
+use crate::msi::{IntxLine, KvmIoEvents, KvmMsi, SharedLevelGsi};
 use crate::regs::{setup_vcpu, write_boot_tables, EntryMode};
 use crate::vcpu::{install_kick_handler, run_vcpu};
 use crate::IoBuses;
@@ -49,6 +55,39 @@ pub struct VmConfig {
     pub guest_tools: bool,
     /// The VM's UUID, as the backdoor reports it.
     pub uuid: [u8; 16],
+    /// Virtio block devices, on PCI slots 1.. in this order.
+    pub disks: Vec<DiskConfig>,
+    /// Boot firmware instead of `boot`'s kernel (which is then ignored).
+    pub firmware: Option<crate::firmware::FirmwareConfig>,
+}
+
+/// One virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// None: recognised by the qcow2 magic, else raw.
+    pub format: Option<disk::Format>,
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (GET_ID), at most 20 bytes.
+    pub serial: String,
+}
+
+impl DiskConfig {
+    /// A disk whose serial is derived from its path: stable across
+    /// restarts, distinct between images (FNV-1a of the absolute path).
+    pub fn new(path: PathBuf, format: Option<disk::Format>, read_only: bool) -> DiskConfig {
+        let abs = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in abs.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        DiskConfig {
+            path,
+            format,
+            read_only,
+            serial: format!("vmd-{h:016x}"),
+        }
+    }
 }
 
 /// How a VM ended.
@@ -86,8 +125,11 @@ pub enum VmError {
     },
     Memory(String),
     Device(String),
+    /// A disk image cannot be used; the text names it.
+    Disk(String),
     Acpi(String),
     Boot(boot::BootError),
+    Firmware(crate::firmware::FirmwareError),
     /// The CPU identity asked for cannot be shown (`CpuidConfig::check`).
     Cpuid(String),
 }
@@ -137,8 +179,10 @@ impl fmt::Display for VmError {
             ),
             VmError::Memory(e) => write!(f, "cannot allocate guest memory: {e}"),
             VmError::Device(e) => write!(f, "device setup: {e}"),
+            VmError::Disk(e) => write!(f, "disk {e}"),
             VmError::Acpi(e) => write!(f, "ACPI tables: {e}"),
             VmError::Boot(e) => write!(f, "{e}"),
+            VmError::Firmware(e) => write!(f, "{e}"),
             VmError::Cpuid(e) => write!(f, "{e}"),
         }
     }
@@ -324,6 +368,99 @@ pub struct Vm {
     /// controller at every boot, so the next kernel must not find the
     /// configuration the last one left.
     i8042: Arc<Mutex<I8042>>,
+    /// Virtio devices on PCI, reset with the VM.
+    pci_devices: Vec<Arc<Mutex<VirtioPci>>>,
+    /// The BIOS, when the VM boots firmware instead of a kernel.
+    firmware: Option<Firmware>,
+}
+
+/// Moves a BAR's range on the MMIO bus. A BAR the guest parks at 0 or
+/// over another range (firmware does so while sizing) is left unmapped
+/// until it moves somewhere usable.
+fn move_bar(bus: &mut Bus, dev: &Arc<Mutex<dyn BusDevice>>, m: BarMove) {
+    let _ = bus.remove(m.old_addr);
+    if m.new_addr == 0 {
+        return;
+    }
+    if let Err(e) = bus.insert(dev.clone(), m.new_addr, m.len) {
+        log::warn!(
+            "PCI BAR {} moved to {:#x}: {e}; left unmapped",
+            m.bar,
+            m.new_addr
+        );
+    }
+}
+
+/// The PCI host with the virtio devices on bus 0: slot 0 is the host
+/// bridge, disks follow from slot 1, BARs one after the other from the
+/// start of the MMIO hole.
+#[allow(clippy::type_complexity)]
+fn build_pci(
+    cfg: &VmConfig,
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    events: &SharedEvents,
+    mmio: &Arc<RwLock<Bus>>,
+) -> Result<(Arc<Mutex<PciHost>>, Vec<Arc<Mutex<VirtioPci>>>), VmError> {
+    let mut root = PciRoot::new();
+    let mut devices: Vec<Arc<Mutex<VirtioPci>>> = Vec::new();
+    let mut by_slot: Vec<(u8, Arc<Mutex<dyn BusDevice>>)> = Vec::new();
+    let msi = Arc::new(KvmMsi::new(vm.clone()));
+    let ioevents = Arc::new(KvmIoEvents(vm.clone()));
+    let mut pins: Vec<Arc<SharedLevelGsi>> = Vec::new();
+    let mut next_bar = PCI_MMIO_START;
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let image =
+            disk::open(&d.path, d.format, d.read_only).map_err(|e| VmError::Disk(e.to_string()))?;
+        let name = format!("disk{i} ({})", d.path.display());
+        let block = Block::new(image, d.read_only, &d.serial, name);
+        let slot = root
+            .free_device_number()
+            .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
+        let gsi = pci_intx_gsi(slot);
+        let pin = match pins.iter().find(|p| p.gsi() == gsi) {
+            Some(p) => p.clone(),
+            None => {
+                let p = SharedLevelGsi::new(vm.clone(), gsi);
+                pins.push(p.clone());
+                p
+            }
+        };
+        if next_bar + VIRTIO_BAR_SIZE > PCI_MMIO_END {
+            return Err(VmError::Device("PCI memory window is full".into()));
+        }
+        let wiring = PciWiring {
+            bar_addr: next_bar,
+            intx: Arc::new(IntxLine::new(pin)),
+            intx_line: gsi as u8,
+            msi: msi.clone(),
+            ioevents: ioevents.clone(),
+        };
+        let dev = VirtioPci::new(Box::new(block), mem.clone(), wiring)
+            .map_err(|e| VmError::Device(format!("virtio-pci: {e}")))?;
+        let dev = Arc::new(Mutex::new(dev));
+        root.add_device(slot, dev.clone())
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        mmio.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dev.clone(), next_bar, VIRTIO_BAR_SIZE)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        by_slot.push((slot, dev.clone()));
+        devices.push(dev);
+        next_bar += VIRTIO_BAR_SIZE;
+    }
+    let mut host = PciHost::new(root, events.clone());
+    let bus = mmio.clone();
+    host.set_bar_move_handler(Box::new(move |slot, m| {
+        if m.bar != 0 {
+            return;
+        }
+        if let Some((_, dev)) = by_slot.iter().find(|(s, _)| *s == slot) {
+            let mut bus = bus.write().unwrap_or_else(|e| e.into_inner());
+            move_bar(&mut bus, dev, m);
+        }
+    }));
+    Ok((Arc::new(Mutex::new(host)), devices))
 }
 
 impl Vm {
@@ -390,6 +527,32 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        let firmware = match &cfg.firmware {
+            Some(fc) => {
+                let fw = Firmware::load(&fc.bios).map_err(VmError::Firmware)?;
+                // Read-only where KVM can do it: a guest write to its ROM
+                // then exits as MMIO and is dropped, as on a flash chip.
+                let flags = if kvm.check_extension(Cap::ReadonlyMem) {
+                    kvm_bindings::KVM_MEM_READONLY
+                } else {
+                    0
+                };
+                let r = kvm_userspace_memory_region {
+                    slot: mem.num_regions() as u32,
+                    guest_phys_addr: fw.rom_base(),
+                    memory_size: fw.rom_len(),
+                    userspace_addr: fw.rom_host_addr(),
+                    flags,
+                };
+                // SAFETY: the mapping lives in `fw`, which the Vm owns for
+                // as long as the KVM VM exists.
+                unsafe { vm.set_user_memory_region(r) }
+                    .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (firmware)"))?;
+                Some(fw)
+            }
+            None => None,
+        };
+
         let ctl = Arc::new(Control::new());
         let events: SharedEvents = ctl.clone();
         let irq = |gsi| -> SharedIrq { Arc::new(KvmIrqLine::new(vm.clone(), gsi)) };
@@ -400,7 +563,12 @@ impl Vm {
             S5_SLP_TYP,
         )));
         let low = cfg.mem_size.min(MMIO_HOLE_START);
-        let rtc = Rtc::new(low, cfg.mem_size - low);
+        let mut rtc = Rtc::new(low, cfg.mem_size - low);
+        if let Some(fc) = &cfg.firmware {
+            for (index, value) in crate::firmware::cmos_settings(fc.boot, cfg.vcpus) {
+                rtc.set_nvram(index, value);
+            }
+        }
         let mut pio = Bus::new();
         let dev_err = |e: devices::BusError| VmError::Device(e.to_string());
         pio.insert(serial.clone(), 0x3f8, 8).map_err(dev_err)?;
@@ -413,14 +581,25 @@ impl Vm {
             .map_err(dev_err)?;
         pio.insert(Arc::new(Mutex::new(rtc)), u64::from(RTC_INDEX_PORT), 2)
             .map_err(dev_err)?;
-        pio.insert(
-            Arc::new(Mutex::new(PciHost::new(PciRoot::new(), events.clone()))),
-            0xcf8,
-            8,
-        )
-        .map_err(dev_err)?;
+        let mmio = Arc::new(RwLock::new(Bus::new()));
+        let (pci_host, pci_devices) = build_pci(&cfg, &vm, &mem, &events, &mmio)?;
+        pio.insert(pci_host.clone(), 0xcf8, 8).map_err(dev_err)?;
+        mmio.write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                Arc::new(Mutex::new(PciEcam(pci_host))),
+                PCI_ECAM_ADDR,
+                PCI_ECAM_SIZE,
+            )
+            .map_err(dev_err)?;
         pio.insert(acpi_pm.clone(), u64::from(PM1A_EVT_PORT), 12)
             .map_err(dev_err)?;
+        pio.insert(
+            Arc::new(Mutex::new(devices::debugcon::DebugCon::new())),
+            u64::from(devices::debugcon::DEBUGCON_PORT),
+            1,
+        )
+        .map_err(dev_err)?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -476,7 +655,7 @@ impl Vm {
         });
         let io = Arc::new(IoBuses {
             pio,
-            mmio: Bus::new(),
+            mmio,
             regs_dev: backdoor
                 .clone()
                 .map(|b| -> (u16, Arc<Mutex<dyn RegsDevice>>) { (PORT_LB, b) }),
@@ -525,6 +704,8 @@ impl Vm {
             kind: KernelKind::Elf64,
             boots: 0,
             i8042,
+            pci_devices,
+            firmware,
         };
         v.load()?;
         Ok(v)
@@ -551,6 +732,12 @@ impl Vm {
     /// (Re)loads kernel and firmware tables and puts every vCPU in its
     /// power-on state.
     fn load(&mut self) -> Result<(), VmError> {
+        if let Some(fw) = &self.firmware {
+            // Firmware builds its own tables and finds its own way.
+            fw.copy_low(&self.mem).map_err(VmError::Firmware)?;
+            self.kind = KernelKind::Firmware;
+            return self.setup_vcpus(EntryMode::Reset);
+        }
         let acpi = AcpiConfig {
             num_cpus: self.cfg.vcpus,
             mem_size: self.cfg.mem_size,
@@ -581,6 +768,11 @@ impl Vm {
         )?;
         write_boot_tables(&self.mem, entry).map_err(|e| VmError::Boot(e.into()))?;
         self.kind = kind;
+        self.setup_vcpus(entry)
+    }
+
+    /// Puts every vCPU in its power-on state, the boot CPU at `entry`.
+    fn setup_vcpus(&mut self, entry: EntryMode) -> Result<(), VmError> {
         for (i, slot) in self.vcpus.iter().enumerate() {
             let fd = slot.fd.as_ref().expect("vCPUs are parked between runs");
             let boot: Option<EntryMode> = (i == 0).then_some(entry);
@@ -609,6 +801,17 @@ impl Vm {
             b.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
         self.i8042.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        for dev in &self.pci_devices {
+            let moves = dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .power_on_reset();
+            let any: Arc<Mutex<dyn BusDevice>> = dev.clone();
+            let mut bus = self.io.mmio.write().unwrap_or_else(|e| e.into_inner());
+            for m in moves {
+                move_bar(&mut bus, &any, m);
+            }
+        }
         self.load()
     }
 

@@ -48,6 +48,12 @@ enum Boot {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum BootDev {
+    Disk,
+    Cdrom,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum HvSignature {
     Vmware,
     Kvm,
@@ -63,11 +69,24 @@ enum HvSignature {
 )]
 struct Args {
     /// Kernel to boot: a bzImage, or an ELF (vmlinux, our test guests).
+    /// Without one the VM boots its disk or CD-ROM through the BIOS.
     #[arg(short, long, value_name = "FILE")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
+    /// Boot this BIOS image (SeaBIOS's bios.bin) instead of a kernel; the
+    /// default when no kernel is given is /usr/share/seabios/bios.bin.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd"])]
+    bios: Option<PathBuf>,
+    /// Device the BIOS boots first: disk or cdrom.
+    #[arg(long, value_enum, value_name = "DEV", default_value = "disk")]
+    boot_device: BootDev,
     /// Initial ramdisk.
     #[arg(short, long, value_name = "FILE")]
     initrd: Option<PathBuf>,
+    /// A virtio-blk disk (repeatable; PCI slots in order): a raw or qcow2
+    /// image or a block device; `ro:` first for a read-only disk, `raw:`
+    /// or `qcow2:` to say the format instead of recognising it.
+    #[arg(short = 'd', long = "disk", value_name = "[ro:][FMT:]PATH", value_parser = parse_disk)]
+    disks: Vec<vm::DiskConfig>,
     /// Kernel command line.
     #[arg(
         short = 'a',
@@ -127,6 +146,26 @@ struct Args {
     /// More log output (repeat for debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// `[ro:][raw:|qcow2:]PATH`: without a format the image's first bytes
+/// decide (the qcow2 magic, else raw).
+fn parse_disk(s: &str) -> Result<vm::DiskConfig, String> {
+    let (ro, rest) = match s.strip_prefix("ro:") {
+        Some(p) => (true, p),
+        None => (false, s),
+    };
+    let (format, path) = if let Some(p) = rest.strip_prefix("raw:") {
+        (Some(disk::Format::Raw), p)
+    } else if let Some(p) = rest.strip_prefix("qcow2:") {
+        (Some(disk::Format::Qcow2), p)
+    } else {
+        (None, rest)
+    };
+    if path.is_empty() {
+        return Err("empty disk path".into());
+    }
+    Ok(vm::DiskConfig::new(PathBuf::from(path), format, ro))
 }
 
 fn parse_feature(s: &str) -> Result<cpuid::Feature, String> {
@@ -226,8 +265,21 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     let cfg = VmConfig {
         mem_size: args.memory,
         vcpus: args.cpus,
+        firmware: match (&args.kernel, args.bios) {
+            // `-k` may name a BIOS image, as vm.conf's `boot` may.
+            (Some(k), _) if !vm::firmware::looks_like_bios(k) => None,
+            (kernel, bios) => Some(vm::firmware::FirmwareConfig {
+                bios: bios
+                    .or_else(|| kernel.clone())
+                    .unwrap_or_else(|| PathBuf::from(vm::firmware::DEFAULT_BIOS)),
+                boot: match args.boot_device {
+                    BootDev::Disk => vm::firmware::BootDevice::Disk,
+                    BootDev::Cdrom => vm::firmware::BootDevice::Cdrom,
+                },
+            }),
+        },
         boot: BootConfig {
-            kernel: args.kernel,
+            kernel: args.kernel.unwrap_or_default(),
             initrd: args.initrd,
             cmdline: args.cmdline,
             protocol: match args.boot {
@@ -248,6 +300,7 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         },
         reboot: !args.no_reboot,
         guest_tools: !args.no_tools,
+        disks: args.disks,
         uuid: vm::random_uuid(),
     };
     let control = match args.control_fd {

@@ -10,10 +10,11 @@
 //!   and, for PVM, which ignores IOPL, an all-zero TSS I/O bitmap) and
 //!   every page (RAM and MMIO) mapped USER;
 //! * the 8250 console ([`println!`]), the kernel command line ([`cmdline`]),
-//!   ACPI table parsing ([`acpi`]), power-off and reset ([`power`]), AP
-//!   start-up ([`smp`]), port/MMIO/CMOS access and waiting ([`io`]:
-//!   `sleep_us` halts the CPU until its LAPIC timer fires, the only time
-//!   interrupts are enabled) and the RTC date ([`rtc`]);
+//!   ACPI table parsing ([`acpi`]), PCI configuration access ([`pci`]), a
+//!   polled modern virtio-pci transport ([`virtio`]), power-off and reset
+//!   ([`power`]), AP start-up ([`smp`]), port/MMIO/CMOS access and
+//!   waiting ([`io`]: `sleep_us` halts the CPU until its LAPIC timer fires,
+//!   the only time interrupts are enabled) and the RTC date ([`rtc`]);
 //! * exceptions print `testguest: exception <vector> at rip <hex>` and power
 //!   off; a panic prints `testguest: panic: ...` and powers off.
 //!
@@ -27,11 +28,13 @@ pub mod cmdline;
 mod entry;
 pub mod io;
 mod mem;
+pub mod pci;
 pub mod power;
 pub mod rtc;
 pub mod serial;
 pub mod smp;
 mod timer;
+pub mod virtio;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

@@ -81,6 +81,8 @@ pub fn guest_vm(name: &str, cmdline: &str, vcpus: u32) -> (Vm, Console) {
         reboot: true,
         guest_tools: true,
         uuid: vm::random_uuid(),
+        disks: Vec::new(),
+        firmware: None,
     };
     (Vm::new(cfg, Box::new(console.clone())).unwrap(), console)
 }
