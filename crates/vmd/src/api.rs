@@ -202,6 +202,12 @@ async fn start(
             };
             def.name = req.name.clone();
             def.instance_of = Some(def.name.clone());
+            // The VM process opens disks as root: the user asking must be
+            // able to read and write them himself.
+            for disk in &req.disks {
+                auth::may_access(&peer, std::path::Path::new(disk), true)
+                    .map_err(Error::Forbidden)?;
+            }
             apply_overrides(&mut def, &req)?;
             d.add_adhoc(def)?
         }
@@ -249,13 +255,26 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
     if let Some(cpu) = &req.cpu {
         def.cpu = cpu_model(&def.cpu, cpu).map_err(Error::BadRequest)?;
     }
-    if !req.disks.is_empty()
-        || req.cdrom.is_some()
-        || req.interfaces.is_some()
-        || req.local_interface
-    {
+    if !req.disks.is_empty() {
+        if req.disks.len() > vmconf::MAX_DISKS {
+            return Err(Error::BadRequest(format!(
+                "{} disks: at most {} per VM",
+                req.disks.len(),
+                vmconf::MAX_DISKS
+            )));
+        }
+        def.disks = req
+            .disks
+            .iter()
+            .map(|p| vmconf::Disk {
+                path: p.into(),
+                format: None,
+            })
+            .collect();
+    }
+    if req.cdrom.is_some() || req.interfaces.is_some() || req.local_interface {
         return Err(Error::BadRequest(
-            "disks, cdroms and network interfaces are not supported yet".into(),
+            "cdroms and network interfaces are not supported yet".into(),
         ));
     }
     Ok(())

@@ -139,6 +139,60 @@ pub fn owner_ids(owner: &Owner) -> (Option<u32>, Option<u32>) {
     (uid, gid)
 }
 
+/// Whether `peer` may read (and, with `write`, write) the file at `path`,
+/// judged by its owner, group and mode bits as the kernel would for that
+/// user (OpenBSD vmd's `vm_checkaccess`). vmd and its VM processes run as
+/// root, so every path a client names is checked before a VM opens it.
+pub fn may_access(peer: &Peer, path: &std::path::Path, write: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if peer.is_root() {
+        return Ok(());
+    }
+    let mode = md.mode();
+    let bits = if md.uid() == peer.uid {
+        mode >> 6
+    } else if md.gid() == peer.gid || user_groups(peer.uid).contains(&md.gid()) {
+        mode >> 3
+    } else {
+        mode
+    };
+    let need = if write { 0o6 } else { 0o4 };
+    if bits & need == need {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: permission denied (you may not {} it)",
+            path.display(),
+            if write { "read and write" } else { "read" }
+        ))
+    }
+}
+
+/// Every group `uid` is a member of.
+fn user_groups(uid: u32) -> Vec<u32> {
+    let Some((name, gid)) = passwd_of(uid) else {
+        return Vec::new();
+    };
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return Vec::new();
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let before = n;
+        // SAFETY: getgrouplist writes at most `n` entries and updates `n`.
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n as usize);
+            return groups;
+        }
+        if n <= before {
+            return Vec::new();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

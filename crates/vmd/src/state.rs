@@ -129,6 +129,32 @@ impl Inner {
         }
         self.vms.values().find(|v| v.def.name == key).map(|v| v.id)
     }
+
+    /// Refuses to start VM `id` while another running (or starting) VM
+    /// uses one of its disks: the message names that VM. (The VM process
+    /// also locks each image, which catches other programs and vmds.)
+    pub fn check_disks_free(&self, id: u32) -> Result<(), Error> {
+        let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        let Some(vm) = self.vms.get(&id) else {
+            return Ok(());
+        };
+        for d in &vm.def.disks {
+            let path = canon(&d.path);
+            let holder = self.vms.values().find(|o| {
+                o.id != id
+                    && (o.running() || o.state == VmState::Starting)
+                    && o.def.disks.iter().any(|od| canon(&od.path) == path)
+            });
+            if let Some(o) = holder {
+                return Err(Error::Conflict(format!(
+                    "disk {} is in use by vm {}",
+                    d.path.display(),
+                    o.def.name
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Daemon {
@@ -244,7 +270,6 @@ impl Daemon {
     fn vmm_args(def: &VmDef) -> Result<Vec<String>, String> {
         // Refuse rather than boot a VM without the devices it was given.
         let missing = [
-            (!def.disks.is_empty(), "disks"),
             (def.cdrom.is_some(), "a cdrom"),
             (!def.interfaces.is_empty(), "network interfaces"),
         ];
@@ -252,15 +277,13 @@ impl Daemon {
             return Err(format!("vm {}: {what} are not supported yet", def.name)
                 .replace("a cdrom are", "a cdrom is"));
         }
-        let Some(kernel) = &def.kernel else {
+        if def.kernel.is_none() && def.disks.is_empty() && def.cdrom.is_none() {
             return Err(format!(
-                "vm {}: nothing to boot: give it a kernel (booting from disk or cdrom is not supported yet)",
+                "vm {}: nothing to boot: give it a kernel, a disk or a cdrom",
                 def.name
             ));
-        };
+        }
         let mut a = vec![
-            "-k".to_owned(),
-            kernel.display().to_string(),
             "-m".to_owned(),
             def.memory.to_string(),
             "-c".to_owned(),
@@ -272,9 +295,33 @@ impl Daemon {
                 .clone()
                 .unwrap_or_else(|| "console=ttyS0".into()),
         ];
+        // Without a kernel the VM process boots the BIOS (or `boot` names
+        // a BIOS image, which it recognises), and the BIOS boots the disk
+        // or CD-ROM `boot device` names.
+        if let Some(kernel) = &def.kernel {
+            a.push("-k".into());
+            a.push(kernel.display().to_string());
+        }
+        match def.boot_device {
+            Some(vmconf::BootDevice::Cdrom) => a.push("--boot-device=cdrom".into()),
+            Some(vmconf::BootDevice::Disk) | None => {}
+            Some(vmconf::BootDevice::Net) => {
+                return Err(format!("vm {}: boot device net is not supported", def.name))
+            }
+        }
         if let Some(i) = &def.initrd {
             a.push("-i".into());
             a.push(i.display().to_string());
+        }
+        for d in &def.disks {
+            // The format is decided here, once: from vm.conf, else from the
+            // image's first bytes now.
+            let format = match d.format {
+                Some(vmconf::DiskFormat::Qcow2) => disk::Format::Qcow2,
+                Some(vmconf::DiskFormat::Raw) => disk::Format::Raw,
+                None => disk::detect(&d.path).map_err(|e| format!("vm {}: disk {e}", def.name))?,
+            };
+            a.push(format!("--disk={}:{}", format.name(), d.path.display()));
         }
         // `--opt=VALUE`, one argument each: a vendor string may begin with
         // a `-` or hold spaces.
@@ -313,6 +360,8 @@ impl Daemon {
                 )));
             }
             let args = Self::vmm_args(&vm.def).map_err(Error::BadRequest)?;
+            g.check_disks_free(id)?;
+            let vm = g.vms.get_mut(&id).expect("looked up above");
             vm.state = VmState::Starting;
             vm.tty = None;
             vm.guest = Guest::default();
