@@ -139,11 +139,22 @@ impl Drop for Console<'_> {
 /// period covers vmtoolsd's power script, which forks a few dozen times
 /// (~45 s of a slow emulated guest).
 fn vm_block(name: &str, kernel: &Kernel, initrd: &std::path::Path) -> String {
+    vm_block_with(name, kernel, initrd, "", "")
+}
+
+/// [`vm_block`] with more kernel arguments and more vm.conf lines.
+fn vm_block_with(
+    name: &str,
+    kernel: &Kernel,
+    initrd: &std::path::Path,
+    cmdline: &str,
+    lines: &str,
+) -> String {
     format!(
-        "vm \"{name}\" {{\n\tdisable\n\tkernel \"{}\"\n\tinitrd \"{}\"\n\tcmdline \"{}\"\n\tmemory 128M\n\tgrace 240\n{}}}\n",
+        "vm \"{name}\" {{\n\tdisable\n\tkernel \"{}\"\n\tinitrd \"{}\"\n\tcmdline \"{}\"\n\tmemory 128M\n\tgrace 240\n{lines}{}}}\n",
         kernel.image.display(),
         initrd.display(),
-        kernel.cmdline(""),
+        kernel.cmdline(cmdline),
         kernel
             .vm_conf_cpu()
             .lines()
@@ -162,7 +173,9 @@ fn kvm_and_kernel() -> Option<Kernel> {
 /// Boots Linux from a vm.conf, reads its console through `vmctl console`,
 /// types into it, lets the guest reboot itself in place and then power
 /// itself off: the VM process survives the reboot (same pid, the kernel
-/// starts again) and ends with the power-off.
+/// starts again) and ends with the power-off. Its disk runs on INTx
+/// (`pci=nomsi`: the IOAPIC pin the ACPI _PRT names) and reads the same
+/// after the reboot reset the device.
 #[test]
 fn linux_boots_reboots_in_place_and_powers_off() {
     let Some(kernel) = kvm_and_kernel() else {
@@ -173,6 +186,7 @@ hostname fixture
 echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
 echo \"VMD-TEST cpu $(grep -m1 vendor_id /proc/cpuinfo)\"
 if dmesg | grep -q -e 'Can.t read CTR' -e 'i8042.*failed'; then echo 'VMD-TEST i8042 failed'; else echo 'VMD-TEST i8042 ok'; fi
+echo \"VMD-TEST disk $(dd if=/dev/vda bs=4096 count=1 2>/dev/null | md5sum) intx=$(grep virtio /proc/interrupts | grep -c IO-APIC)\"
 echo 'VMD-TEST ready: type reboot or poweroff'
 read cmd
 echo \"VMD-TEST got $cmd\"
@@ -185,7 +199,20 @@ sleep 1000
 ";
     let image = images::busybox(init).expect("busybox image");
     let initrd = images::write("power", &image).expect("write image");
-    let d = TestDaemon::start(&vm_block("lin", &kernel, &initrd));
+    let dir = fresh_dir();
+    let disk = dir.join("disk.img");
+    let data = pattern(1 << 20, 7);
+    std::fs::write(&disk, &data).unwrap();
+    let want_disk = format!("{}  - intx=", md5_hex(&data[..4096]));
+    let conf = vm_block_with(
+        "lin",
+        &kernel,
+        &initrd,
+        "pci=nomsi",
+        &format!("\tdisk \"{}\"\n", disk.display()),
+    );
+    std::fs::write(dir.join("vm.conf"), conf).unwrap();
+    let d = TestDaemon::start_in(dir);
     let start = Instant::now();
     d.vmctl_ok(&["start", "lin"]);
     let mut con = Console::attach(&d, "lin");
@@ -200,6 +227,13 @@ sleep 1000
     );
     let i8042 = con.wait("VMD-TEST i8042", STEP);
     assert!(i8042.ends_with("ok"), "Linux's i8042 probe failed: {i8042}");
+    let check_disk = |line: String| {
+        assert!(
+            line.contains(&want_disk) && !line.ends_with("intx=0"),
+            "disk over INTx: {line} (want {want_disk}N, N > 0)"
+        );
+    };
+    check_disk(con.wait("VMD-TEST disk", STEP));
     con.wait("VMD-TEST ready", STEP);
     con.type_line("reboot");
     con.wait("VMD-TEST got reboot", STEP);
@@ -211,6 +245,7 @@ sleep 1000
         Some(pid),
         "reboot in place: same VM process"
     );
+    check_disk(con.wait("VMD-TEST disk", STEP));
     con.wait("VMD-TEST ready", STEP);
     con.type_line("poweroff");
     con.wait("VMD-TEST got poweroff", STEP);
@@ -341,4 +376,92 @@ cat /tmp/vmtoolsd.log
     );
     assert!(!process_exists(pid));
     con.wait("reboot: Power down", STEP);
+}
+
+/// Bytes that are not zero and differ from sector to sector.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// md5 as busybox's md5sum prints it.
+fn md5_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Linux's stock virtio-blk driver on our virtio-pci disks, with MSI-X
+/// through KVM irqfds: it sees both disks' sizes and serials, reads what
+/// the host put in one, and copies it into the other with a flush; the
+/// host finds the copy in the image file after the guest powered off.
+#[test]
+fn linux_virtio_blk_reads_and_writes_our_disks() {
+    let Some(kernel) = kvm_and_kernel() else {
+        return;
+    };
+    let dir = fresh_dir();
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    let data = pattern(4 << 20, 42);
+    std::fs::write(&a, &data).unwrap();
+    std::fs::File::create(&b).unwrap().set_len(8 << 20).unwrap();
+    let init = "\
+echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+echo \"VMD-TEST sizes $(cat /sys/block/vda/size) $(cat /sys/block/vdb/size)\"
+echo \"VMD-TEST serial $(cat /sys/block/vda/serial)\"
+echo \"VMD-TEST sum $(dd if=/dev/vda bs=65536 count=1 2>/dev/null | md5sum)\"
+dd if=/dev/vda of=/dev/vdb bs=65536 count=1 seek=16 conv=fsync 2>/dev/null
+echo \"VMD-TEST copy rc=$?\"
+grep virtio /proc/interrupts | tr -s ' ' | sed 's/^/VMD-TEST irq /'
+echo 'VMD-TEST done'
+poweroff -f
+";
+    let image = images::busybox(init).expect("busybox image");
+    let initrd = images::write("blk", &image).expect("write image");
+    let disks = format!("\tdisk \"{}\"\n\tdisk \"{}\"\n", a.display(), b.display());
+    let conf = vm_block_with("lin", &kernel, &initrd, "", &disks);
+    std::fs::write(dir.join("vm.conf"), conf).unwrap();
+    let d = TestDaemon::start_in(dir.clone());
+    d.vmctl_ok(&["start", "lin"]);
+    let mut con = Console::attach(&d, "lin");
+    con.wait("VMD-TEST init", BOOT);
+    let sizes = con.wait("VMD-TEST sizes", STEP);
+    assert!(sizes.ends_with("sizes 8192 16384"), "{sizes}");
+    let serial = con.wait("VMD-TEST serial", STEP);
+    assert!(serial.contains("serial vmd-"), "{serial}");
+    let sum = con.wait("VMD-TEST sum", STEP);
+    assert!(sum.contains(&md5_hex(&data[..65536])), "{sum}");
+    let copy = con.wait("VMD-TEST copy", STEP);
+    assert!(copy.ends_with("rc=0"), "{copy}");
+    let irq = con.wait("VMD-TEST irq", STEP);
+    assert!(
+        irq.contains("PCI-MSI"),
+        "virtio interrupts are not MSI-X: {irq}"
+    );
+    con.wait("VMD-TEST done", STEP);
+    d.wait_vm("lin", "ended after its power-off", STEP, |v| {
+        v.pid.is_none() && v.state != VmState::Running
+    });
+    let copied = std::fs::read(&b).unwrap();
+    assert!(
+        copied[1 << 20..(1 << 20) + 65536] == data[..65536],
+        "the guest's copy is not in the image"
+    );
 }
