@@ -69,6 +69,21 @@ pub struct VmStatus {
     /// How the VM last ended ("powered off", "halted by guest tools",
     /// "crashed: ...", "killed by signal 9", ...).
     pub last_exit: Option<String>,
+    /// The VM's disks, in the order the guest sees them.
+    #[serde(default)]
+    pub disks: Vec<DiskStatus>,
+    /// The CD-ROM image, if the VM has one.
+    #[serde(default)]
+    pub cdrom: Option<String>,
+}
+
+/// A disk of a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskStatus {
+    pub path: String,
+    /// `raw` or `qcow2`: as configured, or as found when the VM started;
+    /// null if neither happened yet.
+    pub format: Option<String>,
 }
 
 /// `vmctl start`: a VM from the configuration by name, or one defined here.
@@ -89,6 +104,9 @@ pub struct StartRequest {
     pub disks: Vec<String>,
     /// CD-ROM image (`-r`).
     pub cdrom: Option<String>,
+    /// Device the BIOS boots first (`-B`): `disk` or `cdrom`.
+    #[serde(default)]
+    pub boot_device: Option<String>,
     /// Network interfaces (`-i`).
     pub interfaces: Option<u32>,
     /// A local interface (`-L`).

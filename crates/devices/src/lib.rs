@@ -9,6 +9,7 @@ pub mod acpi_pm;
 pub mod backdoor;
 pub mod bus;
 pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod msix;
 pub mod pci_host;

@@ -594,6 +594,16 @@ impl Vm {
             .map_err(dev_err)?;
         pio.insert(acpi_pm.clone(), u64::from(PM1A_EVT_PORT), 12)
             .map_err(dev_err)?;
+        if cfg.firmware.is_some() {
+            // Only firmware reads it; a kernel booted directly has no use
+            // for it (and Linux's qemu_fw_cfg driver is not wanted there).
+            pio.insert(
+                Arc::new(Mutex::new(devices::fw_cfg::FwCfg::new(cfg.vcpus as u16))),
+                u64::from(devices::fw_cfg::FW_CFG_PORT),
+                devices::fw_cfg::FW_CFG_PORT_LEN,
+            )
+            .map_err(dev_err)?;
+        }
         pio.insert(
             Arc::new(Mutex::new(devices::debugcon::DebugCon::new())),
             u64::from(devices::debugcon::DEBUGCON_PORT),

@@ -186,8 +186,8 @@ fn abs_path(p: &str) -> Result<String> {
 fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
     // The API has no place for these yet; better to say so than to start a
     // VM other than the one asked for.
-    if a.boot_device.is_some() {
-        return Err("start -B: not supported by vmd yet".into());
+    if a.boot_device.as_deref() == Some("net") {
+        return Err("start -B net: network boot is not supported".into());
     }
     if !a.switches.is_empty() {
         return Err("start -n: not supported by vmd yet".into());
@@ -203,6 +203,7 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
         cpus: a.cpus,
         disks: a.disks.iter().map(|d| abs_path(d)).collect::<Result<_>>()?,
         cdrom: opt(&a.cdrom)?,
+        boot_device: a.boot_device,
         interfaces: a.interfaces,
         local_interface: a.local,
         instance_of: a.instance_of,
@@ -339,9 +340,14 @@ fn status(ctx: &Ctx, a: StatusArgs) -> Result<()> {
         return ctx.print_json(&vms);
     }
     vms.sort_by_key(|v| v.id);
+    let mut out = table::format_table(&vms);
+    // One VM asked for by name: its disks and CD-ROM below the table.
+    if a.id.is_some() {
+        out.push_str(&table::format_devices(&vms));
+    }
     io::stdout()
         .lock()
-        .write_all(table::format_table(&vms).as_bytes())
+        .write_all(out.as_bytes())
         .map_err(|e| format!("stdout: {}", os_error(&e)))
 }
 

@@ -77,9 +77,52 @@ pub fn format_table(vms: &[VmStatus]) -> String {
     out
 }
 
+/// The disks and CD-ROM of each VM, one line each: `disk<N> <format>
+/// <path>` (format `-` while not known) and `cdrom <path>`.
+pub fn format_devices(vms: &[VmStatus]) -> String {
+    let mut out = String::new();
+    for v in vms {
+        for (i, d) in v.disks.iter().enumerate() {
+            let f = d.format.as_deref().unwrap_or("-");
+            out.push_str(&format!("disk{i} {f} {}\n", clean(&d.path)));
+        }
+        if let Some(c) = &v.cdrom {
+            out.push_str(&format!("cdrom {}\n", clean(c)));
+        }
+    }
+    out
+}
+
+/// Control characters in a path never reach the terminal as such.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_are_listed_one_per_line() {
+        let mut v = vm(1, "a", VmState::Running);
+        v.disks = vec![
+            api::v1::DiskStatus {
+                path: "/var/vm/a.qcow2".into(),
+                format: Some("qcow2".into()),
+            },
+            api::v1::DiskStatus {
+                path: "/tmp/x\x1b[2J.img".into(),
+                format: None,
+            },
+        ];
+        v.cdrom = Some("/iso/install.iso".into());
+        assert_eq!(
+            format_devices(&[v]),
+            "disk0 qcow2 /var/vm/a.qcow2\ndisk1 - /tmp/x?[2J.img\ncdrom /iso/install.iso\n"
+        );
+    }
 
     fn vm(id: u32, name: &str, state: VmState) -> VmStatus {
         VmStatus {
@@ -96,6 +139,8 @@ mod tests {
             ip: None,
             tools: false,
             last_exit: None,
+            disks: Vec::new(),
+            cdrom: None,
         }
     }
 

@@ -165,12 +165,14 @@ fn vms() -> Value {
         {
             "id": 2, "name": "db", "pid": null, "vcpus": 1, "maxmem": 536870912u64,
             "curmem": 0, "tty": null, "owner": "root", "state": "stopped",
-            "hostname": null, "ip": null, "tools": false, "last_exit": "halted by guest tools"
+            "hostname": null, "ip": null, "tools": false, "last_exit": "halted by guest tools",
+            "disks": [], "cdrom": null
         },
         {
             "id": 1, "name": "web1", "pid": 4242, "vcpus": 2, "maxmem": 1073741824u64,
             "curmem": 27787264u64, "tty": "/dev/pts/3", "owner": "root", "state": "running",
-            "hostname": "web1.example.org", "ip": "100.64.1.3", "tools": true, "last_exit": null
+            "hostname": "web1.example.org", "ip": "100.64.1.3", "tools": true, "last_exit": null,
+            "disks": [{"path": "/var/vm/web1.qcow2", "format": "qcow2"}], "cdrom": null
         }
     ])
 }
@@ -250,9 +252,16 @@ fn status_table() {
     assert!(out.status.success());
     let lines: Vec<String> = TABLE.lines().map(str::to_string).collect();
     assert_eq!(text(&out.stdout), format!("{}\n{}\n", lines[0], lines[1]));
+    // One VM by name also lists its disks.
     let out = s.vmctl(&["show", "web1"]);
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout), format!("{}\n{}\n", lines[0], lines[1]));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}\n{}\ndisk0 qcow2 /var/vm/web1.qcow2\n",
+            lines[0], lines[1]
+        )
+    );
 }
 
 #[test]
@@ -439,7 +448,7 @@ fn start_sends_absolute_paths() {
             "name": "new1", "kernel": format!("{d}/bzImage"), "initrd": null,
             "cmdline": "console=ttyS0", "memory": 1073741824u64, "cpus": 2,
             "disks": [format!("{d}/a.img"), "raw:/x/b.img"], "cdrom": null,
-            "interfaces": 1, "local_interface": true, "instance_of": null
+            "boot_device": null, "interfaces": 1, "local_interface": true, "instance_of": null
         })
     );
 }

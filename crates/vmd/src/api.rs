@@ -160,6 +160,7 @@ async fn start(
         || req.cpus.is_some()
         || !req.disks.is_empty()
         || req.cdrom.is_some()
+        || req.boot_device.is_some()
         || req.interfaces.is_some()
         || req.local_interface
         || req.cpu.is_some();
@@ -202,13 +203,14 @@ async fn start(
             };
             def.name = req.name.clone();
             def.instance_of = Some(def.name.clone());
-            // The VM process opens disks as root: the user asking must be
-            // able to read and write them himself.
-            for disk in &req.disks {
-                auth::may_access(&peer, std::path::Path::new(disk), true)
-                    .map_err(Error::Forbidden)?;
-            }
             apply_overrides(&mut def, &req)?;
+            // The VM process opens disks as root: the user asking must be
+            // able to read and write the ones he names himself.
+            if !req.disks.is_empty() {
+                for disk in &def.disks {
+                    auth::may_access(&peer, &disk.path, true).map_err(Error::Forbidden)?;
+                }
+            }
             d.add_adhoc(def)?
         }
         (None, None) => {
@@ -263,14 +265,35 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
                 vmconf::MAX_DISKS
             )));
         }
+        // vmctl's `raw:` and `qcow2:` prefixes say the format.
         def.disks = req
             .disks
             .iter()
-            .map(|p| vmconf::Disk {
-                path: p.into(),
-                format: None,
+            .map(|p| {
+                let (format, path) = if let Some(rest) = p.strip_prefix("raw:") {
+                    (Some(vmconf::DiskFormat::Raw), rest)
+                } else if let Some(rest) = p.strip_prefix("qcow2:") {
+                    (Some(vmconf::DiskFormat::Qcow2), rest)
+                } else {
+                    (None, p.as_str())
+                };
+                vmconf::Disk {
+                    path: path.into(),
+                    format,
+                }
             })
             .collect();
+    }
+    if let Some(b) = &req.boot_device {
+        def.boot_device = Some(match b.as_str() {
+            "disk" => vmconf::BootDevice::Disk,
+            "cdrom" => vmconf::BootDevice::Cdrom,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "boot device {other}: must be disk or cdrom"
+                )))
+            }
+        });
     }
     if req.cdrom.is_some() || req.interfaces.is_some() || req.local_interface {
         return Err(Error::BadRequest(
@@ -341,6 +364,7 @@ fn check_instance_overrides(parent: &vmconf::VmDef, req: &StartRequest) -> Resul
         (req.cpus.is_some(), O::Cpus),
         (!req.disks.is_empty(), O::Disk),
         (req.cdrom.is_some(), O::Cdrom),
+        (req.boot_device.is_some(), O::Boot),
         (
             req.interfaces.is_some() || req.local_interface,
             O::Interface,
@@ -718,6 +742,7 @@ async fn log_level(
     ),
     components(schemas(
         VmStatus,
+        api::v1::DiskStatus,
         VmState,
         StartRequest,
         CpuRequest,

@@ -32,6 +32,8 @@ pub struct Vm {
     /// How the running process says the VM ended, until it is reaped.
     exit_reason: Option<String>,
     pub proc: Option<Arc<VmProc>>,
+    /// Disk formats as decided at the last start (see `vmm_args`).
+    pub disk_formats: Vec<String>,
     /// Bumped on every state change; `wait` and `start` watch it.
     pub changed: watch::Sender<u64>,
 }
@@ -58,6 +60,7 @@ impl Vm {
             last_exit: None,
             exit_reason: None,
             proc: None,
+            disk_formats: Vec::new(),
             changed: watch::channel(0).0,
         }
     }
@@ -94,6 +97,20 @@ impl Vm {
             ip: self.guest.ip.clone().filter(|_| self.running()),
             tools: self.running() && self.guest.tools,
             last_exit: self.last_exit.clone(),
+            disks: self
+                .def
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| api::v1::DiskStatus {
+                    path: d.path.display().to_string(),
+                    format: d
+                        .format
+                        .map(|f| f.to_string())
+                        .or_else(|| self.disk_formats.get(i).cloned()),
+                })
+                .collect(),
+            cdrom: self.def.cdrom.as_ref().map(|c| c.display().to_string()),
         }
     }
 }
@@ -362,6 +379,11 @@ impl Daemon {
             let args = Self::vmm_args(&vm.def).map_err(Error::BadRequest)?;
             g.check_disks_free(id)?;
             let vm = g.vms.get_mut(&id).expect("looked up above");
+            vm.disk_formats = args
+                .iter()
+                .filter_map(|a| a.strip_prefix("--disk=")?.split_once(':'))
+                .map(|(format, _)| format.to_owned())
+                .collect();
             vm.state = VmState::Starting;
             vm.tty = None;
             vm.guest = Guest::default();

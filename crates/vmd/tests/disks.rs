@@ -43,6 +43,8 @@ fn a_configured_disk_is_written_by_the_guest_and_not_shared() {
     d.wait_vm("writer", "powered off", Duration::from_secs(30), |v| {
         v.last_exit.is_some() && v.pid.is_none()
     });
+    let st = d.vmctl_ok(&["status", "writer"]);
+    assert!(st.stdout.contains(&format!("disk0 raw {img}\n")), "{st:?}");
     let bytes = std::fs::read(&img).unwrap();
     for s in 3..19u64 {
         for w in 0..64u64 {

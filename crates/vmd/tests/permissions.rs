@@ -174,3 +174,63 @@ vm "theirs" {{
     d.vmctl_ok(&["stop", "-f", "-w", "mine"]);
     d.vmctl_ok(&["reload"]);
 }
+
+/// An unprivileged user's instance may have disks only the user could
+/// read and write: the VM process opens them as root.
+#[test]
+fn instance_disks_must_be_the_users_own() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipping: creating a user and acting as it needs root");
+        return;
+    }
+    let (uid, gid) = test_user();
+    let tools = guest("tools");
+    let conf = format!(
+        r#"socket owner {USER}
+vm "base" {{
+	disable
+	kernel "{tools}"
+	memory 32M
+	allow instance {{ disk, owner {USER} }}
+}}
+"#
+    );
+    let d = TestDaemon::start(&conf);
+    let vmctl = d.dir.join("vmctl");
+    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
+    let as_user = |args: &[&str]| {
+        let mut c = Command::new(&vmctl);
+        c.arg("-s")
+            .arg(&d.sock)
+            .args(args)
+            .env_remove("VMD_SOCKET")
+            .stdin(std::process::Stdio::null());
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, gid);
+        run_bounded(c, Duration::from_secs(60))
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let secret = d.dir.join("root.img");
+    std::fs::File::create(&secret).unwrap().set_len(1 << 20).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let own = d.dir.join("own.img");
+    std::fs::File::create(&own).unwrap().set_len(1 << 20).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&own, Some(uid), Some(gid)).unwrap();
+    // The test directory must be searchable by the user for its paths.
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let o = as_user(&["start", "-t", "base", "-d", secret.to_str().unwrap(), "i1"]);
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("permission denied"), "{o:?}");
+    assert!(o.stderr.contains("root.img"), "{o:?}");
+
+    let o = as_user(&["start", "-t", "base", "-d", own.to_str().unwrap(), "i2"]);
+    assert!(o.ok(), "{o:?}\n{}", d.log());
+    let st = d.vmctl_ok(&["status", "i2"]);
+    assert!(st.stdout.contains("own.img"), "{st:?}");
+    d.vmctl_ok(&["stop", "-f", "i2"]);
+}
