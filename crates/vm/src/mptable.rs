@@ -886,6 +886,7 @@ mod tests {
             uuid: crate::random_uuid(),
             disks: Vec::new(),
             firmware: None,
+            cdrom: None,
         };
         let vm = crate::Vm::new(cfg, Box::new(std::io::sink())).unwrap();
         let mem = vm.memory();

@@ -15,6 +15,8 @@ use devices::rtc::Rtc;
 use devices::serial::Serial;
 use devices::virtio::block::Block;
 use devices::virtio::pci::{PciWiring, VirtioPci, BAR_SIZE as VIRTIO_BAR_SIZE};
+use devices::virtio::scsi::Scsi;
+use devices::virtio::VirtioDevice;
 use devices::BusDevice;
 use devices::{Bus, RegsDevice, SharedEvents, SharedIrq};
 use guestrpc::backdoor::PORT_LB;
@@ -59,6 +61,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Boot firmware instead of `boot`'s kernel (which is then ignored).
     pub firmware: Option<crate::firmware::FirmwareConfig>,
+    /// An ISO image as a CD-ROM (a virtio-scsi MMC drive), on the PCI
+    /// slot after the disks.
+    pub cdrom: Option<PathBuf>,
 }
 
 /// One virtio-blk disk.
@@ -409,11 +414,22 @@ fn build_pci(
     let ioevents = Arc::new(KvmIoEvents(vm.clone()));
     let mut pins: Vec<Arc<SharedLevelGsi>> = Vec::new();
     let mut next_bar = PCI_MMIO_START;
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let image =
             disk::open(&d.path, d.format, d.read_only).map_err(|e| VmError::Disk(e.to_string()))?;
         let name = format!("disk{i} ({})", d.path.display());
-        let block = Block::new(image, d.read_only, &d.serial, name);
+        models.push(Box::new(Block::new(image, d.read_only, &d.serial, name)));
+    }
+    if let Some(iso) = &cfg.cdrom {
+        // An ISO is raw whatever its first bytes say, and only read.
+        let image = disk::open(iso, Some(disk::Format::Raw), true)
+            .map_err(|e| VmError::Disk(format!("(cdrom) {e}")))?;
+        let serial = DiskConfig::new(iso.clone(), None, true).serial;
+        let name = format!("cdrom ({})", iso.display());
+        models.push(Box::new(Scsi::new(image, &serial, name)));
+    }
+    for model in models {
         let slot = root
             .free_device_number()
             .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
@@ -436,7 +452,7 @@ fn build_pci(
             msi: msi.clone(),
             ioevents: ioevents.clone(),
         };
-        let dev = VirtioPci::new(Box::new(block), mem.clone(), wiring)
+        let dev = VirtioPci::new(model, mem.clone(), wiring)
             .map_err(|e| VmError::Device(format!("virtio-pci: {e}")))?;
         let dev = Arc::new(Mutex::new(dev));
         root.add_device(slot, dev.clone())

@@ -211,6 +211,9 @@ async fn start(
                     auth::may_access(&peer, &disk.path, true).map_err(Error::Forbidden)?;
                 }
             }
+            if let (Some(_), Some(iso)) = (&req.cdrom, &def.cdrom) {
+                auth::may_access(&peer, iso, false).map_err(Error::Forbidden)?;
+            }
             d.add_adhoc(def)?
         }
         (None, None) => {
@@ -295,9 +298,12 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
             }
         });
     }
-    if req.cdrom.is_some() || req.interfaces.is_some() || req.local_interface {
+    if let Some(iso) = &req.cdrom {
+        def.cdrom = Some(iso.into());
+    }
+    if req.interfaces.is_some() || req.local_interface {
         return Err(Error::BadRequest(
-            "cdroms and network interfaces are not supported yet".into(),
+            "network interfaces are not supported yet".into(),
         ));
     }
     Ok(())

@@ -286,13 +286,9 @@ impl Daemon {
 
     fn vmm_args(def: &VmDef) -> Result<Vec<String>, String> {
         // Refuse rather than boot a VM without the devices it was given.
-        let missing = [
-            (def.cdrom.is_some(), "a cdrom"),
-            (!def.interfaces.is_empty(), "network interfaces"),
-        ];
+        let missing = [(!def.interfaces.is_empty(), "network interfaces")];
         if let Some((_, what)) = missing.iter().find(|(has, _)| *has) {
-            return Err(format!("vm {}: {what} are not supported yet", def.name)
-                .replace("a cdrom are", "a cdrom is"));
+            return Err(format!("vm {}: {what} are not supported yet", def.name));
         }
         if def.kernel.is_none() && def.disks.is_empty() && def.cdrom.is_none() {
             return Err(format!(
@@ -339,6 +335,9 @@ impl Daemon {
                 None => disk::detect(&d.path).map_err(|e| format!("vm {}: disk {e}", def.name))?,
             };
             a.push(format!("--disk={}:{}", format.name(), d.path.display()));
+        }
+        if let Some(iso) = &def.cdrom {
+            a.push(format!("--cdrom={}", iso.display()));
         }
         // `--opt=VALUE`, one argument each: a vendor string may begin with
         // a `-` or hold spaces.

@@ -91,3 +91,68 @@ fn missing_and_unreadable_disks_are_refused_with_their_name() {
         d.log()
     );
 }
+
+/// A VM with no kernel boots through the BIOS: here from its CD-ROM
+/// (`boot device cdrom`), an El Torito image of the test boot sector, which
+/// prints and powers the VM off; status lists the CD-ROM.
+#[test]
+fn a_vm_without_a_kernel_boots_its_cdrom_through_the_bios() {
+    if !kvm_or_skip() {
+        return;
+    }
+    if !std::path::Path::new("/usr/share/seabios/bios.bin").is_file() {
+        assert!(
+            std::env::var("CI").ok().as_deref() != Some("true"),
+            "SeaBIOS is required under CI"
+        );
+        eprintln!("skipping: no SeaBIOS");
+        return;
+    }
+    let dir = fresh_dir();
+    let iso_dir = dir.join("iso");
+    std::fs::create_dir(&iso_dir).unwrap();
+    let mut boot = std::fs::read(testguest::bootsector()).unwrap();
+    boot.resize(2048, 0);
+    std::fs::write(iso_dir.join("boot.img"), boot).unwrap();
+    let iso = dir.join("boot.iso");
+    let o = std::process::Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-b",
+            "boot.img",
+            "-no-emul-boot",
+        ])
+        .args(["-boot-load-size", "4", "-o"])
+        .arg(&iso)
+        .arg(&iso_dir)
+        .output()
+        .expect("xorriso (Debian's xorriso)");
+    assert!(o.status.success(), "{o:?}");
+    let img = image(&dir, "blank.img", 1 << 20);
+    let conf = format!(
+        "vm \"cd\" {{\n\tdisable\n\tmemory 64M\n\tdisk \"{img}\"\n\tcdrom \"{}\"\n\tboot device cdrom\n}}\n",
+        iso.display()
+    );
+    std::fs::write(dir.join("vm.conf"), conf).unwrap();
+    let d = TestDaemon::start_in(dir.clone());
+    d.vmctl_ok(&["start", "cd"]);
+    let vm = d.wait_vm(
+        "cd",
+        "powered off by its boot sector",
+        Duration::from_secs(60),
+        |v| v.last_exit.is_some() && v.pid.is_none(),
+    );
+    assert_eq!(
+        vm.last_exit.as_deref(),
+        Some("powered off"),
+        "{vm:#?}\n{}",
+        d.log()
+    );
+    let st = d.vmctl_ok(&["status", "cd"]);
+    assert!(
+        st.stdout.contains(&format!("cdrom {}\n", iso.display())),
+        "{st:?}"
+    );
+}

@@ -410,18 +410,38 @@ fn md5_hex(bytes: &[u8]) -> String {
 
 /// Linux's stock virtio-blk driver on our virtio-pci disks, with MSI-X
 /// through KVM irqfds: it sees both disks' sizes and serials, reads what
-/// the host put in one, and copies it into the other with a flush; the
-/// host finds the copy in the image file after the guest powered off.
+/// the host put in one (a qcow2 overlay made by qemu-img over a raw base),
+/// and copies it into the other with a flush; the host finds the copy in
+/// the image file after the guest powered off. Its stock virtio-scsi and
+/// sr drivers find our CD-ROM and mount its ISO 9660 file system.
 #[test]
 fn linux_virtio_blk_reads_and_writes_our_disks() {
     let Some(kernel) = kvm_and_kernel() else {
         return;
     };
     let dir = fresh_dir();
-    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    let (base, a, b) = (dir.join("base.img"), dir.join("a.qcow2"), dir.join("b.img"));
     let data = pattern(4 << 20, 42);
-    std::fs::write(&a, &data).unwrap();
+    std::fs::write(&base, &data).unwrap();
+    let o = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&a)
+        .output()
+        .expect("qemu-img (Debian's qemu-utils)");
+    assert!(o.status.success(), "{o:?}");
     std::fs::File::create(&b).unwrap().set_len(8 << 20).unwrap();
+    let iso_dir = dir.join("iso");
+    std::fs::create_dir(&iso_dir).unwrap();
+    std::fs::write(iso_dir.join("hello.txt"), "hello from the cdrom\n").unwrap();
+    let iso = dir.join("cd.iso");
+    let o = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-o"])
+        .arg(&iso)
+        .arg(&iso_dir)
+        .output()
+        .expect("xorriso (Debian's xorriso)");
+    assert!(o.status.success(), "{o:?}");
     let init = "\
 echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
 echo \"VMD-TEST sizes $(cat /sys/block/vda/size) $(cat /sys/block/vdb/size)\"
@@ -430,12 +450,21 @@ echo \"VMD-TEST sum $(dd if=/dev/vda bs=65536 count=1 2>/dev/null | md5sum)\"
 dd if=/dev/vda of=/dev/vdb bs=65536 count=1 seek=16 conv=fsync 2>/dev/null
 echo \"VMD-TEST copy rc=$?\"
 grep virtio /proc/interrupts | tr -s ' ' | sed 's/^/VMD-TEST irq /'
+mkdir -p /mnt
+mount -t iso9660 -o ro /dev/sr0 /mnt
+echo \"VMD-TEST cdrom rc=$? $(cat /mnt/hello.txt)\"
+umount /mnt
 echo 'VMD-TEST done'
 poweroff -f
 ";
     let image = images::busybox(init).expect("busybox image");
     let initrd = images::write("blk", &image).expect("write image");
-    let disks = format!("\tdisk \"{}\"\n\tdisk \"{}\"\n", a.display(), b.display());
+    let disks = format!(
+        "\tdisk \"{}\"\n\tdisk \"{}\"\n\tcdrom \"{}\"\n",
+        a.display(),
+        b.display(),
+        iso.display()
+    );
     let conf = vm_block_with("lin", &kernel, &initrd, "", &disks);
     std::fs::write(dir.join("vm.conf"), conf).unwrap();
     let d = TestDaemon::start_in(dir.clone());
@@ -455,10 +484,16 @@ poweroff -f
         irq.contains("PCI-MSI"),
         "virtio interrupts are not MSI-X: {irq}"
     );
+    let cd = con.wait("VMD-TEST cdrom", STEP);
+    assert!(cd.ends_with("rc=0 hello from the cdrom"), "{cd}");
     con.wait("VMD-TEST done", STEP);
     d.wait_vm("lin", "ended after its power-off", STEP, |v| {
         v.pid.is_none() && v.state != VmState::Running
     });
+    assert!(
+        std::fs::read(&base).unwrap() == data,
+        "the base image changed"
+    );
     let copied = std::fs::read(&b).unwrap();
     assert!(
         copied[1 << 20..(1 << 20) + 65536] == data[..65536],

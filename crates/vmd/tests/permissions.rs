@@ -214,10 +214,16 @@ vm "base" {{
     };
     use std::os::unix::fs::PermissionsExt;
     let secret = d.dir.join("root.img");
-    std::fs::File::create(&secret).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&secret)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let own = d.dir.join("own.img");
-    std::fs::File::create(&own).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&own)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&own, Some(uid), Some(gid)).unwrap();
     // The test directory must be searchable by the user for its paths.

@@ -87,6 +87,9 @@ struct Args {
     /// or `qcow2:` to say the format instead of recognising it.
     #[arg(short = 'd', long = "disk", value_name = "[ro:][FMT:]PATH", value_parser = parse_disk)]
     disks: Vec<vm::DiskConfig>,
+    /// An ISO image as a CD-ROM (virtio-scsi), after the disks.
+    #[arg(short = 'r', long, value_name = "ISO")]
+    cdrom: Option<PathBuf>,
     /// Kernel command line.
     #[arg(
         short = 'a',
@@ -301,6 +304,7 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         reboot: !args.no_reboot,
         guest_tools: !args.no_tools,
         disks: args.disks,
+        cdrom: args.cdrom,
         uuid: vm::random_uuid(),
     };
     let control = match args.control_fd {

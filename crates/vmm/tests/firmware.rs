@@ -139,3 +139,62 @@ fn seabios_boots_a_qcow2_disk() {
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&q);
 }
+
+/// An El Torito CD (no emulation) whose boot image is the boot sector,
+/// made with xorriso (Debian's `xorriso`), plus a file.
+pub fn boot_iso(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-fw-{}-{name}.d", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut img = std::fs::read(testguest::bootsector()).unwrap();
+    img.resize(2048, 0);
+    std::fs::write(dir.join("boot.img"), img).unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello from the iso\n").unwrap();
+    let iso = dir.with_extension("iso");
+    let o = Command::new("xorriso")
+        .args([
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-R",
+            "-b",
+            "boot.img",
+            "-no-emul-boot",
+        ])
+        .args(["-boot-load-size", "4", "-o"])
+        .arg(&iso)
+        .arg(&dir)
+        .output()
+        .expect("xorriso (Debian's xorriso) makes the CD images");
+    assert!(o.status.success(), "xorriso: {o:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    iso
+}
+
+#[test]
+fn seabios_boots_a_cdrom() {
+    if !kvm_or_skip() || !bios_or_skip() {
+        return;
+    }
+    let iso = boot_iso("cd");
+    let disk = std::env::temp_dir().join(format!("vmm-fw-{}-blank.img", std::process::id()));
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // A blank disk as well: the boot order puts the CD-ROM first.
+    let mut c = vmm();
+    c.args(["-m", "64M", "--boot-device", "cdrom", "-r"])
+        .arg(&iso)
+        .arg("-d")
+        .arg(&disk);
+    let o = run(c, Duration::from_secs(120));
+    assert_eq!(o.code(), Some(0), "{o:?}");
+    // SeaBIOS numbers the CD-ROM drive 0xe0 (0x80 is a hard disk).
+    assert!(
+        o.stdout.contains("bootsector: booted from drive 0xe0"),
+        "{o:?}"
+    );
+    let _ = std::fs::remove_file(&iso);
+    let _ = std::fs::remove_file(&disk);
+}

@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod pci;
+pub mod scsi;
 
 use std::fmt;
 use std::sync::Arc;

@@ -83,6 +83,7 @@ pub fn guest_vm(name: &str, cmdline: &str, vcpus: u32) -> (Vm, Console) {
         uuid: vm::random_uuid(),
         disks: Vec::new(),
         firmware: None,
+        cdrom: None,
     };
     (Vm::new(cfg, Box::new(console.clone())).unwrap(), console)
 }

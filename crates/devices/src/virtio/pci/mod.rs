@@ -330,10 +330,10 @@ impl VirtioPci {
     }
 
     fn reset(&mut self) {
-        if self.active {
-            self.device.reset();
-            self.active = false;
-        }
+        // Always: a reset before DRIVER_OK must still undo what the driver
+        // wrote into the device's configuration space.
+        self.device.reset();
+        self.active = false;
         self.common.reset();
         self.signal.needs_reset.store(false, Ordering::Release);
         self.signal.read_isr();
