@@ -58,6 +58,7 @@ pub fn run(
         &AcpiConfig {
             num_cpus: 1,
             mem_size,
+            pci_slots: Vec::new(),
         },
     )
     .map_err(|x| x.to_string())?;

@@ -697,6 +697,7 @@ mod tests {
             let acpi = AcpiConfig {
                 num_cpus: cpus,
                 mem_size: MEM,
+                pci_slots: Vec::new(),
             };
             create_acpi_tables(&mem, &acpi).unwrap();
             create_mp_table(&mem, &cfg(cpus)).unwrap();

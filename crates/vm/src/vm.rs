@@ -375,6 +375,8 @@ pub struct Vm {
     i8042: Arc<Mutex<I8042>>,
     /// Virtio devices on PCI, reset with the VM.
     pci_devices: Vec<Arc<Mutex<VirtioPci>>>,
+    /// Their slots on bus 0, for the ACPI `_PRT`.
+    pci_slots: Vec<u8>,
     /// The BIOS, when the VM boots firmware instead of a kernel.
     firmware: Option<Firmware>,
 }
@@ -406,7 +408,7 @@ fn build_pci(
     mem: &GuestMemoryMmap,
     events: &SharedEvents,
     mmio: &Arc<RwLock<Bus>>,
-) -> Result<(Arc<Mutex<PciHost>>, Vec<Arc<Mutex<VirtioPci>>>), VmError> {
+) -> Result<(Arc<Mutex<PciHost>>, Vec<Arc<Mutex<VirtioPci>>>, Vec<u8>), VmError> {
     let mut root = PciRoot::new();
     let mut devices: Vec<Arc<Mutex<VirtioPci>>> = Vec::new();
     let mut by_slot: Vec<(u8, Arc<Mutex<dyn BusDevice>>)> = Vec::new();
@@ -465,6 +467,7 @@ fn build_pci(
         devices.push(dev);
         next_bar += VIRTIO_BAR_SIZE;
     }
+    let slots = by_slot.iter().map(|(s, _)| *s).collect();
     let mut host = PciHost::new(root, events.clone());
     let bus = mmio.clone();
     host.set_bar_move_handler(Box::new(move |slot, m| {
@@ -476,7 +479,7 @@ fn build_pci(
             move_bar(&mut bus, dev, m);
         }
     }));
-    Ok((Arc::new(Mutex::new(host)), devices))
+    Ok((Arc::new(Mutex::new(host)), devices, slots))
 }
 
 impl Vm {
@@ -598,7 +601,7 @@ impl Vm {
         pio.insert(Arc::new(Mutex::new(rtc)), u64::from(RTC_INDEX_PORT), 2)
             .map_err(dev_err)?;
         let mmio = Arc::new(RwLock::new(Bus::new()));
-        let (pci_host, pci_devices) = build_pci(&cfg, &vm, &mem, &events, &mmio)?;
+        let (pci_host, pci_devices, pci_slots) = build_pci(&cfg, &vm, &mem, &events, &mmio)?;
         pio.insert(pci_host.clone(), 0xcf8, 8).map_err(dev_err)?;
         mmio.write()
             .unwrap_or_else(|e| e.into_inner())
@@ -731,6 +734,7 @@ impl Vm {
             boots: 0,
             i8042,
             pci_devices,
+            pci_slots,
             firmware,
         };
         v.load()?;
@@ -767,6 +771,7 @@ impl Vm {
         let acpi = AcpiConfig {
             num_cpus: self.cfg.vcpus,
             mem_size: self.cfg.mem_size,
+            pci_slots: self.pci_slots.clone(),
         };
         let rsdp =
             create_acpi_tables(&self.mem, &acpi).map_err(|e| VmError::Acpi(e.to_string()))?;

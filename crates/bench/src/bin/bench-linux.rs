@@ -193,7 +193,7 @@ fn main() {
     let rounds: usize = std::env::var("P7_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let detail = std::env::var_os("BENCH_DETAIL").is_some();
 
     let kernel = Kernel::get().unwrap_or_else(|e| fail(&e.to_string()));
