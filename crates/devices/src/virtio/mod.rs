@@ -13,6 +13,8 @@
 pub mod block;
 pub mod pci;
 pub mod scsi;
+#[cfg(test)]
+mod test_ring;
 
 use std::fmt;
 use std::sync::Arc;
