@@ -285,7 +285,8 @@ mod tests {
             Some("cpu vendor intel family 6 model 44")
         );
         assert!(f.vmm_cpu_args().contains(
-            &"cx16,xsave,popcnt,pcid,rdrand,fsgsbase,smep,erms,invpcid,rdseed,smap,fsrm".to_owned()
+            &"cx16,xsave,popcnt,pcid,rdrand,fsgsbase,smep,erms,invpcid,rdseed,smap,fsrm,tsc_deadline_timer"
+                .to_owned()
         ));
     }
 }
