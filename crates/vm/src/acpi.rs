@@ -433,7 +433,10 @@ fn build_dsdt(num_cpus: u32, pci_slots: &[u8]) -> Sdt {
     // SSSS, any function"; pin 0 is INTA#. GSIs from _PRT entries like
     // these are level triggered, active low.
     let slots = pci_slots.iter().copied().filter(|s| PCI_SLOTS.contains(s));
-    let prt_addrs: Vec<u32> = slots.clone().map(|s| (u32::from(s) << 16) | 0xffff).collect();
+    let prt_addrs: Vec<u32> = slots
+        .clone()
+        .map(|s| (u32::from(s) << 16) | 0xffff)
+        .collect();
     let prt_gsis: Vec<u32> = slots.map(pci_intx_gsi).collect();
     let prt_entries: Vec<Package> = prt_addrs
         .iter()
