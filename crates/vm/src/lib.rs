@@ -17,7 +17,8 @@ mod vm;
 
 pub use control::{RunState, StopReason};
 pub use vm::{
-    random_uuid, DiskConfig, NoGuestTools, Vm, VmConfig, VmError, VmExit, VmHandle, MAX_VCPUS,
+    random_uuid, DiskConfig, LocalNet, NetDevConfig, NoGuestTools, Vm, VmConfig, VmError, VmExit,
+    VmHandle, MAX_VCPUS,
 };
 
 /// The guest channel's protocol types, for users of `VmHandle`.

@@ -888,6 +888,7 @@ mod tests {
             disks: Vec::new(),
             firmware: None,
             cdrom: None,
+            nets: Vec::new(),
         };
         let vm = crate::Vm::new(cfg, Box::new(std::io::sink())).unwrap();
         let mem = vm.memory();

@@ -64,6 +64,32 @@ pub struct VmConfig {
     /// An ISO image as a CD-ROM (a virtio-scsi MMC drive), on the PCI
     /// slot after the disks.
     pub cdrom: Option<PathBuf>,
+    /// Network interfaces (virtio-net on taps), after the CD-ROM.
+    pub nets: Vec<NetDevConfig>,
+}
+
+/// One network interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetDevConfig {
+    /// The tap: opened by name (creating it), or a descriptor vmd opened.
+    pub tap: String,
+    pub tap_fd: Option<i32>,
+    /// None: a stable one from the VM's name and the interface's index.
+    pub mac: Option<[u8; 6]>,
+    /// Drop frames from the guest whose source MAC is not `mac`.
+    pub locked: bool,
+    /// A local interface: the VM process answers the guest's DHCP with
+    /// these addresses (host side first), as OpenBSD's vmd does.
+    pub local: Option<LocalNet>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNet {
+    pub host: std::net::Ipv4Addr,
+    pub guest: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    /// The hostname the DHCP server gives the guest.
+    pub hostname: String,
 }
 
 /// One virtio-blk disk.
@@ -381,6 +407,50 @@ pub struct Vm {
     firmware: Option<Firmware>,
 }
 
+/// A virtio-net device on its tap.
+fn build_net(n: &NetDevConfig, index: usize) -> Result<devices::virtio::net::Net, VmError> {
+    use devices::virtio::net::{filter, tap::Tap, Net, NetConfig, DEFAULT_MTU};
+    let err = |e: std::io::Error| VmError::Device(format!("interface {index}: {e}"));
+    let tap = match n.tap_fd {
+        // SAFETY: the descriptor was handed to this process for this tap.
+        Some(fd) => unsafe { Tap::from_raw_fd(fd, n.tap.clone()) },
+        None => Tap::open(&n.tap),
+    }
+    .map_err(err)?;
+    let key = n
+        .local
+        .as_ref()
+        .map_or(n.tap.as_bytes(), |l| l.hostname.as_bytes());
+    let mac = n
+        .mac
+        .unwrap_or_else(|| filter::stable_mac(key, index as u8));
+    let dhcp = match &n.local {
+        Some(l) => {
+            let host_mac = tap.hw_addr().map_err(err)?;
+            Some(netcfg::dhcp::DhcpServer::new(
+                mac,
+                host_mac,
+                l.host,
+                l.guest,
+                l.prefix_len,
+                &l.hostname,
+            ))
+        }
+        None => None,
+    };
+    let name = format!("net{index} ({})", tap.name());
+    Ok(Net::new(
+        tap,
+        NetConfig {
+            mac,
+            mtu: DEFAULT_MTU,
+            locked: n.locked,
+            dhcp,
+        },
+        name,
+    ))
+}
+
 /// Moves a BAR's range on the MMIO bus. A BAR the guest parks at 0 or
 /// over another range (firmware does so while sizing) is left unmapped
 /// until it moves somewhere usable.
@@ -430,6 +500,9 @@ fn build_pci(
         let serial = DiskConfig::new(iso.clone(), None, true).serial;
         let name = format!("cdrom ({})", iso.display());
         models.push(Box::new(Scsi::new(image, &serial, name)));
+    }
+    for (i, n) in cfg.nets.iter().enumerate() {
+        models.push(Box::new(build_net(n, i)?));
     }
     for model in models {
         let slot = root

@@ -87,6 +87,13 @@ struct Args {
     /// or `qcow2:` to say the format instead of recognising it.
     #[arg(short = 'd', long = "disk", value_name = "[ro:][FMT:]PATH", value_parser = parse_disk)]
     disks: Vec<vm::DiskConfig>,
+    /// A network interface (repeatable): virtio-net on a tap,
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,locked][,local=VMID:IDX][,hostname=NAME]`.
+    /// `local=` makes it a local interface: the guest's DHCP is answered
+    /// here with the addresses OpenBSD's vmd gives VM VMID's interface IDX
+    /// in 100.64.0.0/10 (the host side's address is vmd's to configure).
+    #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
+    nets: Vec<vm::NetDevConfig>,
     /// An ISO image as a CD-ROM (virtio-scsi), after the disks.
     #[arg(short = 'r', long, value_name = "ISO")]
     cdrom: Option<PathBuf>,
@@ -169,6 +176,63 @@ fn parse_disk(s: &str) -> Result<vm::DiskConfig, String> {
         return Err("empty disk path".into());
     }
     Ok(vm::DiskConfig::new(PathBuf::from(path), format, ro))
+}
+
+fn parse_net(s: &str) -> Result<vm::NetDevConfig, String> {
+    let mut n = vm::NetDevConfig {
+        tap: String::new(),
+        tap_fd: None,
+        mac: None,
+        locked: false,
+        local: None,
+    };
+    let mut local = None;
+    let mut hostname = None;
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k {
+            "tap" => n.tap = v.to_owned(),
+            "fd" => n.tap_fd = Some(v.parse().map_err(|_| format!("fd {v:?}: not a number"))?),
+            "mac" => {
+                let b: Vec<u8> = v
+                    .split(':')
+                    .map(|x| u8::from_str_radix(x, 16))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("mac {v:?}: six hex bytes with colons"))?;
+                let mac: [u8; 6] = b
+                    .try_into()
+                    .map_err(|_| format!("mac {v:?}: six hex bytes with colons"))?;
+                if mac[0] & 1 != 0 {
+                    return Err(format!("mac {v}: a multicast address"));
+                }
+                n.mac = Some(mac);
+            }
+            "locked" => n.locked = true,
+            "local" => {
+                let (id, idx) = v
+                    .split_once(':')
+                    .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                    .ok_or_else(|| format!("local {v:?}: VMID:IDX"))?;
+                local = Some((id, idx));
+            }
+            "hostname" => hostname = Some(v.to_owned()),
+            other => return Err(format!("unknown interface setting {other:?}")),
+        }
+    }
+    if n.tap.is_empty() {
+        return Err("an interface needs tap=NAME".into());
+    }
+    if let Some((id, idx)) = local {
+        let a = netcfg::local::local_addrs(netcfg::local::DEFAULT_PREFIX4, None, id, idx)
+            .map_err(|e| e.to_string())?;
+        n.local = Some(vm::LocalNet {
+            host: a.host4,
+            guest: a.guest4,
+            prefix_len: netcfg::local::PREFIX_LEN4,
+            hostname: hostname.unwrap_or_else(|| format!("vm{id}")),
+        });
+    }
+    Ok(n)
 }
 
 fn parse_feature(s: &str) -> Result<cpuid::Feature, String> {
@@ -305,6 +369,7 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         guest_tools: !args.no_tools,
         disks: args.disks,
         cdrom: args.cdrom,
+        nets: args.nets,
         uuid: vm::random_uuid(),
     };
     let control = match args.control_fd {

@@ -84,6 +84,7 @@ pub fn guest_vm(name: &str, cmdline: &str, vcpus: u32) -> (Vm, Console) {
         disks: Vec::new(),
         firmware: None,
         cdrom: None,
+        nets: Vec::new(),
     };
     (Vm::new(cfg, Box::new(console.clone())).unwrap(), console)
 }
