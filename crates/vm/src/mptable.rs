@@ -889,6 +889,7 @@ mod tests {
             firmware: None,
             cdrom: None,
             nets: Vec::new(),
+            rng: false,
         };
         let vm = crate::Vm::new(cfg, Box::new(std::io::sink())).unwrap();
         let mem = vm.memory();

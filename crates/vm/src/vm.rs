@@ -66,6 +66,8 @@ pub struct VmConfig {
     pub cdrom: Option<PathBuf>,
     /// Network interfaces (virtio-net on taps), after the CD-ROM.
     pub nets: Vec<NetDevConfig>,
+    /// A virtio-rng entropy device, last.
+    pub rng: bool,
 }
 
 /// One network interface.
@@ -503,6 +505,9 @@ fn build_pci(
     }
     for (i, n) in cfg.nets.iter().enumerate() {
         models.push(Box::new(build_net(n, i)?));
+    }
+    if cfg.rng {
+        models.push(Box::new(devices::virtio::rng::Rng::new()));
     }
     for model in models {
         let slot = root

@@ -94,6 +94,9 @@ struct Args {
     /// in 100.64.0.0/10 (the host side's address is vmd's to configure).
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     nets: Vec<vm::NetDevConfig>,
+    /// A virtio-rng entropy device, fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
     /// An ISO image as a CD-ROM (virtio-scsi), after the disks.
     #[arg(short = 'r', long, value_name = "ISO")]
     cdrom: Option<PathBuf>,
@@ -370,6 +373,7 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         disks: args.disks,
         cdrom: args.cdrom,
         nets: args.nets,
+        rng: args.rng,
         uuid: vm::random_uuid(),
     };
     let control = match args.control_fd {

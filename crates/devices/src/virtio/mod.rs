@@ -13,6 +13,7 @@
 pub mod block;
 pub mod net;
 pub mod pci;
+pub mod rng;
 pub mod scsi;
 #[cfg(test)]
 mod test_ring;

@@ -85,6 +85,7 @@ pub fn guest_vm(name: &str, cmdline: &str, vcpus: u32) -> (Vm, Console) {
         firmware: None,
         cdrom: None,
         nets: Vec::new(),
+        rng: false,
     };
     (Vm::new(cfg, Box::new(console.clone())).unwrap(), console)
 }
