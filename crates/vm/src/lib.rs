@@ -59,10 +59,11 @@ impl IoBuses {
         }
     }
 
-    /// Dispatches an MMIO read; false if nothing is mapped at `addr`. The
-    /// bus lock is released before the device runs: a configuration write
-    /// through the ECAM window may move a BAR, which takes it for writing.
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+    /// Runs `f` on the MMIO device at `addr` with the offset into its
+    /// range; false if nothing is mapped there. The bus lock is released
+    /// before the device runs: a configuration write through the ECAM
+    /// window may move a BAR, which takes it for writing.
+    fn on_mmio(&self, addr: u64, f: impl FnOnce(&mut dyn devices::BusDevice, u64)) -> bool {
         let found = self
             .mmio
             .read()
@@ -70,30 +71,19 @@ impl IoBuses {
             .lookup(addr);
         match found {
             Some((dev, off)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(off, data);
+                f(&mut *dev.lock().unwrap_or_else(|e| e.into_inner()), off);
                 true
             }
             None => false,
         }
     }
 
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.on_mmio(addr, |dev, off| dev.read(off, data))
+    }
+
     fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        let found = self
-            .mmio
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .lookup(addr);
-        match found {
-            Some((dev, off)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(off, data);
-                true
-            }
-            None => false,
-        }
+        self.on_mmio(addr, |dev, off| dev.write(off, data))
     }
 
     fn is_regs_port(&self, port: u16) -> bool {
