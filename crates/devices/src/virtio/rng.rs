@@ -221,8 +221,10 @@ mod tests {
         ring.push(&m, &[(0x10000, 3000, true), (0x20000, 5000, true)]);
         assert_eq!(ring.wait_used(&m, 0), (0, 8000));
         let mut got = vec![0u8; 8000];
-        m.read_slice(&mut got[..3000], GuestAddress(0x10000)).unwrap();
-        m.read_slice(&mut got[3000..], GuestAddress(0x20000)).unwrap();
+        m.read_slice(&mut got[..3000], GuestAddress(0x10000))
+            .unwrap();
+        m.read_slice(&mut got[3000..], GuestAddress(0x20000))
+            .unwrap();
         // 8000 random bytes are not all alike (p = 2^-63992).
         assert!(got.iter().any(|&b| b != got[0]));
         ring.push(&m, &[(0x30000, 16, false)]);
