@@ -11,6 +11,7 @@
 //! threads is what a snapshot will have to save.
 
 pub mod block;
+pub mod chain;
 pub mod net;
 pub mod pci;
 pub mod rng;

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::virtio::GuestMemory;
 
@@ -29,13 +29,8 @@ pub const DISCARD_SEGMENT_LEN: u64 = 16;
 /// Bytes of the GET_ID answer.
 pub const ID_LEN: usize = 20;
 
-/// A piece of guest memory a request reads or writes, checked to lie in
-/// guest RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    pub addr: GuestAddress,
-    pub len: u32,
-}
+pub use crate::virtio::chain::Segment;
+use crate::virtio::chain::{self, ChainError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -94,9 +89,15 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// The most descriptors a chain may have: a queue holds at most 32768,
-/// and an indirect table as many.
-const MAX_DESCRIPTORS: usize = 32768;
+impl From<ChainError> for ParseError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::ReadableAfterWritable => ParseError::ReadableAfterWritable,
+            ChainError::OutsideMemory { addr, len } => ParseError::OutsideMemory { addr, len },
+            ChainError::TooLong => ParseError::TooLong,
+        }
+    }
+}
 
 /// Parses the chain `descs` (as the queue yields it: loops and bad
 /// indices already cut it short).
@@ -104,40 +105,7 @@ pub fn parse(
     mem: &GuestMemory,
     descs: impl Iterator<Item = Descriptor>,
 ) -> Result<Request, ParseError> {
-    let mut readable: Vec<Segment> = Vec::new();
-    let mut writable: Vec<Segment> = Vec::new();
-    for (n, d) in descs.enumerate() {
-        if n >= MAX_DESCRIPTORS {
-            return Err(ParseError::TooLong);
-        }
-        if d.len() == 0 {
-            continue;
-        }
-        let seg = Segment {
-            addr: GuestAddress(d.addr().0),
-            len: d.len(),
-        };
-        // The whole range must be RAM: `check_range` also refuses a range
-        // that wraps or straddles a hole.
-        let perm = if d.is_write_only() {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !mem.check_range(seg.addr, seg.len as usize, perm) {
-            return Err(ParseError::OutsideMemory {
-                addr: seg.addr.0,
-                len: seg.len,
-            });
-        }
-        if d.is_write_only() {
-            writable.push(seg);
-        } else if writable.is_empty() {
-            readable.push(seg);
-        } else {
-            return Err(ParseError::ReadableAfterWritable);
-        }
-    }
+    let (readable, mut writable) = chain::split(mem, descs)?;
 
     let mut header = [0u8; HEADER_LEN as usize];
     let body = take_prefix(mem, &readable, &mut header).ok_or(ParseError::ShortHeader)?;

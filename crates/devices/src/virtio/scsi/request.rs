@@ -13,7 +13,7 @@
 use std::fmt;
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address as _, Bytes, GuestAddress, GuestMemory as _, Permissions};
+use vm_memory::{Address as _, Bytes};
 
 use crate::virtio::GuestMemory;
 
@@ -58,17 +58,8 @@ const AN_LEN: usize = 16;
 /// Writable bytes of an AN response: event_actual, response.
 pub const AN_RESP_LEN: u64 = 5;
 
-/// The most descriptors a chain may have: a queue holds at most 32768,
-/// and an indirect table as many.
-const MAX_DESCRIPTORS: usize = 32768;
-
-/// A piece of guest memory a request reads or writes, checked to lie in
-/// guest RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    pub addr: GuestAddress,
-    pub len: u32,
-}
+pub use crate::virtio::chain::Segment;
+use crate::virtio::chain::{self, ChainError};
 
 /// Segments seen as one run of bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,40 +146,11 @@ fn split_chain(
     mem: &GuestMemory,
     descs: impl Iterator<Item = Descriptor>,
 ) -> Result<(Buffer, Buffer), ParseError> {
+    let (r, w) = chain::split(mem, descs)?;
     let mut readable = Buffer::default();
     let mut writable = Buffer::default();
-    for (n, d) in descs.enumerate() {
-        if n >= MAX_DESCRIPTORS {
-            return Err(ParseError::TooLong);
-        }
-        if d.len() == 0 {
-            continue;
-        }
-        let seg = Segment {
-            addr: GuestAddress(d.addr().0),
-            len: d.len(),
-        };
-        // The whole range must be RAM: `check_range` also refuses a range
-        // that wraps or straddles a hole.
-        let perm = if d.is_write_only() {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        if !mem.check_range(seg.addr, seg.len as usize, perm) {
-            return Err(ParseError::OutsideMemory {
-                addr: seg.addr.0,
-                len: seg.len,
-            });
-        }
-        if d.is_write_only() {
-            writable.push(seg);
-        } else if writable.len == 0 {
-            readable.push(seg);
-        } else {
-            return Err(ParseError::ReadableAfterWritable);
-        }
-    }
+    r.into_iter().for_each(|seg| readable.push(seg));
+    w.into_iter().for_each(|seg| writable.push(seg));
     Ok((readable, writable))
 }
 
@@ -261,6 +223,16 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
+
+impl From<ChainError> for ParseError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::ReadableAfterWritable => ParseError::ReadableAfterWritable,
+            ChainError::OutsideMemory { addr, len } => ParseError::OutsideMemory { addr, len },
+            ChainError::TooLong => ParseError::TooLong,
+        }
+    }
+}
 
 /// Parses a request queue chain, with the configuration's current
 /// `cdb_size` and `sense_size` (the driver may change both).
@@ -447,6 +419,7 @@ pub fn parse_lun(lun: &[u8; 8]) -> LunAddress {
 mod tests {
     use super::*;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vm_memory::GuestAddress;
 
     const MEM: u64 = 1 << 20;
 
