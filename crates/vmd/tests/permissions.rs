@@ -39,6 +39,24 @@ fn test_user() -> (u32, u32) {
     user_ids(USER).expect("the test user exists")
 }
 
+/// vmctl run as `uid`:`gid` against `d`. The user runs its own copy of
+/// vmctl: the build tree need not be open to it.
+fn user_vmctl(d: &TestDaemon, uid: u32, gid: u32) -> impl Fn(&[&str]) -> Outcome + '_ {
+    let vmctl = d.dir.join("vmctl");
+    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
+    move |args: &[&str]| {
+        let mut c = Command::new(&vmctl);
+        c.arg("-s")
+            .arg(&d.sock)
+            .args(args)
+            .env_remove("VMD_SOCKET")
+            .stdin(std::process::Stdio::null());
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, gid);
+        run_bounded(c, Duration::from_secs(60))
+    }
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no side effects.
     unsafe { libc::geteuid() == 0 }
@@ -71,21 +89,7 @@ vm "theirs" {{
 "#
     );
     let d = TestDaemon::start(&conf);
-    // The unprivileged user runs its own copy of vmctl: the build tree
-    // need not be open to it.
-    let vmctl = d.dir.join("vmctl");
-    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
-    let as_user = |args: &[&str]| {
-        let mut c = Command::new(&vmctl);
-        c.arg("-s")
-            .arg(&d.sock)
-            .args(args)
-            .env_remove("VMD_SOCKET")
-            .stdin(std::process::Stdio::null());
-        std::os::unix::process::CommandExt::uid(&mut c, uid);
-        std::os::unix::process::CommandExt::gid(&mut c, gid);
-        run_bounded(c, Duration::from_secs(60))
-    };
+    let as_user = user_vmctl(&d, uid, gid);
 
     // The socket is the user's (group too), mode 0660.
     {
@@ -199,19 +203,7 @@ vm "base" {{
 "#
     );
     let d = TestDaemon::start(&conf);
-    let vmctl = d.dir.join("vmctl");
-    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
-    let as_user = |args: &[&str]| {
-        let mut c = Command::new(&vmctl);
-        c.arg("-s")
-            .arg(&d.sock)
-            .args(args)
-            .env_remove("VMD_SOCKET")
-            .stdin(std::process::Stdio::null());
-        std::os::unix::process::CommandExt::uid(&mut c, uid);
-        std::os::unix::process::CommandExt::gid(&mut c, gid);
-        run_bounded(c, Duration::from_secs(60))
-    };
+    let as_user = user_vmctl(&d, uid, gid);
     use std::os::unix::fs::PermissionsExt;
     let secret = d.dir.join("root.img");
     std::fs::File::create(&secret)
