@@ -19,10 +19,21 @@
 //! | `to=A.B.C.D:PORT` | none | `blast` destination |
 //! | `size=BYTES` | 1400 | `blast` UDP payload size (at most MTU - 28) |
 //! | `sport=PORT` | 40000 | `blast` source port |
+//! | `srcmac=XX:XX:XX:XX:XX:XX` | the device's | source MAC of every frame sent (see below) |
 //! | `timeout_ms=T` | 10000 | longest wait: link up, ARP, DHCP, TX completion; for `echo`, the silence that ends it |
 //!
 //! The steps run in this order: device set-up, address (`dhcp` or `ip`),
 //! `blast`, `echo`. `blast` and `echo` need an address.
+//!
+//! `srcmac=` makes the guest claim another MAC than its device's (a
+//! spoofing guest, for tests of `locked lladdr`): every frame it sends
+//! (ARP, DHCP, echo replies, blast) carries that source address, and it
+//! also names itself by it where a protocol asks (ARP sender hardware
+//! address, DHCP `chaddr` and client identifier). Frames addressed to
+//! either MAC are taken. The device is set up as usual: the driver never
+//! writes the device's MAC (read-only in virtio 1.x, and there is no
+//! VIRTIO_NET_F_CTRL_MAC_ADDR here); a virtio-net device sends whatever
+//! frame it is given.
 //!
 //! # Serial output
 //! After rt's `testguest net: boot via ...` line:
@@ -31,6 +42,7 @@
 //!   from the configuration space (VIRTIO_NET_F_MAC), else generated
 //!   (locally administered, from the TSC); `mtu` the configuration field
 //!   if VIRTIO_NET_F_MTU was negotiated, else `-`;
+//! * `srcmac=`: `net: srcmac <xx:xx:xx:xx:xx:xx>`, the MAC sent from;
 //! * `dhcp=1`: `net: dhcp ip <a.b.c.d>/<prefix> router <r|-> server <s>`
 //!   (`-`: the ACK named no router; the prefix from the subnet mask
 //!   option, 24 without one);
@@ -186,6 +198,20 @@ fn parse_ip(s: &str) -> Option<[u8; 4]> {
         *b = parts.next()?.parse().ok()?;
     }
     parts.next().is_none().then_some(ip)
+}
+
+/// `xx:xx:xx:xx:xx:xx` (hex digits, either case).
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 fn prefix_mask(prefix: u8) -> u32 {
@@ -472,7 +498,11 @@ struct Net {
     dev: Device,
     rx: Rx,
     tx: Tx,
+    /// The device's MAC.
     mac: [u8; 6],
+    /// The MAC the guest sends from and names itself by: `srcmac=`, else
+    /// `mac`.
+    src_mac: [u8; 6],
     mtu: Option<u16>,
     ip: [u8; 4],
     prefix: u8,
@@ -509,7 +539,7 @@ impl Net {
     }
 
     fn send_arp(&mut self, op: u16, tha: [u8; 6], tpa: [u8; 4]) -> Result<(), Fail> {
-        let (mac, ip) = (self.mac, self.ip);
+        let (mac, ip) = (self.src_mac, self.ip);
         let dst = if op == 1 { BROADCAST_MAC } else { tha };
         self.tx.send(self.timeout_us, |f| {
             f[0..6].copy_from_slice(&dst);
@@ -543,7 +573,7 @@ impl Net {
         }
         let dst_mac: [u8; 6] = f[0..6].try_into().unwrap();
         let src_mac: [u8; 6] = f[6..12].try_into().unwrap();
-        if dst_mac != self.mac && dst_mac != BROADCAST_MAC {
+        if dst_mac != self.mac && dst_mac != self.src_mac && dst_mac != BROADCAST_MAC {
             return Ok(None);
         }
         match be16(f, 12) {
@@ -720,6 +750,7 @@ fn setup(pci: &Pci, mut window: Option<MemWindow>) -> Result<Net, Fail> {
         rx,
         tx,
         mac,
+        src_mac: mac,
         mtu: (features & F_MTU != 0).then_some(mtu),
         ip: [0; 4],
         prefix: 0,
@@ -840,8 +871,8 @@ fn build_dhcp(
 
 fn dhcp(net: &mut Net) -> Result<(), Fail> {
     let t = rt::io::rdtsc();
-    let xid = splitmix64(t ^ u64::from(net.mac[5]) << 56) as u32;
-    let mac = net.mac;
+    let xid = splitmix64(t ^ u64::from(net.src_mac[5]) << 56) as u32;
+    let mac = net.src_mac;
     let mut req: Option<([u8; 4], [u8; 4])> = None;
     let deadline = virtio::deadline_us(net.timeout_us);
     let mut resend = 0;
@@ -945,7 +976,7 @@ fn echo(net: &mut Net, port: u16, count: u64) -> Result<(), Fail> {
             continue;
         }
         let back = UdpAddr {
-            src_mac: net.mac,
+            src_mac: net.src_mac,
             dst_mac: d.from.src_mac,
             src_ip: net.ip,
             dst_ip: d.from.src_ip,
@@ -980,7 +1011,7 @@ fn blast(net: &mut Net, n: u64, to: ([u8; 4], u16), size: usize) -> Result<(), F
     }
     let dst_mac = net.resolve(to.0)?;
     let a = UdpAddr {
-        src_mac: net.mac,
+        src_mac: net.src_mac,
         dst_mac,
         src_ip: net.ip,
         dst_ip: to.0,
@@ -1056,6 +1087,10 @@ fn run() -> Result<(), Fail> {
         net.dev.features(),
         MtuLine(mtu)
     );
+    if let Some(v) = get("srcmac") {
+        net.src_mac = parse_mac(v).ok_or(Fail::Msg("bad srcmac= (want xx:xx:xx:xx:xx:xx)"))?;
+        println!("net: srcmac {}", Mac(net.src_mac));
+    }
     if get_u64("dhcp", 0) != 0 {
         dhcp(&mut net)?;
     } else if let Some(v) = get("ip") {
