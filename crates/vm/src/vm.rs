@@ -411,7 +411,7 @@ pub struct Vm {
 
 /// A virtio-net device on its tap.
 fn build_net(n: &NetDevConfig, index: usize) -> Result<devices::virtio::net::Net, VmError> {
-    use devices::virtio::net::{filter, tap::Tap, Net, NetConfig, DEFAULT_MTU};
+    use devices::virtio::net::{tap::Tap, Net, NetConfig, DEFAULT_MTU};
     let err = |e: std::io::Error| VmError::Device(format!("interface {index}: {e}"));
     let tap = match n.tap_fd {
         // SAFETY: the descriptor was handed to this process for this tap.
@@ -425,7 +425,7 @@ fn build_net(n: &NetDevConfig, index: usize) -> Result<devices::virtio::net::Net
         .map_or(n.tap.as_bytes(), |l| l.hostname.as_bytes());
     let mac = n
         .mac
-        .unwrap_or_else(|| filter::stable_mac(key, index as u8));
+        .unwrap_or_else(|| netcfg::mac::stable_mac(key, index as u8));
     let dhcp = match &n.local {
         Some(l) => {
             let host_mac = tap.hw_addr().map_err(err)?;

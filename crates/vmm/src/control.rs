@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,68 @@ impl Channel {
     pub fn event(&self, e: Event) {
         self.send(&Reply::Event(e));
     }
+}
+
+/// Most descriptors one start hands over (taps): more than a VM has PCI
+/// slots for interfaces.
+const MAX_FDS: usize = 32;
+
+/// Receives the `n` descriptors vmd sends first on the control socket (one
+/// byte carrying them as SCM_RIGHTS), before any JSON line. Fewer or more
+/// than `n`, or a truncated control message, is an error: the VM would
+/// otherwise get the wrong tap on an interface.
+pub fn recv_fds(fd: RawFd, n: usize) -> std::io::Result<Vec<OwnedFd>> {
+    use std::io::{Error, ErrorKind};
+    if n > MAX_FDS {
+        return Err(Error::new(ErrorKind::InvalidInput, "too many descriptors"));
+    }
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    // u64s: the control buffer must be aligned for cmsghdr.
+    let mut cbuf = [0u64; 2 + MAX_FDS / 2 + 2];
+    // SAFETY: a zeroed msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let got = loop {
+        // SAFETY: msg points at live buffers of the sizes it states.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r;
+        }
+        let e = Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG macros walk the buffer recvmsg filled, within
+    // msg_controllen; each SCM_RIGHTS payload is an array of ints.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                for i in 0..len / std::mem::size_of::<i32>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if got != 1 || msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() != n {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("expected {n} descriptors, got {}", fds.len()),
+        ));
+    }
+    Ok(fds)
 }
 
 /// What vmd sees of the guest's tools.

@@ -88,12 +88,15 @@ struct Args {
     #[arg(short = 'd', long = "disk", value_name = "[ro:][FMT:]PATH", value_parser = parse_disk)]
     disks: Vec<vm::DiskConfig>,
     /// A network interface (repeatable): virtio-net on a tap,
-    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,locked][,local=VMID:IDX][,hostname=NAME]`.
-    /// `local=` makes it a local interface: the guest's DHCP is answered
-    /// here with the addresses OpenBSD's vmd gives VM VMID's interface IDX
-    /// in 100.64.0.0/10 (the host side's address is vmd's to configure).
+    /// `tap=NAME[,fd=N|fd=control][,mac=XX:XX:XX:XX:XX:XX][,locked][,local=VMID:IDX[,prefix=A/L]][,hostname=NAME]`.
+    /// Without `fd` the tap is opened (created) by name; `fd=N` is a tap
+    /// descriptor inherited from the parent, `fd=control` one vmd sends on
+    /// the control socket. `local=` makes it a local interface: the guest's
+    /// DHCP is answered here with the addresses OpenBSD's vmd gives VM
+    /// VMID's interface IDX in `prefix` (default 100.64.0.0/10; the host
+    /// side's address is vmd's to configure).
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
-    nets: Vec<vm::NetDevConfig>,
+    nets: Vec<NetArg>,
     /// A virtio-rng entropy device, fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -181,7 +184,16 @@ fn parse_disk(s: &str) -> Result<vm::DiskConfig, String> {
     Ok(vm::DiskConfig::new(PathBuf::from(path), format, ro))
 }
 
-fn parse_net(s: &str) -> Result<vm::NetDevConfig, String> {
+/// One `--net`: the interface, and whether its tap comes over the control
+/// socket (vmd opens taps, which needs CAP_NET_ADMIN the VM process has no
+/// use for otherwise).
+#[derive(Clone, Debug)]
+struct NetArg {
+    cfg: vm::NetDevConfig,
+    fd_from_control: bool,
+}
+
+fn parse_net(s: &str) -> Result<NetArg, String> {
     let mut n = vm::NetDevConfig {
         tap: String::new(),
         tap_fd: None,
@@ -189,12 +201,15 @@ fn parse_net(s: &str) -> Result<vm::NetDevConfig, String> {
         locked: false,
         local: None,
     };
+    let mut fd_from_control = false;
     let mut local = None;
+    let mut prefix = netcfg::local::DEFAULT_PREFIX4;
     let mut hostname = None;
     for part in s.split(',') {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         match k {
             "tap" => n.tap = v.to_owned(),
+            "fd" if v == "control" => fd_from_control = true,
             "fd" => n.tap_fd = Some(v.parse().map_err(|_| format!("fd {v:?}: not a number"))?),
             "mac" => {
                 let b: Vec<u8> = v
@@ -218,6 +233,13 @@ fn parse_net(s: &str) -> Result<vm::NetDevConfig, String> {
                     .ok_or_else(|| format!("local {v:?}: VMID:IDX"))?;
                 local = Some((id, idx));
             }
+            "prefix" => {
+                prefix = v
+                    .split_once('/')
+                    .and_then(|(a, l)| Some((a.parse().ok()?, l.parse::<u8>().ok()?)))
+                    .filter(|&(_, l)| l <= 32)
+                    .ok_or_else(|| format!("prefix {v:?}: an IPv4 prefix, A.B.C.D/LEN"))?;
+            }
             "hostname" => hostname = Some(v.to_owned()),
             other => return Err(format!("unknown interface setting {other:?}")),
         }
@@ -226,8 +248,7 @@ fn parse_net(s: &str) -> Result<vm::NetDevConfig, String> {
         return Err("an interface needs tap=NAME".into());
     }
     if let Some((id, idx)) = local {
-        let a = netcfg::local::local_addrs(netcfg::local::DEFAULT_PREFIX4, None, id, idx)
-            .map_err(|e| e.to_string())?;
+        let a = netcfg::local::local_addrs(prefix, None, id, idx).map_err(|e| e.to_string())?;
         n.local = Some(vm::LocalNet {
             host: a.host4,
             guest: a.guest4,
@@ -235,7 +256,10 @@ fn parse_net(s: &str) -> Result<vm::NetDevConfig, String> {
             hostname: hostname.unwrap_or_else(|| format!("vm{id}")),
         });
     }
-    Ok(n)
+    Ok(NetArg {
+        cfg: n,
+        fd_from_control,
+    })
 }
 
 fn parse_feature(s: &str) -> Result<cpuid::Feature, String> {
@@ -332,6 +356,27 @@ fn stop_on_signals(sigs: libc::sigset_t, h: VmHandle, grace: Duration) {
 }
 
 fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
+    let wanted = args.nets.iter().filter(|n| n.fd_from_control).count();
+    let mut received = Vec::new();
+    if wanted > 0 {
+        let fd = args
+            .control_fd
+            .ok_or("--net fd=control needs --control-fd")?;
+        received = control::recv_fds(fd, wanted).map_err(|e| format!("taps from vmd: {e}"))?;
+    }
+    let mut received = received.into_iter();
+    let nets = args
+        .nets
+        .into_iter()
+        .map(|n| {
+            let mut cfg = n.cfg;
+            if n.fd_from_control {
+                // Owned by the VM from here (the device closes it).
+                cfg.tap_fd = received.next().map(std::os::fd::IntoRawFd::into_raw_fd);
+            }
+            cfg
+        })
+        .collect();
     let cfg = VmConfig {
         mem_size: args.memory,
         vcpus: args.cpus,
@@ -372,7 +417,7 @@ fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         guest_tools: !args.no_tools,
         disks: args.disks,
         cdrom: args.cdrom,
-        nets: args.nets,
+        nets,
         rng: args.rng,
         uuid: vm::random_uuid(),
     };
