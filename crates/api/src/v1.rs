@@ -75,6 +75,32 @@ pub struct VmStatus {
     /// The CD-ROM image, if the VM has one.
     #[serde(default)]
     pub cdrom: Option<String>,
+    /// The network interfaces of the running VM, in the order the guest
+    /// sees them.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+/// A network interface of a running VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InterfaceStatus {
+    /// The host-side tap device.
+    #[schema(example = "tap0")]
+    pub tap: String,
+    /// The switch the tap is a port of, and that switch's bridge.
+    pub switch: Option<String>,
+    pub bridge: Option<String>,
+    /// The guest's MAC address.
+    #[schema(example = "fe:e1:ba:d0:12:34")]
+    pub lladdr: String,
+    /// Frames from the guest with another source address are dropped.
+    pub locked: bool,
+    /// A local interface: the host side's address (the guest's router).
+    #[schema(example = "100.64.1.2/31")]
+    pub local: Option<String>,
+    /// A local interface: the address the built-in DHCP server gives the guest.
+    #[schema(example = "100.64.1.3")]
+    pub guest: Option<String>,
 }
 
 /// A disk of a VM.
@@ -107,11 +133,15 @@ pub struct StartRequest {
     /// Device the BIOS boots first (`-B`): `disk` or `cdrom`.
     #[serde(default)]
     pub boot_device: Option<String>,
-    /// Network interfaces (`-i`).
+    /// Network interfaces (`-i`): at least this many, counting `-L`'s
+    /// and `-n`'s; the others are taps on no switch.
     pub interfaces: Option<u32>,
-    /// A local interface (`-L`).
+    /// A local interface (`-L`), the first one.
     #[serde(default)]
     pub local_interface: bool,
+    /// An interface on each of these switches (`-n`), after the local one.
+    #[serde(default)]
+    pub switches: Vec<String>,
     /// Start as an instance of this configured VM (`-t`).
     pub instance_of: Option<String>,
     /// The CPU the guest is shown (`--cpu-vendor`, `--cpu-family`, ...);

@@ -189,9 +189,6 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
     if a.boot_device.as_deref() == Some("net") {
         return Err("start -B net: network boot is not supported".into());
     }
-    if !a.switches.is_empty() {
-        return Err("start -n: not supported by vmd yet".into());
-    }
     let opt = |p: &Option<String>| p.as_deref().map(abs_path).transpose();
     let cpu = cpu_request(&a);
     let req = StartRequest {
@@ -206,6 +203,7 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
         boot_device: a.boot_device,
         interfaces: a.interfaces,
         local_interface: a.local,
+        switches: a.switches,
         instance_of: a.instance_of,
         cpu,
     };
@@ -341,7 +339,8 @@ fn status(ctx: &Ctx, a: StatusArgs) -> Result<()> {
     }
     vms.sort_by_key(|v| v.id);
     let mut out = table::format_table(&vms);
-    // One VM asked for by name: its disks and CD-ROM below the table.
+    // One VM asked for by name: its disks, CD-ROM and interfaces below
+    // the table.
     if a.id.is_some() {
         out.push_str(&table::format_devices(&vms));
     }

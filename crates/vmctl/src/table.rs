@@ -77,8 +77,10 @@ pub fn format_table(vms: &[VmStatus]) -> String {
     out
 }
 
-/// The disks and CD-ROM of each VM, one line each: `disk<N> <format>
-/// <path>` (format `-` while not known) and `cdrom <path>`.
+/// The disks, CD-ROM and network interfaces of each VM, one line each:
+/// `disk<N> <format> <path>` (format `-` while not known), `cdrom <path>`,
+/// and `if<N> <tap> <lladdr>` followed by `switch <name> <bridge>`,
+/// `local <host address/len> guest <address>` and `locked` as they apply.
 pub fn format_devices(vms: &[VmStatus]) -> String {
     let mut out = String::new();
     for v in vms {
@@ -88,6 +90,20 @@ pub fn format_devices(vms: &[VmStatus]) -> String {
         }
         if let Some(c) = &v.cdrom {
             out.push_str(&format!("cdrom {}\n", clean(c)));
+        }
+        for (i, n) in v.interfaces.iter().enumerate() {
+            let mut line = format!("if{i} {} {}", clean(&n.tap), clean(&n.lladdr));
+            if let (Some(sw), Some(br)) = (&n.switch, &n.bridge) {
+                line.push_str(&format!(" switch {} {}", clean(sw), clean(br)));
+            }
+            if let (Some(host), Some(guest)) = (&n.local, &n.guest) {
+                line.push_str(&format!(" local {} guest {}", clean(host), clean(guest)));
+            }
+            if n.locked {
+                line.push_str(" locked");
+            }
+            out.push_str(&line);
+            out.push('\n');
         }
     }
     out
@@ -118,9 +134,31 @@ mod tests {
             },
         ];
         v.cdrom = Some("/iso/install.iso".into());
+        v.interfaces = vec![
+            api::v1::InterfaceStatus {
+                tap: "tap0".into(),
+                switch: None,
+                bridge: None,
+                lladdr: "fe:e1:ba:00:00:01".into(),
+                locked: false,
+                local: Some("100.64.1.2/31".into()),
+                guest: Some("100.64.1.3".into()),
+            },
+            api::v1::InterfaceStatus {
+                tap: "tap1".into(),
+                switch: Some("uplink".into()),
+                bridge: Some("br0".into()),
+                lladdr: "fe:e1:ba:00:00:02".into(),
+                locked: true,
+                local: None,
+                guest: None,
+            },
+        ];
         assert_eq!(
             format_devices(&[v]),
-            "disk0 qcow2 /var/vm/a.qcow2\ndisk1 - /tmp/x?[2J.img\ncdrom /iso/install.iso\n"
+            "disk0 qcow2 /var/vm/a.qcow2\ndisk1 - /tmp/x?[2J.img\ncdrom /iso/install.iso\n\
+             if0 tap0 fe:e1:ba:00:00:01 local 100.64.1.2/31 guest 100.64.1.3\n\
+             if1 tap1 fe:e1:ba:00:00:02 switch uplink br0 locked\n"
         );
     }
 
@@ -141,6 +179,7 @@ mod tests {
             last_exit: None,
             disks: Vec::new(),
             cdrom: None,
+            interfaces: Vec::new(),
         }
     }
 

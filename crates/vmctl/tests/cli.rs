@@ -166,13 +166,14 @@ fn vms() -> Value {
             "id": 2, "name": "db", "pid": null, "vcpus": 1, "maxmem": 536870912u64,
             "curmem": 0, "tty": null, "owner": "root", "state": "stopped",
             "hostname": null, "ip": null, "tools": false, "last_exit": "halted by guest tools",
-            "disks": [], "cdrom": null
+            "disks": [], "cdrom": null, "interfaces": []
         },
         {
             "id": 1, "name": "web1", "pid": 4242, "vcpus": 2, "maxmem": 1073741824u64,
             "curmem": 27787264u64, "tty": "/dev/pts/3", "owner": "root", "state": "running",
             "hostname": "web1.example.org", "ip": "100.64.1.3", "tools": true, "last_exit": null,
-            "disks": [{"path": "/var/vm/web1.qcow2", "format": "qcow2"}], "cdrom": null
+            "disks": [{"path": "/var/vm/web1.qcow2", "format": "qcow2"}], "cdrom": null,
+            "interfaces": []
         }
     ])
 }
@@ -424,6 +425,10 @@ fn start_sends_absolute_paths() {
                 "-L",
                 "-i",
                 "1",
+                "-n",
+                "uplink",
+                "-n",
+                "lab",
                 "new1",
             ])
             .output()
@@ -448,7 +453,8 @@ fn start_sends_absolute_paths() {
             "name": "new1", "kernel": format!("{d}/bzImage"), "initrd": null,
             "cmdline": "console=ttyS0", "memory": 1073741824u64, "cpus": 2,
             "disks": [format!("{d}/a.img"), "raw:/x/b.img"], "cdrom": null,
-            "boot_device": null, "interfaces": 1, "local_interface": true, "instance_of": null
+            "boot_device": null, "interfaces": 1, "local_interface": true,
+            "switches": ["uplink", "lab"], "instance_of": null
         })
     );
 }

@@ -163,6 +163,7 @@ async fn start(
         || req.boot_device.is_some()
         || req.interfaces.is_some()
         || req.local_interface
+        || !req.switches.is_empty()
         || req.cpu.is_some();
     // The guard must not live through the match: the arms lock again.
     let existing = d.lock().find(&req.name);
@@ -301,12 +302,39 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
     if let Some(iso) = &req.cdrom {
         def.cdrom = Some(iso.into());
     }
-    if req.interfaces.is_some() || req.local_interface {
-        return Err(Error::BadRequest(
-            "network interfaces are not supported yet".into(),
-        ));
+    if req.interfaces.is_some() || req.local_interface || !req.switches.is_empty() {
+        def.interfaces = interfaces(req)?;
     }
     Ok(())
+}
+
+/// vmctl's `-L`, `-n` and `-i` as interfaces, the way OpenBSD's vmctl
+/// builds them: the local interface first, then one per switch, then taps
+/// on no switch up to the `-i` count.
+fn interfaces(req: &StartRequest) -> Result<Vec<vmconf::Interface>, Error> {
+    let named = req.switches.len() + usize::from(req.local_interface);
+    let count = named.max(req.interfaces.unwrap_or(0) as usize);
+    if count > vmconf::MAX_INTERFACES {
+        return Err(Error::BadRequest(format!(
+            "{count} interfaces: at most {} per VM",
+            vmconf::MAX_INTERFACES
+        )));
+    }
+    let mut out = Vec::with_capacity(count);
+    if req.local_interface {
+        out.push(vmconf::Interface {
+            local: true,
+            ..Default::default()
+        });
+    }
+    for sw in &req.switches {
+        out.push(vmconf::Interface {
+            switch: Some(sw.clone()),
+            ..Default::default()
+        });
+    }
+    out.resize_with(count, Default::default);
+    Ok(out)
 }
 
 /// `base` with a start request's `cpu` on it, checked as vm.conf's `cpu`
@@ -372,7 +400,7 @@ fn check_instance_overrides(parent: &vmconf::VmDef, req: &StartRequest) -> Resul
         (req.cdrom.is_some(), O::Cdrom),
         (req.boot_device.is_some(), O::Boot),
         (
-            req.interfaces.is_some() || req.local_interface,
+            req.interfaces.is_some() || req.local_interface || !req.switches.is_empty(),
             O::Interface,
         ),
     ];
@@ -608,6 +636,7 @@ fn load_config(d: &Arc<Daemon>, path: &std::path::Path, replace: bool) -> Config
     match vmconf::parse_file(path, &opts) {
         Ok(cfg) => {
             let (vms, added) = d.apply(cfg, replace);
+            configure_switches(d);
             for id in added {
                 if d.lock().vms.get(&id).is_some_and(|v| v.def.enabled) {
                     let d = d.clone();
@@ -628,6 +657,42 @@ fn load_config(d: &Arc<Daemon>, path: &std::path::Path, replace: bool) -> Config
             vms: d.lock().vms.values().map(|v| v.def.name.clone()).collect(),
         },
     }
+}
+
+/// `vmctl reset switches`: the `switch` blocks are read again from the
+/// configuration file and applied (bridges created where missing, up or
+/// down, groups); VMs and their definitions are left alone.
+async fn reset_switches(d: &Arc<Daemon>) -> Result<String, Error> {
+    let opts = vmconf::Options {
+        macros: d.macros.clone(),
+    };
+    let cfg = vmconf::parse_file(&d.config_path, &opts).map_err(|diags| {
+        let lines: Vec<String> = diags.iter().map(|e| e.to_string()).collect();
+        Error::BadRequest(lines.join("\n"))
+    })?;
+    let n = cfg.switches.iter().filter(|s| s.enabled).count();
+    d.lock().switches = cfg.switches.clone();
+    let errors = d.net.configure_switches(&cfg.switches).await;
+    if errors.is_empty() {
+        Ok(format!("reset {n} switches"))
+    } else {
+        Err(Error::BadRequest(errors.join("; ")))
+    }
+}
+
+/// Sets up the configuration's switches in the background, logging what
+/// fails (at start and after a reload or load).
+pub fn configure_switches(d: &Arc<Daemon>) {
+    let switches = d.lock().switches.clone();
+    if switches.is_empty() {
+        return;
+    }
+    let d = d.clone();
+    tokio::spawn(async move {
+        for e in d.net.configure_switches(&switches).await {
+            tracing::error!("{e}");
+        }
+    });
 }
 
 /// Reloads the configuration file (SIGHUP, `vmctl reload`).
@@ -701,10 +766,14 @@ async fn reset(
             }
         }
     }
+    let mut switches = String::new();
+    if matches!(req.what, ResetWhat::All | ResetWhat::Switches) {
+        switches = reset_switches(&app.daemon).await?;
+    }
     let message = match req.what {
         ResetWhat::Vms => format!("terminated {stopped} vms"),
-        ResetWhat::Switches => "no switches to reset".into(),
-        ResetWhat::All => format!("terminated {stopped} vms; no switches to reset"),
+        ResetWhat::Switches => switches,
+        ResetWhat::All => format!("terminated {stopped} vms; {switches}"),
     };
     Ok(Json(Message { message }))
 }
@@ -749,6 +818,7 @@ async fn log_level(
     components(schemas(
         VmStatus,
         api::v1::DiskStatus,
+        api::v1::InterfaceStatus,
         VmState,
         StartRequest,
         CpuRequest,

@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod net;
 mod state;
 mod vmproc;
 
@@ -240,6 +241,11 @@ async fn run(
     let daemon = Daemon::new(cfg, vmm_path(), args.file.clone(), args.macros.clone());
     tracing::info!(socket = %args.socket.display(), "vmd started, {} vms configured", daemon.lock().vms.len());
 
+    // Switches first: VMs on them add their taps to the bridges.
+    let switches = daemon.lock().switches.clone();
+    for e in daemon.net.configure_switches(&switches).await {
+        tracing::error!("{e}");
+    }
     tokio::spawn(start_enabled(daemon.clone()));
 
     let app = api::App {
@@ -262,6 +268,7 @@ async fn run(
     }
     tracing::info!("shutting down");
     shutdown(&daemon).await;
+    daemon.net.remove_created().await;
     server.abort();
     let _ = std::fs::remove_file(&args.socket);
     Ok(())

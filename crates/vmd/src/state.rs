@@ -14,9 +14,10 @@ use std::time::Duration;
 use api::v1::{VmState, VmStatus};
 use api::vmproc::{Event, Guest, Request};
 use tokio::sync::watch;
-use vmconf::{Config, Globals, Owner, VmDef};
+use vmconf::{Config, Globals, Owner, Switch, VmDef};
 
 use crate::auth;
+use crate::net::HostNet;
 use crate::vmproc::{self, Sink, VmProc};
 
 pub struct Vm {
@@ -34,6 +35,8 @@ pub struct Vm {
     pub proc: Option<Arc<VmProc>>,
     /// Disk formats as decided at the last start (see `vmm_args`).
     pub disk_formats: Vec<String>,
+    /// The network interfaces of the running VM (taps, MACs, addresses).
+    pub interfaces: Vec<api::v1::InterfaceStatus>,
     /// Bumped on every state change; `wait` and `start` watch it.
     pub changed: watch::Sender<u64>,
 }
@@ -61,6 +64,7 @@ impl Vm {
             exit_reason: None,
             proc: None,
             disk_formats: Vec::new(),
+            interfaces: Vec::new(),
             changed: watch::channel(0).0,
         }
     }
@@ -111,6 +115,11 @@ impl Vm {
                 })
                 .collect(),
             cdrom: self.def.cdrom.as_ref().map(|c| c.display().to_string()),
+            interfaces: if self.running() {
+                self.interfaces.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -134,6 +143,8 @@ pub struct Inner {
     pub vms: BTreeMap<u32, Vm>,
     next_id: u32,
     pub globals: Globals,
+    /// The `switch` blocks of the configuration.
+    pub switches: Vec<Switch>,
 }
 
 impl Inner {
@@ -176,6 +187,8 @@ impl Inner {
 
 pub struct Daemon {
     inner: Mutex<Inner>,
+    /// Bridges and taps on the host.
+    pub net: HostNet,
     pub vmm: PathBuf,
     pub config_path: PathBuf,
     pub macros: Vec<(String, String)>,
@@ -213,6 +226,7 @@ impl Daemon {
             vms: BTreeMap::new(),
             next_id: 1,
             globals: cfg.globals.clone(),
+            switches: cfg.switches.clone(),
         };
         for def in cfg.vms {
             let id = inner.next_id;
@@ -221,6 +235,7 @@ impl Daemon {
         }
         Arc::new(Daemon {
             inner: Mutex::new(inner),
+            net: HostNet::default(),
             vmm,
             config_path,
             macros,
@@ -246,10 +261,21 @@ impl Daemon {
         let mut g = self.lock();
         if replace {
             g.globals = cfg.globals.clone();
+            g.switches = cfg.switches.clone();
             let names: Vec<&str> = cfg.vms.iter().map(|v| v.name.as_str()).collect();
+            // A starting VM has no process yet but is in use all the same.
             g.vms.retain(|_, v| {
-                v.running() || !v.configured || names.contains(&v.def.name.as_str())
+                v.running()
+                    || v.state == VmState::Starting
+                    || !v.configured
+                    || names.contains(&v.def.name.as_str())
             });
+        } else {
+            // `load` adds switches; one it redefines takes the new settings.
+            for sw in cfg.switches {
+                g.switches.retain(|s| s.name != sw.name);
+                g.switches.push(sw);
+            }
         }
         for def in cfg.vms {
             match g.find(&def.name) {
@@ -285,11 +311,6 @@ impl Daemon {
     }
 
     fn vmm_args(def: &VmDef) -> Result<Vec<String>, String> {
-        // Refuse rather than boot a VM without the devices it was given.
-        let missing = [(!def.interfaces.is_empty(), "network interfaces")];
-        if let Some((_, what)) = missing.iter().find(|(has, _)| *has) {
-            return Err(format!("vm {}: {what} are not supported yet", def.name));
-        }
         if def.kernel.is_none() && def.disks.is_empty() && def.cdrom.is_none() {
             return Err(format!(
                 "vm {}: nothing to boot: give it a kernel, a disk or a cdrom",
@@ -363,7 +384,7 @@ impl Daemon {
         // Claim the VM under the lock (a second start sees it Starting),
         // then spawn the VM process without holding it: under a burst of
         // starts, spawns and status requests proceed in parallel.
-        let (args, name, mut changed) = {
+        let (mut args, name, mut changed, def, switches, globals) = {
             let mut g = self.lock();
             let vm = g
                 .vms
@@ -388,17 +409,51 @@ impl Daemon {
             vm.guest = Guest::default();
             vm.last_exit = None;
             vm.exit_reason = None;
+            vm.interfaces = Vec::new();
             vm.bump();
-            (args, vm.def.name.clone(), vm.changed.subscribe())
+            let (name, changed, def) =
+                (vm.def.name.clone(), vm.changed.subscribe(), vm.def.clone());
+            (
+                args,
+                name,
+                changed,
+                def,
+                g.switches.clone(),
+                g.globals.clone(),
+            )
         };
+        // The taps, opened and configured here (netlink, no daemon lock
+        // held) and handed to the VM process as descriptors.
+        let mut fds = Vec::new();
+        let mut interfaces = Vec::new();
+        if !def.interfaces.is_empty() {
+            match self.net.prepare(id, &def, &switches, &globals).await {
+                Ok(p) => {
+                    args.extend(p.args);
+                    fds = p.fds;
+                    interfaces = p.status;
+                }
+                Err(why) => {
+                    let mut g = self.lock();
+                    if let Some(vm) = g.vms.get_mut(&id) {
+                        vm.state = idle_state(&vm.def, vm.configured);
+                        vm.last_exit = Some(why.clone());
+                        vm.bump();
+                    }
+                    return Err(Error::BadRequest(why));
+                }
+            }
+        }
         let sink: Arc<dyn Sink> = self.clone();
-        let spawned = vmproc::spawn(&self.vmm, &args, id, &name, sink);
+        let spawned = vmproc::spawn(&self.vmm, &args, fds, id, &name, sink);
         {
             let mut g = self.lock();
-            let vm = g
-                .vms
-                .get_mut(&id)
-                .expect("VMs are not removed while starting");
+            let Some(vm) = g.vms.get_mut(&id) else {
+                return Err(Error::Conflict(format!(
+                    "vm {name} was removed while starting"
+                )));
+            };
+            vm.interfaces = interfaces;
             match spawned {
                 Ok(proc) => {
                     tracing::info!(vm = %name, pid = proc.pid, "starting");
@@ -421,7 +476,11 @@ impl Daemon {
             loop {
                 {
                     let g = self.lock();
-                    let vm = g.vms.get(&id).expect("VMs are not removed while starting");
+                    let Some(vm) = g.vms.get(&id) else {
+                        return Err(Error::Conflict(format!(
+                            "vm {name} was removed while starting"
+                        )));
+                    };
                     match vm.state {
                         VmState::Starting => {}
                         VmState::Stopped | VmState::Disabled => {

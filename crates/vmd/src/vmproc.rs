@@ -3,7 +3,7 @@
 //! time), and noticing its exit at once.
 
 use std::collections::VecDeque;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -89,10 +89,50 @@ fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Starts `vmm` with `args` for VM `id`; events and the exit go to `sink`.
+/// Sends `fds` as one byte with SCM_RIGHTS: what the VM process reads
+/// first on the channel (`--net fd=control`).
+fn send_fds(sock: &impl AsRawFd, fds: &[OwnedFd]) -> std::io::Result<()> {
+    let byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&byte as *const u8).cast_mut().cast(),
+        iov_len: 1,
+    };
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    // u64s: aligned for cmsghdr.
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: a zeroed msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the buffer has room for one header and `fds.len()` ints.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+        let data = libc::CMSG_DATA(c).cast::<i32>();
+        for (i, fd) in fds.iter().enumerate() {
+            data.add(i).write_unaligned(fd.as_raw_fd());
+        }
+    }
+    // SAFETY: msg points at live buffers; MSG_NOSIGNAL: a VM process that
+    // died already is an error here, not a SIGPIPE.
+    if unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts `vmm` with `args` for VM `id`, handing it `fds` (its taps) on
+/// the channel; events and the exit go to `sink`.
 pub fn spawn(
     vmm: &Path,
     args: &[String],
+    fds: Vec<OwnedFd>,
     id: u32,
     name: &str,
     sink: Arc<dyn Sink>,
@@ -113,6 +153,14 @@ pub fn spawn(
     let mut child = cmd.spawn()?;
     drop(cmd);
     let pid = child.id().unwrap_or(0);
+    if !fds.is_empty() {
+        // Our copies close when `fds` drops: the VM process holds the only
+        // ones, so its taps go away with it.
+        if let Err(e) = send_fds(&ours, &fds) {
+            let _ = child.start_kill();
+            return Err(e);
+        }
+    }
     let std_stream = std::os::unix::net::UnixStream::from(ours);
     std_stream.set_nonblocking(true)?;
     let (read, write) = UnixStream::from_std(std_stream)?.into_split();

@@ -242,6 +242,8 @@ pub struct TestDaemon {
     pub conf: PathBuf,
     pub sock: PathBuf,
     log: PathBuf,
+    /// The network namespace vmd runs in, if any.
+    netns: Option<String>,
     child: Option<Child>,
     /// Every vmm pid seen in a status, to be sure none outlives the test.
     vmm_pids: std::sync::Mutex<Vec<u32>>,
@@ -264,6 +266,22 @@ impl TestDaemon {
             sock: dir.join("sock"),
             log: dir.join("vmd.stderr"),
             dir,
+            netns: None,
+            child: None,
+            vmm_pids: Default::default(),
+        };
+        d.launch()
+    }
+
+    /// Starts vmd inside network namespace `ns` (its bridges and taps are
+    /// made there), the configuration already in `dir`.
+    pub fn start_in_netns(dir: PathBuf, ns: &Netns) -> TestDaemon {
+        let d = TestDaemon {
+            conf: dir.join("vm.conf"),
+            sock: dir.join("sock"),
+            log: dir.join("vmd.stderr"),
+            dir,
+            netns: Some(ns.name().to_owned()),
             child: None,
             vmm_pids: Default::default(),
         };
@@ -274,7 +292,16 @@ impl TestDaemon {
         // vmm beside vmd is what vmd runs; make sure it is there.
         let vmm = vmm_bin();
         let log = File::create(&self.log).expect("create the vmd log");
-        let child = Command::new(vmd_bin())
+        // `ip netns exec` enters the namespace and execs vmd (same pid).
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmd_bin());
+                c
+            }
+            None => Command::new(vmd_bin()),
+        };
+        let child = cmd
             .arg("-d")
             .arg("-f")
             .arg(&self.conf)
@@ -666,4 +693,81 @@ pub fn user_ids(name: &str) -> Option<(u32, u32)> {
 pub fn stdio_of(f: &File) -> Stdio {
     let fd: OwnedFd = f.try_clone().expect("dup").into();
     Stdio::from(fd)
+}
+
+/// A network namespace of the test's own (`ip netns add`), deleted on drop
+/// (also when the test fails): bridges, taps and addresses made inside it
+/// never touch the host's interfaces.
+pub struct Netns(String);
+
+impl Netns {
+    /// None (the test skips) where namespaces cannot be made; under CI
+    /// that fails the test instead.
+    pub fn new(tag: &str) -> Option<Netns> {
+        let name = format!("vmdtest-{}-{tag}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var("CI").ok().as_deref() != Some("true"),
+                "network namespaces (ip netns, root) are required under CI"
+            );
+            eprintln!("skipping: cannot create a network namespace");
+            return None;
+        }
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `ip -n NS ARGS`; panics if it fails.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(o.status.success(), "ip {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Whether link `name` exists in the namespace, and its `ip -d link`
+    /// line if so.
+    pub fn link(&self, name: &str) -> Option<String> {
+        let o = Command::new("ip")
+            .args(["-n", &self.0, "-d", "-o", "link", "show", "dev", name])
+            .output()
+            .expect("run ip");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace (a socket stays in
+    /// the namespace it was made in, whichever thread uses it).
+    pub fn udp(&self, addr: &str) -> std::net::UdpSocket {
+        let path = format!("/var/run/netns/{}", self.0);
+        let addr = addr.to_owned();
+        std::thread::spawn(move || {
+            let f = File::open(&path).expect("open the namespace");
+            // SAFETY: setns on an open namespace fd, in this thread only.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            std::net::UdpSocket::bind(&addr).expect("bind in the namespace")
+        })
+        .join()
+        .expect("socket thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
