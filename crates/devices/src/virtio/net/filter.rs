@@ -4,6 +4,9 @@
 pub const ETH_HLEN: usize = 14;
 /// An 802.1Q tag adds four bytes to a frame of a given MTU.
 const VLAN_TAG: usize = 4;
+/// The longest GSO frame (TSO: one TCP segment the kernel cuts up): the
+/// largest IP datagram, with its Ethernet and 802.1Q headers.
+pub const MAX_GSO_FRAME: usize = ETH_HLEN + VLAN_TAG + 65535;
 
 /// Why a frame from the guest was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,18 +14,26 @@ pub enum Verdict {
     Pass,
     /// Shorter than an Ethernet header.
     Runt,
-    /// Longer than the MTU allows.
+    /// Longer than the MTU allows (a GSO frame: longer than
+    /// [`MAX_GSO_FRAME`]).
     Giant,
     /// A source MAC other than the interface's, on a locked interface.
     Spoofed,
 }
 
-/// Checks a frame (without the virtio header) the guest wants to send.
-pub fn check_tx(frame: &[u8], mtu: u16, mac: &[u8; 6], locked: bool) -> Verdict {
+/// Checks a frame (without the virtio header) the guest wants to send;
+/// `gso`: its header asks for segmentation, so the frame may exceed the
+/// MTU (each segment the kernel makes of it will not).
+pub fn check_tx(frame: &[u8], gso: bool, mtu: u16, mac: &[u8; 6], locked: bool) -> Verdict {
     if frame.len() < ETH_HLEN {
         return Verdict::Runt;
     }
-    if frame.len() > ETH_HLEN + VLAN_TAG + usize::from(mtu) {
+    let max = if gso {
+        MAX_GSO_FRAME
+    } else {
+        ETH_HLEN + VLAN_TAG + usize::from(mtu)
+    };
+    if frame.len() > max {
         return Verdict::Giant;
     }
     if locked && frame[6..12] != mac[..] {
@@ -52,13 +63,36 @@ mod tests {
         let mac = [2, 0, 0, 0, 0, 1];
         let mut f = vec![0u8; 60];
         f[6..12].copy_from_slice(&mac);
-        assert_eq!(check_tx(&f, 1500, &mac, true), Verdict::Pass);
-        assert_eq!(check_tx(&f[..13], 1500, &mac, false), Verdict::Runt);
-        assert_eq!(check_tx(&vec![0; 1519], 1500, &mac, false), Verdict::Giant);
-        assert_eq!(check_tx(&vec![0; 1518], 1500, &mac, false), Verdict::Pass);
+        assert_eq!(check_tx(&f, false, 1500, &mac, true), Verdict::Pass);
+        assert_eq!(check_tx(&f[..13], false, 1500, &mac, false), Verdict::Runt);
+        assert_eq!(check_tx(&f[..13], true, 1500, &mac, false), Verdict::Runt);
+        assert_eq!(
+            check_tx(&vec![0; 1519], false, 1500, &mac, false),
+            Verdict::Giant
+        );
+        assert_eq!(
+            check_tx(&vec![0; 1518], false, 1500, &mac, false),
+            Verdict::Pass
+        );
         f[11] = 2;
-        assert_eq!(check_tx(&f, 1500, &mac, true), Verdict::Spoofed);
-        assert_eq!(check_tx(&f, 1500, &mac, false), Verdict::Pass);
+        assert_eq!(check_tx(&f, false, 1500, &mac, true), Verdict::Spoofed);
+        assert_eq!(check_tx(&f, true, 1500, &mac, true), Verdict::Spoofed);
+        assert_eq!(check_tx(&f, false, 1500, &mac, false), Verdict::Pass);
+    }
+
+    #[test]
+    fn gso_frames_may_exceed_the_mtu_up_to_64k() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let mut f = vec![0u8; MAX_GSO_FRAME];
+        f[6..12].copy_from_slice(&mac);
+        assert_eq!(check_tx(&f, true, 1500, &mac, true), Verdict::Pass);
+        assert_eq!(check_tx(&f[..9000], true, 1500, &mac, true), Verdict::Pass);
+        assert_eq!(
+            check_tx(&f[..9000], false, 1500, &mac, true),
+            Verdict::Giant
+        );
+        f.push(0);
+        assert_eq!(check_tx(&f, true, 1500, &mac, true), Verdict::Giant);
     }
 
     #[test]

@@ -4,19 +4,20 @@
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory as _, Permissions};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::filter::{check_tx, Verdict};
+use super::filter::{check_tx, Verdict, MAX_GSO_FRAME};
+use super::hdr::{self, Hdr};
 use super::tap::Tap;
 use super::{NetConfig, NetStats, F_MRG_RXBUF, NET_HDR_LEN};
-use crate::virtio::{ActiveQueue, GuestMemory, Interrupt};
+use crate::virtio::chain::{self, Segment};
+use crate::virtio::{features, ActiveQueue, GuestMemory, Interrupt};
 
 const TOKEN_RX_KICK: u64 = 0;
 const TOKEN_TX_KICK: u64 = 1;
@@ -27,14 +28,20 @@ const TOKEN_STOP: u64 = 3;
 /// (and kicks itself to come back): a guest flooding its TX queue cannot
 /// starve its RX queue or keep a reset waiting.
 const TX_BATCH: usize = 256;
-/// Frames one RX pass takes from the tap, for the same reason.
+/// Frames one RX pass takes from the tap (or tries to place), for the
+/// same reason.
 const RX_BATCH: usize = 256;
 /// Frames waiting for RX buffers (DHCP answers, the one frame read from
-/// the tap when the guest had no room); beyond it new ones are dropped.
+/// the tap when the guest had no room); beyond it new answers are dropped.
 const MAX_PENDING: usize = 64;
-/// Largest frame a tap hands us (64 KiB with GSO, which we do not enable;
-/// plain frames are MTU-sized).
-const MAX_FRAME: usize = 65536;
+/// What one read from the tap may return: a GSO frame of up to 64 KiB of
+/// IP datagram with its link headers, behind the vnet header (a frame
+/// the buffer cannot hold would be cut short).
+const RX_BUF: usize = NET_HDR_LEN + 65536 + 256;
+/// The longest chain the guest may send: the header and a GSO frame.
+const TX_BUF: usize = NET_HDR_LEN + MAX_GSO_FRAME;
+
+type QueueError = virtio_queue::Error;
 
 struct Active {
     mem: GuestMemory,
@@ -44,7 +51,22 @@ struct Active {
     tx_kick: EventFd,
     stop: EventFd,
     interrupt: Arc<dyn Interrupt>,
+    /// The features the driver accepted.
+    acked: u64,
     mrg_rxbuf: bool,
+    event_idx: bool,
+    /// The driver broke a queue: the device touches neither until reset.
+    broken: bool,
+}
+
+impl Active {
+    /// A queue the driver broke: the driver is told through
+    /// DEVICE_NEEDS_RESET; the device stops using its queues.
+    fn broken(&mut self, name: &str, e: &QueueError) {
+        log::warn!("{name}: queue broken ({e}); device needs reset");
+        self.broken = true;
+        self.interrupt.needs_reset();
+    }
 }
 
 pub struct Worker {
@@ -53,10 +75,33 @@ pub struct Worker {
     stats: Arc<NetStats>,
     name: String,
     active: Option<Active>,
+    /// Frames for the guest, each behind its (final but for num_buffers)
+    /// virtio header.
     pending: VecDeque<Vec<u8>>,
     /// Whether the tap is in the epoll set's interest (not while the guest
     /// has no RX buffers).
     tap_watched: bool,
+    tx_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+}
+
+/// What became of a frame offered to the RX queue.
+enum Placed {
+    /// Taken: delivered, or lost to buffers too small or broken.
+    Taken,
+    /// Not enough buffers; nothing consumed. `more`: buffers came while
+    /// the device asked to be told of new ones (try again now).
+    NoRoom { more: bool },
+}
+
+/// What one read from the tap gave.
+enum TapRead {
+    /// A frame the guest may take, `n` bytes with its header in `rx_buf`.
+    Frame(usize),
+    /// A frame the guest may not take (counted).
+    Dropped,
+    /// Nothing waiting.
+    Empty,
 }
 
 impl Worker {
@@ -69,9 +114,14 @@ impl Worker {
             active: None,
             pending: VecDeque::new(),
             tap_watched: true,
+            tx_buf: vec![0; TX_BUF],
+            rx_buf: vec![0; RX_BUF],
         }
     }
 
+    /// The driver set DRIVER_OK (after FEATURES_OK): the tap's offloads
+    /// are set to what the driver accepted for its receive side, then the
+    /// queues are the thread's.
     pub fn start(
         &mut self,
         mem: GuestMemory,
@@ -81,6 +131,16 @@ impl Worker {
         stop: EventFd,
         interrupt: Arc<dyn Interrupt>,
     ) {
+        if self.tap.vnet_hdr() {
+            let want = hdr::tap_offloads(acked);
+            if let Err(e) = self.tap.set_offloads(want) {
+                // The tap keeps handing over finished frames only.
+                log::warn!("{}: TUNSETOFFLOAD {want:#x}: {e}", self.name);
+            }
+            self.stats
+                .offloads
+                .store(self.tap.offloads(), Ordering::Relaxed);
+        }
         self.active = Some(Active {
             mem,
             rx: rx.queue,
@@ -89,15 +149,43 @@ impl Worker {
             tx_kick: tx.kick,
             stop,
             interrupt,
+            acked,
             mrg_rxbuf: acked & F_MRG_RXBUF != 0,
+            event_idx: acked & features::RING_EVENT_IDX != 0,
+            broken: false,
         });
         self.tap_watched = true;
     }
 
-    /// The driver reset the device: forget the queues and what waited.
+    /// The driver reset the device: forget the queues and what waited,
+    /// and take the offloads back (the next driver may accept fewer).
     pub fn stop(&mut self) {
         self.active = None;
         self.pending.clear();
+        if self.tap.offloads() != 0 {
+            if let Err(e) = self.tap.set_offloads(0) {
+                log::warn!("{}: TUNSETOFFLOAD 0: {e}", self.name);
+            }
+            self.stats
+                .offloads
+                .store(self.tap.offloads(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the driver broke a queue (the device then waits for a
+    /// reset).
+    pub fn is_broken(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.broken)
+    }
+
+    /// The queues (default ones if never started) and the tap, for the
+    /// fuzz hook.
+    pub fn into_parts(mut self) -> (Queue, Queue, Tap) {
+        let (rx, tx) = match self.active.take() {
+            Some(a) => (a.rx, a.tx),
+            None => (Queue::default(), Queue::default()),
+        };
+        (rx, tx, self.tap)
     }
 
     pub fn run(&mut self) {
@@ -130,7 +218,8 @@ impl Worker {
         let mut events = [EpollEvent::default(); 4];
         // Kicks may have come before the thread started.
         self.tx_pass();
-        self.rx_pass(&epoll);
+        let watch = self.rx_pass();
+        self.watch_tap(&epoll, watch);
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -145,342 +234,364 @@ impl Worker {
                 match ev.data() {
                     TOKEN_STOP => return,
                     TOKEN_TX_KICK => tx = true,
-                    TOKEN_RX_KICK => rx = true,
+                    TOKEN_RX_KICK => {
+                        if let Some(a) = self.active.as_ref() {
+                            let _ = a.rx_kick.read();
+                        }
+                        rx = true;
+                    }
                     _ => rx = true, // the tap has frames
                 }
             }
-            let Some(a) = self.active.as_ref() else {
-                return;
-            };
             if tx {
-                let _ = a.tx_kick.read();
+                if let Some(a) = self.active.as_ref() {
+                    let _ = a.tx_kick.read();
+                }
                 self.tx_pass();
             }
-            if rx {
-                if let Some(a) = self.active.as_ref() {
-                    let _ = a.rx_kick.read();
-                }
-                self.rx_pass(&epoll);
-            } else if !self.pending.is_empty() {
-                // DHCP answers the TX pass produced.
-                self.rx_pass(&epoll);
+            // After a TX pass: the DHCP answers it produced.
+            if rx || !self.pending.is_empty() {
+                let watch = self.rx_pass();
+                self.watch_tap(&epoll, watch);
             }
+        }
+    }
+
+    /// Adds the tap to or takes it out of the epoll set's interest: while
+    /// the guest has no buffers the tap's frames wait in the tap's own
+    /// queue (and are dropped there if it overflows), not in a loop here.
+    fn watch_tap(&mut self, epoll: &Epoll, watch: bool) {
+        if watch == self.tap_watched {
+            return;
+        }
+        let ev = if watch {
+            EventSet::IN
+        } else {
+            EventSet::empty()
+        };
+        if epoll
+            .ctl(
+                ControlOperation::Modify,
+                self.tap.fd(),
+                EpollEvent::new(ev, TOKEN_TAP),
+            )
+            .is_ok()
+        {
+            self.tap_watched = watch;
         }
     }
 
     /// Sends what the guest queued, at most [`TX_BATCH`] frames.
-    fn tx_pass(&mut self) {
-        let mut frame = vec![0u8; NET_HDR_LEN + MAX_FRAME];
-        let mut sent = 0;
-        loop {
-            let Some(a) = self.active.as_mut() else {
-                return;
-            };
-            if let Err(e) = a.tx.disable_notification(&a.mem) {
-                return broken(&self.name, a, &e.to_string());
-            }
-            loop {
-                let Some(a) = self.active.as_mut() else {
-                    return;
-                };
-                let mem = a.mem.clone();
-                let chain = match a.tx.iter(&mem) {
-                    Ok(mut it) => it.next(),
-                    Err(e) => return broken(&self.name, a, &e.to_string()),
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let len = gather(&mem, chain, &mut frame);
-                if let Some(len) = len.filter(|&l| l >= NET_HDR_LEN) {
-                    self.send(&frame[NET_HDR_LEN..len]);
-                } else {
-                    self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                let Some(a) = self.active.as_mut() else {
-                    return;
-                };
-                if let Err(e) = a.tx.add_used(&a.mem, head, 0) {
-                    return broken(&self.name, a, &e.to_string());
-                }
-                sent += 1;
-                if sent >= TX_BATCH {
-                    // Come back through the event loop.
-                    let _ = a.tx_kick.write(1);
-                    break;
-                }
-            }
-            let Some(a) = self.active.as_mut() else {
-                return;
-            };
-            if sent >= TX_BATCH {
-                break;
-            }
-            match a.tx.enable_notification(&a.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => return broken(&self.name, a, &e.to_string()),
-            }
-        }
-        let Some(a) = self.active.as_mut() else {
+    pub(super) fn tx_pass(&mut self) {
+        let Some(mut a) = self.active.take() else {
             return;
         };
-        if sent > 0 {
-            match a.tx.needs_notification(&a.mem) {
-                Ok(true) => a.interrupt.signal_used(1),
-                Ok(false) => {}
-                Err(e) => broken(&self.name, a, &e.to_string()),
+        if !a.broken {
+            let mut buf = std::mem::take(&mut self.tx_buf);
+            let r = self.tx_chains(&mut a, &mut buf);
+            self.tx_buf = buf;
+            match r {
+                Ok(0) => {}
+                Ok(_) => match should_signal(&mut a.tx, &a.mem, a.event_idx) {
+                    Ok(true) => a.interrupt.signal_used(1),
+                    Ok(false) => {}
+                    Err(e) => a.broken(&self.name, &e),
+                },
+                Err(e) => a.broken(&self.name, &e),
+            }
+        }
+        self.active = Some(a);
+    }
+
+    /// The TX loop; how many chains it completed.
+    fn tx_chains(&mut self, a: &mut Active, buf: &mut [u8]) -> Result<usize, QueueError> {
+        let mut sent = 0;
+        loop {
+            a.tx.disable_notification(&a.mem)?;
+            while sent < TX_BATCH {
+                let Some(chain) = a.tx.iter(&a.mem)?.next() else {
+                    break;
+                };
+                let head = chain.head_index();
+                match gather(&a.mem, chain, buf) {
+                    Some(n) => self.send(a.acked, &buf[..n]),
+                    None => {
+                        self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                a.tx.add_used(&a.mem, head, 0)?;
+                sent += 1;
+            }
+            if sent >= TX_BATCH {
+                // Come back through the event loop.
+                let _ = a.tx_kick.write(1);
+                return Ok(sent);
+            }
+            if !a.tx.enable_notification(&a.mem)? {
+                return Ok(sent);
             }
         }
     }
 
-    /// One frame from the guest: checked, then answered by the DHCP
-    /// server or written to the tap.
-    fn send(&mut self, frame: &[u8]) {
-        match check_tx(frame, self.cfg.mtu, &self.cfg.mac, self.cfg.locked) {
+    /// One chain from the guest (header and frame): checked, then answered
+    /// by the DHCP server or written to the tap.
+    fn send(&mut self, acked: u64, buf: &[u8]) {
+        let stats = &*self.stats;
+        let dropped = |why: Option<&AtomicU64>| {
+            if let Some(c) = why {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
+        };
+        let Some((h, frame)) = buf.split_first_chunk::<NET_HDR_LEN>() else {
+            return dropped(None);
+        };
+        let Ok(gso) = hdr::check_tx(&Hdr::parse(h), acked) else {
+            return dropped(Some(&stats.tx_bad_hdr));
+        };
+        match check_tx(frame, gso, self.cfg.mtu, &self.cfg.mac, self.cfg.locked) {
             Verdict::Pass => {}
-            Verdict::Spoofed => {
-                self.stats.tx_spoofed.fetch_add(1, Ordering::Relaxed);
-                self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Verdict::Runt | Verdict::Giant => {
-                self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            Verdict::Spoofed => return dropped(Some(&stats.tx_spoofed)),
+            Verdict::Runt | Verdict::Giant => return dropped(None),
         }
-        if let Some(dhcp) = self.cfg.dhcp.as_mut() {
-            if let Some(reply) = dhcp.handle(frame) {
-                self.stats.dhcp_replies.fetch_add(1, Ordering::Relaxed);
+        if !gso {
+            if let Some(reply) = self.cfg.dhcp.as_mut().and_then(|d| d.handle(frame)) {
+                stats.dhcp_replies.fetch_add(1, Ordering::Relaxed);
                 if self.pending.len() < MAX_PENDING {
-                    self.pending.push_back(reply);
+                    let mut p = vec![0u8; NET_HDR_LEN];
+                    p.extend_from_slice(&reply);
+                    self.pending.push_back(p);
                 }
                 return;
             }
         }
-        match self.tap.write_frame(frame) {
+        // On a vnet-header tap the guest's header goes along unchanged
+        // (num_buffers means nothing on TX and the kernel skips it). The
+        // frame was copied out of guest memory before the checks: what
+        // was checked is what is sent.
+        let out = if self.tap.vnet_hdr() { buf } else { frame };
+        match self.tap.write_frame(out) {
             Ok(()) => {
-                self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
-                self.stats
+                stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                stats
                     .tx_bytes
                     .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                if gso {
+                    stats.tx_gso.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            // The tap's queue is full, or its link is down: a dropped
-            // frame, as on a wire.
-            Err(_) => {
-                self.stats.tx_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            // The tap's queue is full, its link is down, or the kernel
+            // refused the header: a dropped frame, as on a wire.
+            Err(_) => dropped(None),
         }
     }
 
     /// Moves frames (pending ones first, then the tap's) into the guest's
-    /// RX buffers until either runs out, at most [`RX_BATCH`].
-    fn rx_pass(&mut self, epoll: &Epoll) {
-        let mut buf = vec![0u8; MAX_FRAME];
-        let mut delivered = 0;
-        let mut no_room = false;
-        for _ in 0..RX_BATCH {
-            let frame = match self.pending.pop_front() {
-                Some(f) => f,
-                None => match self.tap.read_frame(&mut buf) {
-                    Ok(n) => buf[..n].to_vec(),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log::warn!("{}: tap read: {e}", self.name);
-                        break;
-                    }
-                },
-            };
-            match self.deliver(&frame) {
-                Some(true) => delivered += 1,
-                Some(false) => {
-                    // No room: keep it for the next RX kick.
-                    self.pending.push_front(frame);
-                    no_room = true;
-                    break;
-                }
-                None => return, // queue broken
-            }
-        }
-        // While the guest has no buffers, the tap's frames wait in the
-        // tap's own queue (and are dropped there if it overflows), not in
-        // a loop here.
-        let watch = !no_room;
-        if watch != self.tap_watched {
-            let ev = if watch {
-                EventSet::IN
-            } else {
-                EventSet::empty()
-            };
-            if epoll
-                .ctl(
-                    ControlOperation::Modify,
-                    self.tap.fd(),
-                    EpollEvent::new(ev, TOKEN_TAP),
-                )
-                .is_ok()
-            {
-                self.tap_watched = watch;
-            }
-        }
-        let Some(a) = self.active.as_mut() else {
-            return;
+    /// RX buffers until either runs out, at most [`RX_BATCH`] tries.
+    /// Whether to keep watching the tap (not when the guest ran out of
+    /// buffers, or broke its queues).
+    pub(super) fn rx_pass(&mut self) -> bool {
+        let Some(mut a) = self.active.take() else {
+            return false;
         };
-        if delivered > 0 {
-            match a.rx.needs_notification(&a.mem) {
-                Ok(true) => a.interrupt.signal_used(0),
-                Ok(false) => {}
-                Err(e) => broken(&self.name, a, &e.to_string()),
+        let mut watch = false;
+        if !a.broken {
+            let mut buf = std::mem::take(&mut self.rx_buf);
+            let r = self.rx_frames(&mut a, &mut buf);
+            self.rx_buf = buf;
+            match r {
+                Ok((delivered, dry)) => {
+                    watch = !dry;
+                    if delivered > 0 {
+                        match should_signal(&mut a.rx, &a.mem, a.event_idx) {
+                            Ok(true) => a.interrupt.signal_used(0),
+                            Ok(false) => {}
+                            Err(e) => a.broken(&self.name, &e),
+                        }
+                    }
+                }
+                Err(e) => a.broken(&self.name, &e),
             }
+            watch &= !a.broken;
         }
-        if delivered == RX_BATCH {
-            // More may wait; come back after the other events.
-            let _ = a.rx_kick.write(1);
-        }
+        self.active = Some(a);
+        watch
     }
 
-    /// Writes header + `frame` into RX buffers: Some(true) done,
-    /// Some(false) not enough buffers (nothing consumed), None broken.
-    fn deliver(&mut self, frame: &[u8]) -> Option<bool> {
-        let a = self.active.as_mut()?;
-        let total = NET_HDR_LEN + frame.len();
-        let start = a.rx.next_avail();
-        let mut used: Vec<(u16, u32)> = Vec::new();
-        let mut written = 0usize;
-        let mut first_hdr: Option<GuestAddress> = None;
-        while written < total {
-            let mem = a.mem.clone();
-            let chain = match a.rx.iter(&mem) {
-                Ok(mut it) => it.next(),
-                Err(e) => {
-                    broken(&self.name, a, &e.to_string());
-                    return None;
+    /// The RX loop: (frames placed, whether the buffers ran out).
+    fn rx_frames(&mut self, a: &mut Active, buf: &mut [u8]) -> Result<(usize, bool), QueueError> {
+        let mut delivered = 0;
+        for _ in 0..RX_BATCH {
+            let placed = if let Some(p) = self.pending.front() {
+                let placed = place(a, &self.stats, p)?;
+                if let Placed::Taken = placed {
+                    self.pending.pop_front();
                 }
-            };
-            let Some(chain) = chain else {
-                // Not enough room: give the buffers back untouched.
-                a.rx.set_next_avail(start);
-                if a.rx.enable_notification(&a.mem).unwrap_or(false) {
-                    // Buffers came meanwhile: try again at the next kick
-                    // we give ourselves.
-                    let _ = a.rx_kick.write(1);
-                }
-                return Some(false);
-            };
-            let head = chain.head_index();
-            let mut n = 0u32;
-            for d in chain.writable() {
-                if written >= total {
-                    break;
-                }
-                let Some((addr, len)) = checked(&mem, &d) else {
-                    continue;
+                placed
+            } else {
+                let n = match self.read_tap(a.acked, buf) {
+                    TapRead::Frame(n) => n,
+                    TapRead::Dropped => continue,
+                    TapRead::Empty => break,
                 };
-                let take = (len as usize).min(total - written);
-                let ok = if written < NET_HDR_LEN {
-                    // The header (zero but for num_buffers) then data.
-                    let mut tmp = vec![0u8; take];
-                    for (i, b) in tmp.iter_mut().enumerate() {
-                        let at = written + i;
-                        *b = if at < NET_HDR_LEN {
-                            0
-                        } else {
-                            frame[at - NET_HDR_LEN]
-                        };
-                    }
-                    if first_hdr.is_none() {
-                        first_hdr = Some(addr);
-                    }
-                    mem.write_slice(&tmp, addr).is_ok()
-                } else {
-                    mem.write_slice(
-                        &frame[written - NET_HDR_LEN..written - NET_HDR_LEN + take],
-                        addr,
-                    )
-                    .is_ok()
-                };
-                if !ok {
-                    break;
+                let placed = place(a, &self.stats, &buf[..n])?;
+                if let Placed::NoRoom { .. } = placed {
+                    // Kept for when buffers come.
+                    self.pending.push_front(buf[..n].to_vec());
                 }
-                written += take;
-                n += take as u32;
+                placed
+            };
+            match placed {
+                Placed::Taken => delivered += 1,
+                Placed::NoRoom { more: true } => continue,
+                Placed::NoRoom { more: false } => return Ok((delivered, true)),
             }
-            used.push((head, n));
-            if !a.mrg_rxbuf && written < total {
-                // Without merged buffers a frame takes one buffer: too
-                // small a buffer loses the frame, as on hardware.
+        }
+        if !self.pending.is_empty() {
+            // The batch ended with frames waiting: come back after the
+            // other events.
+            let _ = a.rx_kick.write(1);
+        }
+        Ok((delivered, false))
+    }
+
+    /// One frame from the tap into `buf`, behind its header made fit for
+    /// the driver.
+    fn read_tap(&self, acked: u64, buf: &mut [u8]) -> TapRead {
+        let r = if self.tap.vnet_hdr() {
+            self.tap.read_frame(buf)
+        } else {
+            buf[..NET_HDR_LEN].fill(0);
+            self.tap
+                .read_frame(&mut buf[NET_HDR_LEN..])
+                .map(|n| n + NET_HDR_LEN)
+        };
+        match r {
+            Ok(n) if n >= NET_HDR_LEN && hdr::fix_rx(&mut buf[..n], acked).is_ok() => {
+                TapRead::Frame(n)
+            }
+            Ok(_) => {
+                self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                TapRead::Dropped
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => TapRead::Empty,
+            Err(e) => {
+                log::warn!("{}: tap read: {e}", self.name);
+                TapRead::Empty
+            }
+        }
+    }
+}
+
+/// Places `data` (a header, final but for num_buffers, then a frame) in
+/// the RX queue's next buffers: one chain, or as many as it takes with
+/// MRG_RXBUF.
+fn place(a: &mut Active, stats: &NetStats, data: &[u8]) -> Result<Placed, QueueError> {
+    let total = data.len();
+    let start = a.rx.next_avail();
+    let mut chains: Vec<(u16, Vec<Segment>)> = Vec::new();
+    let mut room = 0usize;
+    let mut broken_chain = false;
+    while room < total {
+        let Some(chain) = a.rx.iter(&a.mem)?.next() else {
+            // Not enough buffers: give those taken back untouched, and
+            // ask for a kick when the driver adds one.
+            a.rx.set_next_avail(start);
+            let more = a.rx.enable_notification(&a.mem)?;
+            return Ok(Placed::NoRoom { more });
+        };
+        let head = chain.head_index();
+        match chain::split(&a.mem, chain) {
+            Ok((_, w)) if !w.is_empty() => {
+                room += w.iter().map(|s| s.len as usize).sum::<usize>();
+                chains.push((head, w));
+            }
+            // Outside RAM, or nothing to write to.
+            _ => {
+                chains.push((head, Vec::new()));
+                broken_chain = true;
                 break;
             }
         }
-        if written < total {
-            // Unmergeable and too small: complete the buffer empty.
-            self.stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // num_buffers (bytes 10-11 of the header), which the header's
-            // first buffer holds whole (a driver's buffers are >= 12 bytes
-            // in practice; if not, the count is simply not written).
-            if let Some(h) = first_hdr {
-                let _ = a
-                    .mem
-                    .write_obj((used.len() as u16).to_le(), h.unchecked_add_usize(10));
-            }
-            self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .rx_bytes
-                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        if !a.mrg_rxbuf {
+            break;
         }
-        for (head, n) in used {
-            if let Err(e) = a.rx.add_used(&a.mem, head, n) {
-                broken(&self.name, a, &e.to_string());
-                return None;
-            }
+    }
+    if broken_chain || room < total {
+        // A buffer the driver broke, or one too small without merged
+        // buffers: the frame is lost, as on hardware, and the buffers go
+        // back empty.
+        for &(head, _) in &chains {
+            a.rx.add_used(&a.mem, head, 0)?;
         }
-        Some(true)
+        stats.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        return Ok(Placed::Taken);
+    }
+    let mut h = [0u8; NET_HDR_LEN];
+    h.copy_from_slice(&data[..NET_HDR_LEN]);
+    h[hdr::NUM_BUFFERS..].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+    let frame = &data[NET_HDR_LEN..];
+    let mut at = 0usize;
+    for (head, segs) in &chains {
+        let mut len = 0u32;
+        for s in segs {
+            if at >= total {
+                break;
+            }
+            let n = (s.len as usize).min(total - at);
+            write_part(&a.mem, s.addr, &h, frame, at, n);
+            at += n;
+            len += n as u32;
+        }
+        a.rx.add_used(&a.mem, *head, len)?;
+    }
+    stats.rx_frames.fetch_add(1, Ordering::Relaxed);
+    stats
+        .rx_bytes
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    if h[1] != hdr::GSO_NONE {
+        stats.rx_gso.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(Placed::Taken)
+}
+
+/// Writes bytes `at..at + n` of the header `h` followed by `frame` to
+/// guest address `addr` (checked to be RAM).
+fn write_part(mem: &GuestMemory, addr: GuestAddress, h: &[u8], frame: &[u8], at: usize, n: usize) {
+    let mut addr = addr;
+    let (mut at, end) = (at, at + n);
+    if at < h.len() {
+        let k = end.min(h.len());
+        let _ = mem.write_slice(&h[at..k], addr);
+        addr = GuestAddress(addr.0 + (k - at) as u64);
+        at = k;
+    }
+    if at < end {
+        let _ = mem.write_slice(&frame[at - h.len()..end - h.len()], addr);
     }
 }
 
-/// A queue the driver broke: the driver is told through
-/// DEVICE_NEEDS_RESET; the device stops using it.
-fn broken(name: &str, a: &Active, why: &str) {
-    log::warn!("{name}: queue broken ({why}); device needs reset");
-    a.interrupt.needs_reset();
-}
-
-trait AddUsize {
-    fn unchecked_add_usize(self, n: usize) -> GuestAddress;
-}
-
-impl AddUsize for GuestAddress {
-    fn unchecked_add_usize(self, n: usize) -> GuestAddress {
-        GuestAddress(self.0.wrapping_add(n as u64))
-    }
-}
-
-/// A descriptor's range if it lies in guest RAM.
-fn checked(mem: &GuestMemory, d: &Descriptor) -> Option<(GuestAddress, u32)> {
-    let addr = GuestAddress(d.addr().0);
-    let perm = if d.is_write_only() {
-        Permissions::Write
-    } else {
-        Permissions::Read
-    };
-    (d.len() > 0 && mem.check_range(addr, d.len() as usize, perm)).then_some((addr, d.len()))
+/// Whether the driver wants an interrupt for what was just added to the
+/// used ring.
+fn should_signal(q: &mut Queue, mem: &GuestMemory, _event_idx: bool) -> Result<bool, QueueError> {
+    q.needs_notification(mem)
 }
 
 /// Copies the readable part of a TX chain into `out`; its length, or None
-/// if it does not fit or points outside guest RAM.
+/// if it does not fit, points outside guest RAM, or has the wrong shape.
 fn gather(
     mem: &GuestMemory,
     chain: virtio_queue::DescriptorChain<&GuestMemory>,
     out: &mut [u8],
 ) -> Option<usize> {
+    let (readable, _) = chain::split(mem, chain).ok()?;
     let mut len = 0usize;
-    for d in chain.readable() {
-        let (addr, n) = checked(mem, &d)?;
-        let n = n as usize;
-        if len + n > out.len() {
+    for s in readable {
+        let n = s.len as usize;
+        if n > out.len() - len {
             return None;
         }
-        mem.read_slice(&mut out[len..len + n], addr).ok()?;
+        mem.read_slice(&mut out[len..len + n], s.addr).ok()?;
         len += n;
     }
     Some(len)
