@@ -1,6 +1,16 @@
 //! The network device's I/O thread: frames from the TX queue to the tap
 //! (or to the built-in DHCP server), frames from the tap (and the DHCP
 //! server's answers) into the RX queue's buffers.
+//!
+//! Notifications (virtio 1.2 section 2.7.7/2.7.10): with EVENT_IDX the
+//! device asks for a kick only when it needs one — on TX once it has
+//! taken everything available (`avail_event` = the next chain it will
+//! look at), on RX only once the driver's buffers ran out while a frame
+//! waited (`avail_event` past every buffer it looked at), so a driver
+//! refilling RX buffers while frames flow does so without a VM exit; and
+//! it interrupts only when `used_event` says so. Without EVENT_IDX the
+//! same is done with the used ring's NO_NOTIFY flag and the avail ring's
+//! NO_INTERRUPT flag.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -306,8 +316,10 @@ impl Worker {
     /// The TX loop; how many chains it completed.
     fn tx_chains(&mut self, a: &mut Active, buf: &mut [u8]) -> Result<usize, QueueError> {
         let mut sent = 0;
+        let mut idle_rounds = 0;
         loop {
             a.tx.disable_notification(&a.mem)?;
+            let before = sent;
             while sent < TX_BATCH {
                 let Some(chain) = a.tx.iter(&a.mem)?.next() else {
                     break;
@@ -327,7 +339,11 @@ impl Worker {
                 let _ = a.tx_kick.write(1);
                 return Ok(sent);
             }
-            if !a.tx.enable_notification(&a.mem)? {
+            // A driver whose rings overlap can make the device's own
+            // flag writes look like new work: two empty rounds in a row
+            // and the device waits for a kick instead.
+            idle_rounds = if sent == before { idle_rounds + 1 } else { 0 };
+            if idle_rounds >= 2 || !a.tx.enable_notification(&a.mem)? {
                 return Ok(sent);
             }
         }
@@ -452,6 +468,9 @@ impl Worker {
             // other events.
             let _ = a.rx_kick.write(1);
         }
+        // Buffers remain: no kick needed when the driver adds more (a
+        // no-op with EVENT_IDX, where `avail_event` already says so).
+        a.rx.disable_notification(&a.mem)?;
         Ok((delivered, false))
     }
 
@@ -494,10 +513,11 @@ fn place(a: &mut Active, stats: &NetStats, data: &[u8]) -> Result<Placed, QueueE
     let mut broken_chain = false;
     while room < total {
         let Some(chain) = a.rx.iter(&a.mem)?.next() else {
-            // Not enough buffers: give those taken back untouched, and
-            // ask for a kick when the driver adds one.
-            a.rx.set_next_avail(start);
+            // Not enough buffers. Ask for a kick when the driver adds one
+            // past those looked at (`avail_event` = the index after them),
+            // then give those back untouched.
             let more = a.rx.enable_notification(&a.mem)?;
+            a.rx.set_next_avail(start);
             return Ok(Placed::NoRoom { more });
         };
         let head = chain.head_index();
@@ -572,9 +592,19 @@ fn write_part(mem: &GuestMemory, addr: GuestAddress, h: &[u8], frame: &[u8], at:
 }
 
 /// Whether the driver wants an interrupt for what was just added to the
-/// used ring.
-fn should_signal(q: &mut Queue, mem: &GuestMemory, _event_idx: bool) -> Result<bool, QueueError> {
-    q.needs_notification(mem)
+/// used ring: `used_event` with EVENT_IDX, else the avail ring's
+/// NO_INTERRUPT flag (which virtio-queue does not look at).
+fn should_signal(q: &mut Queue, mem: &GuestMemory, event_idx: bool) -> Result<bool, QueueError> {
+    let needs = q.needs_notification(mem)?;
+    if event_idx {
+        return Ok(needs);
+    }
+    let flags: u16 = mem
+        .load(GuestAddress(q.avail_ring()), Ordering::Acquire)
+        .map_err(QueueError::GuestMemory)?;
+    Ok(u16::from_le(flags)
+        & virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16
+        == 0)
 }
 
 /// Copies the readable part of a TX chain into `out`; its length, or None
