@@ -42,6 +42,55 @@ pub fn check_tx(frame: &[u8], gso: bool, mtu: u16, mac: &[u8; 6], locked: bool) 
     Verdict::Pass
 }
 
+/// Checks a TSO frame's headers against what its virtio header says
+/// (`csum_start`, the MSS `gso_size`, TCP over IPv4 or, `v6`, IPv6): the
+/// segments the kernel cuts from it must each fit the MTU, as a plain
+/// frame must. They are the frame's link, IP and TCP headers and up to
+/// `gso_size` bytes, the kernel finding the headers in the frame itself,
+/// so the headers must be where `csum_start` says: TCP right after the
+/// IP header (no IPv6 extension headers).
+pub fn check_gso(frame: &[u8], csum_start: u16, gso_size: u16, v6: bool, mtu: u16) -> Verdict {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let (l3, ethertype) = match be16(12) {
+        Some(0x8100) => (ETH_HLEN + VLAN_TAG, be16(16)),
+        t => (ETH_HLEN, t),
+    };
+    let Some(&ver_ihl) = frame.get(l3) else {
+        return Verdict::Giant;
+    };
+    let l4 = if v6 {
+        if ethertype != Some(0x86dd) || ver_ihl >> 4 != 6 || frame.get(l3 + 6) != Some(&6) {
+            return Verdict::Giant;
+        }
+        l3 + 40
+    } else {
+        let ihl = usize::from(ver_ihl & 0xf) * 4;
+        if ethertype != Some(0x0800)
+            || ver_ihl >> 4 != 4
+            || ihl < 20
+            || frame.get(l3 + 9) != Some(&6)
+        {
+            return Verdict::Giant;
+        }
+        l3 + ihl
+    };
+    let Some(&doff) = frame.get(l4 + 12) else {
+        return Verdict::Giant;
+    };
+    let tcp = usize::from(doff >> 4) * 4;
+    if usize::from(csum_start) != l4 || tcp < 20 || l4 + tcp > frame.len() {
+        return Verdict::Giant;
+    }
+    if l4 + tcp + usize::from(gso_size) > l3 + usize::from(mtu) {
+        return Verdict::Giant;
+    }
+    Verdict::Pass
+}
+
 /// A locally administered unicast MAC for interface `index` of a VM
 /// known by `key` (its name): stable across restarts, different between
 /// VMs and interfaces, in the fe:e1:ba range OpenBSD's vmd uses.
@@ -93,6 +142,62 @@ mod tests {
         );
         f.push(0);
         assert_eq!(check_tx(&f, true, 1500, &mac, true), Verdict::Giant);
+    }
+
+    /// A TCP/IPv4 (or IPv6) frame of `payload` bytes.
+    fn tcp(v6: bool, vlan: bool, payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend_from_slice(&[0x81, 0, 0, 5]);
+        }
+        if v6 {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 6, 64]);
+            f.resize(f.len() + 32, 0);
+        } else {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6]);
+            f.resize(f.len() + 10, 0);
+        }
+        let mut t = [0u8; 20];
+        t[12] = 5 << 4;
+        f.extend_from_slice(&t);
+        f.resize(f.len() + payload, 0);
+        f
+    }
+
+    #[test]
+    fn tso_segments_must_fit_the_mtu() {
+        let f = tcp(false, false, 9000);
+        // 14 + 20 + 20 + 1460 = 1514: a full-sized segment.
+        assert_eq!(check_gso(&f, 34, 1460, false, 1500), Verdict::Pass);
+        assert_eq!(check_gso(&f, 34, 1448, false, 1500), Verdict::Pass);
+        assert_eq!(check_gso(&f, 34, 1461, false, 1500), Verdict::Giant);
+        assert_eq!(check_gso(&f, 34, 8960, false, 9000), Verdict::Pass);
+        // The headers must be where csum_start says, and be TCP/IPv4.
+        assert_eq!(check_gso(&f, 30, 1400, false, 1500), Verdict::Giant);
+        assert_eq!(check_gso(&f, 34, 1400, true, 1500), Verdict::Giant);
+        let mut udp = f.clone();
+        udp[23] = 17;
+        assert_eq!(check_gso(&udp, 34, 1400, false, 1500), Verdict::Giant);
+        // IP options and TCP options count.
+        let mut opts = f.clone();
+        opts[14] = 0x46;
+        opts[38 + 12] = 6 << 4;
+        assert_eq!(check_gso(&opts, 38, 1452, false, 1500), Verdict::Pass);
+        assert_eq!(check_gso(&opts, 38, 1453, false, 1500), Verdict::Giant);
+        // A VLAN tag is not part of the MTU.
+        let v = tcp(false, true, 9000);
+        assert_eq!(check_gso(&v, 38, 1460, false, 1500), Verdict::Pass);
+        assert_eq!(check_gso(&v, 38, 1461, false, 1500), Verdict::Giant);
+        // IPv6: 40 bytes of header, no extension headers.
+        let f6 = tcp(true, false, 9000);
+        assert_eq!(check_gso(&f6, 54, 1440, true, 1500), Verdict::Pass);
+        assert_eq!(check_gso(&f6, 54, 1441, true, 1500), Verdict::Giant);
+        let mut ext = f6.clone();
+        ext[20] = 0; // hop-by-hop options first
+        assert_eq!(check_gso(&ext, 54, 1000, true, 1500), Verdict::Giant);
+        // Truncated headers.
+        assert_eq!(check_gso(&f[..40], 34, 100, false, 1500), Verdict::Giant);
+        assert_eq!(check_gso(&f[..10], 34, 100, false, 1500), Verdict::Giant);
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub enum RxDrop {
 /// Makes the header at the front of `buf` (header then frame, from the
 /// tap) say only what the driver accepted (`acked`): a partial checksum
 /// is finished here for a driver without GUEST_CSUM, DATA_VALID cleared
-/// for it, any other flag cleared; a GSO frame it did not accept is
+/// for it, any other flag cleared (and the fields they explained); a GSO frame it did not accept is
 /// refused (segmenting it is the kernel's work: it does, once the
 /// offloads say so). `num_buffers` is left for the device to write.
 pub fn fix_rx(buf: &mut [u8], acked: u64) -> Result<(), RxDrop> {
@@ -185,6 +185,10 @@ pub fn fix_rx(buf: &mut [u8], acked: u64) -> Result<(), RxDrop> {
         flags = 0;
     }
     h[0] = flags;
+    if flags & FLAG_NEEDS_CSUM == 0 && hdr.gso_type == GSO_NONE {
+        // Nothing left for the other fields to describe.
+        h[2..NUM_BUFFERS].fill(0);
+    }
     Ok(())
 }
 
@@ -336,7 +340,7 @@ mod tests {
         assert_eq!(with[NET_HDR_LEN..], frame[..]);
 
         assert_eq!(fix_rx(&mut buf, 0), Ok(()));
-        assert_eq!(buf[0], 0);
+        assert_eq!(buf[..NUM_BUFFERS], [0; NUM_BUFFERS]);
         assert_eq!(verify_udp(&buf[NET_HDR_LEN..]), 0xffff);
 
         // A checksum field outside the frame.

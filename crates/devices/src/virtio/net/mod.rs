@@ -23,7 +23,7 @@
 //! What the device enforces on the guest's frames (`filter`, `hdr`): a
 //! frame whose header asks for what the driver did not negotiate, or
 //! shorter than an Ethernet header, or longer than the MTU allows (64 KiB
-//! for a GSO frame) is dropped, and on a locked interface (`locked
+//! for a GSO frame, whose segments must each fit the MTU) is dropped, and on a locked interface (`locked
 //! lladdr` in vm.conf) so is one whose source MAC is not the interface's;
 //! each is counted. The checks read the Ethernet frame behind the header,
 //! copied out of guest memory first, so what is checked is what is sent. On a local interface the VM process answers the guest's DHCP

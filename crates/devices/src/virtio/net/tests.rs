@@ -474,10 +474,13 @@ fn a_tso_frame_passes_the_mtu_check_and_the_kernel_takes_it() {
         assert_eq!(g.stats.tx_frames.load(Ordering::Relaxed), 1);
         assert_eq!(g.stats.tx_gso.load(Ordering::Relaxed), 1);
         assert_eq!(g.stats.tx_dropped.load(Ordering::Relaxed), 0);
-        // The same frame without GSO is over the MTU.
+        // The same frame without GSO is over the MTU; with segments
+        // over it too.
         g.send(&[0; NET_HDR_LEN], &frame);
         assert_eq!(g.stats.tx_frames.load(Ordering::Relaxed), 1);
         assert_eq!(g.stats.tx_dropped.load(Ordering::Relaxed), 1);
+        g.send(&vhdr(FLAG_NEEDS_CSUM, GSO_TCPV4, 1461), &frame);
+        assert_eq!(g.stats.tx_dropped.load(Ordering::Relaxed), 2);
         // An MTU-sized one with a partial checksum goes.
         g.send(&vhdr(FLAG_NEEDS_CSUM, 0, 0), &tcp_frame(MAC, 1460));
         assert_eq!(g.stats.tx_frames.load(Ordering::Relaxed), 2);
@@ -486,7 +489,7 @@ fn a_tso_frame_passes_the_mtu_check_and_the_kernel_takes_it() {
             &vhdr(FLAG_NEEDS_CSUM, GSO_TCPV4, 1448),
             &tcp_frame(MAC, 65536),
         );
-        assert_eq!(g.stats.tx_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(g.stats.tx_dropped.load(Ordering::Relaxed), 3);
         net.reset();
     });
 }

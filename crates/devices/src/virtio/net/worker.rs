@@ -22,7 +22,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::filter::{check_tx, Verdict, MAX_GSO_FRAME};
+use super::filter::{check_gso, check_tx, Verdict, MAX_GSO_FRAME};
 use super::hdr::{self, Hdr};
 use super::tap::Tap;
 use super::{NetConfig, NetStats, F_MRG_RXBUF, NET_HDR_LEN};
@@ -362,10 +362,16 @@ impl Worker {
         let Some((h, frame)) = buf.split_first_chunk::<NET_HDR_LEN>() else {
             return dropped(None);
         };
-        let Ok(gso) = hdr::check_tx(&Hdr::parse(h), acked) else {
+        let hd = Hdr::parse(h);
+        let Ok(gso) = hdr::check_tx(&hd, acked) else {
             return dropped(Some(&stats.tx_bad_hdr));
         };
-        match check_tx(frame, gso, self.cfg.mtu, &self.cfg.mac, self.cfg.locked) {
+        let mut verdict = check_tx(frame, gso, self.cfg.mtu, &self.cfg.mac, self.cfg.locked);
+        if gso && verdict == Verdict::Pass {
+            let v6 = hd.gso_type & !hdr::GSO_ECN == hdr::GSO_TCPV6;
+            verdict = check_gso(frame, hd.csum_start, hd.gso_size, v6, self.cfg.mtu);
+        }
+        match verdict {
             Verdict::Pass => {}
             Verdict::Spoofed => return dropped(Some(&stats.tx_spoofed)),
             Verdict::Runt | Verdict::Giant => return dropped(None),
