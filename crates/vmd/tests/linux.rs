@@ -291,25 +291,43 @@ fn linux_is_stopped_by_force() {
     assert!(took < Duration::from_secs(10), "stop -f took {took:?}");
 }
 
-/// Debian's unmodified open-vm-tools against our backdoor, in real Linux:
-/// vmware-checkvm sees VMware version 6; vmware-rpctool's guestinfo
-/// round trips both ways through vmd's API; vmtoolsd reports the guest's
-/// hostname and IP (the dummy interface's documentation address), and
-/// `vmctl stop` halts the guest through it.
+/// Debian's unmodified open-vm-tools against our backdoor, in real Linux
+/// on a local interface (vmd in a network namespace of the test's): the
+/// stock virtio-net driver comes up, busybox `udhcpc` gets the address
+/// our DHCP server gives, the host pings the guest and the guest the host;
+/// vmware-checkvm sees VMware version 6; vmware-rpctool's guestinfo round
+/// trips both ways through vmd's API; vmtoolsd reports the guest's
+/// hostname and that DHCP address, and `vmctl stop` halts the guest
+/// through it.
 #[test]
 fn open_vm_tools_talk_to_our_backdoor() {
     let Some(kernel) = kvm_and_kernel() else {
+        return;
+    };
+    let Some(ns) = Netns::new("linux") else {
         return;
     };
     // ioperm-exec grants the backdoor ports (this host lacks
     // kvm.enable_vmware_backdoor) and execs the tool unchanged.
     let init = "\
 hostname fixture-guest
-# The dummy driver makes dummy0 itself when built in; add it otherwise.
-ip link show dummy0 > /dev/null 2>&1 || ip link add dummy0 type dummy
-ip addr add 192.0.2.10/24 dev dummy0
-ip link set dummy0 up
 echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+cat > /tmp/dhcp.sh <<'SCRIPT'
+#!/bin/sh
+case \"$1\" in
+bound|renew)
+    ip addr add \"$ip/$mask\" dev \"$interface\"
+    [ -n \"$router\" ] && ip route add default via \"$router\"
+    echo \"VMD-TEST dhcp ip=$ip mask=$mask router=$router dns=$dns hostname=$hostname lease=$lease\" > /dev/console
+    ;;
+esac
+SCRIPT
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -n -q -f -t 20 -T 3 -s /tmp/dhcp.sh > /dev/null 2>&1
+echo \"VMD-TEST udhcpc rc=$?\"
+ping -c 1 -W 30 100.64.1.2 > /dev/null 2>&1
+echo \"VMD-TEST ping-host rc=$?\"
 out=$(ioperm-exec vmware-checkvm 2>&1); rc=$?
 echo \"VMD-TEST checkvm rc=$rc $out\"
 ioperm-exec vmware-rpctool 'info-set guestinfo.fromguest hello from the guest'
@@ -330,12 +348,43 @@ cat /tmp/vmtoolsd.log
     let image = images::guest_tools(init).expect("open-vm-tools image");
     eprintln!("tools image: {} bytes", image.size());
     let initrd = images::write("tools", &image).expect("write image");
-    let d = TestDaemon::start(&vm_block("lin", &kernel, &initrd));
+    let dir = fresh_dir();
+    std::fs::write(
+        dir.join("vm.conf"),
+        vm_block_with("lin", &kernel, &initrd, "", "\tlocal interface\n"),
+    )
+    .unwrap();
+    let d = TestDaemon::start_in_netns(dir, &ns);
     let start = Instant::now();
     d.vmctl_ok(&["start", "lin"]);
     let mut con = Console::attach(&d, "lin");
     let init_line = con.wait("VMD-TEST init", BOOT);
     eprintln!("lin: /init after {:?} ({init_line})", start.elapsed());
+
+    // VM 1's local interface: the host side is 100.64.1.2/31.
+    let dhcp = con.wait("VMD-TEST dhcp", STEP);
+    assert_eq!(
+        dhcp,
+        "VMD-TEST dhcp ip=100.64.1.3 mask=31 router=100.64.1.2 dns=100.64.1.2 hostname=lin lease=4294967295"
+    );
+    let rc = con.wait("VMD-TEST udhcpc", STEP);
+    assert!(rc.ends_with("rc=0"), "{rc}");
+    let ping = con.wait("VMD-TEST ping-host", STEP);
+    assert!(ping.ends_with("rc=0"), "{ping}");
+    let mut ping = std::process::Command::new("ip");
+    ping.args([
+        "netns",
+        "exec",
+        ns.name(),
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "30",
+        "100.64.1.3",
+    ]);
+    let o = run_bounded(ping, STEP);
+    assert!(o.ok(), "the host pinging the guest: {o:?}");
 
     let checkvm = con.wait("VMD-TEST checkvm", STEP);
     assert!(
@@ -357,7 +406,7 @@ cat /tmp/vmtoolsd.log
         v.hostname.is_some() && v.ip.is_some()
     });
     assert_eq!(vm.hostname.as_deref(), Some("fixture-guest"), "{vm:#?}");
-    assert_eq!(vm.ip.as_deref(), Some("192.0.2.10"), "{vm:#?}");
+    assert_eq!(vm.ip.as_deref(), Some("100.64.1.3"), "{vm:#?}");
     let pid = vm.pid.expect("a pid");
 
     // A graceful stop: OS_Halt to vmtoolsd, which runs the package's
