@@ -91,18 +91,6 @@ pub fn check_gso(frame: &[u8], csum_start: u16, gso_size: u16, v6: bool, mtu: u1
     Verdict::Pass
 }
 
-/// A locally administered unicast MAC for interface `index` of a VM
-/// known by `key` (its name): stable across restarts, different between
-/// VMs and interfaces, in the fe:e1:ba range OpenBSD's vmd uses.
-pub fn stable_mac(key: &[u8], index: u8) -> [u8; 6] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.iter().chain(std::iter::once(&index)) {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-    }
-    let b = h.to_le_bytes();
-    [0xfe, 0xe1, 0xba, b[0], b[1], b[2]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,14 +186,5 @@ mod tests {
         // Truncated headers.
         assert_eq!(check_gso(&f[..40], 34, 100, false, 1500), Verdict::Giant);
         assert_eq!(check_gso(&f[..10], 34, 100, false, 1500), Verdict::Giant);
-    }
-
-    #[test]
-    fn stable_macs_are_local_unicast_and_distinct() {
-        let a = stable_mac(b"web1", 0);
-        assert_eq!(a, stable_mac(b"web1", 0));
-        assert_ne!(a, stable_mac(b"web1", 1));
-        assert_ne!(a, stable_mac(b"web2", 0));
-        assert_eq!(a[0] & 3, 2, "locally administered, unicast");
     }
 }
