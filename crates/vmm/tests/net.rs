@@ -132,3 +132,66 @@ fn bad_interface_settings_are_refused() {
         assert!(o.stderr.contains(want), "{spec}: {o:?}");
     }
 }
+
+/// The built-in DHCP server answers only its guest's MAC: a guest that
+/// asks as another (the `net` guest's `srcmac=`, on an interface that is
+/// not locked, so its frames do leave the VM) gets no offer. The host
+/// side sees the request on the tap, so the silence is the server's.
+#[test]
+fn the_dhcp_server_ignores_other_macs() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(ns) = Netns::new("spoof") else {
+        return;
+    };
+    ns.run(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+    ns.run(&["ip", "addr", "add", "100.64.1.2/31", "dev", "tap0"]);
+    ns.run(&["ip", "link", "set", "tap0", "up"]);
+
+    // Capture on the tap: the first DHCP request's source MAC and chaddr.
+    let py = "import socket, sys\n\
+              s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+              s.bind(('tap0', 0))\n\
+              s.settimeout(30)\n\
+              print('listening', flush=True)\n\
+              while True:\n\
+              \x20   f = s.recv(4096)\n\
+              \x20   if len(f) > 42 + 34 and f[12:14] == b'\\x08\\x00' and f[23] == 17 and f[36:38] == b'\\x00\\x43':\n\
+              \x20       print('request', f[6:12].hex(), f[42 + 28:42 + 34].hex(), flush=True)\n\
+              \x20       break\n";
+    let mut cap = ns.cmd(std::path::Path::new("python3"));
+    cap.args(["-c", py])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut cap = cap.spawn().unwrap();
+    let mut out = std::io::BufReader::new(cap.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+
+    let mut c = ns.cmd(std::path::Path::new(env!("CARGO_BIN_EXE_vmm")));
+    c.args(["-m", "64M", "-k"])
+        .arg(guest("net"))
+        .args(["--net", "tap=tap0,local=1:0,hostname=web1"])
+        .args(["-a", "dhcp=1 srcmac=02:00:00:00:00:66 timeout_ms=4000"]);
+    let mut vm = Live::spawn(c);
+    let fail = vm.wait_for(Duration::from_secs(30), |l| {
+        l.starts_with("net: dhcp") || l.starts_with("net: FAIL")
+    });
+    assert!(
+        fail.as_deref().is_some_and(|l| l.starts_with("net: FAIL dhcp")),
+        "a DHCP request from another MAC was answered: {fail:?}\n{}",
+        vm.transcript()
+    );
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = cap.kill();
+    let _ = cap.wait();
+    assert_eq!(
+        line.trim(),
+        "request 020000000066 020000000066",
+        "the spoofed request did not reach the tap"
+    );
+    let _ = wait_timeout(&mut vm.child, Duration::from_secs(10));
+}
