@@ -11,7 +11,8 @@
 //!   every page (RAM and MMIO) mapped USER;
 //! * the 8250 console ([`println!`]), the kernel command line ([`cmdline`]),
 //!   ACPI table parsing ([`acpi`]), PCI configuration access ([`pci`]), a
-//!   polled modern virtio-pci transport ([`virtio`]), power-off and reset
+//!   polled modern virtio-pci transport ([`virtio`]), a virtio-net driver
+//!   with a small IPv4 stack ([`net`]), power-off and reset
 //!   ([`power`]), AP start-up ([`smp`]), port/MMIO/CMOS access and
 //!   waiting ([`io`]: `sleep_us` halts the CPU until its LAPIC timer fires,
 //!   the only time interrupts are enabled) and the RTC date ([`rtc`]);
@@ -28,6 +29,7 @@ pub mod cmdline;
 mod entry;
 pub mod io;
 mod mem;
+pub mod net;
 pub mod pci;
 pub mod power;
 pub mod rtc;
