@@ -1,14 +1,18 @@
 //! `tools`: guest tools in the manner of OpenBSD vmt(4), bare metal, built on
 //! guestrpc's guest end. It answers the host's TCLO power commands, reports
 //! host name, OS, uptime and NICs, keeps a guest clock in sync with the host,
-//! and can test and time the GuestRPC channel itself.
+//! and can test and time the GuestRPC channel itself. With `dhcp=1` it also
+//! drives the VM's virtio-net device (`rt::net`): it gets its address by
+//! DHCP, reports that, and answers ARP, pings and UDP echo on it.
 //!
 //! # Command line (`key=value` words)
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `hostname=NAME` | `testguest` | reported as `SetGuestInfo  1` |
-//! | `ip=A.B.C.D/P[,A.B.C.D/P...]` | none | IPv4 addresses of the one NIC (at most 8; `/P` defaults to 24) |
-//! | `mac=MAC` | `52:54:00:12:34:56` | that NIC's MAC |
+//! | `hostname=NAME` | `testguest` | reported as `SetGuestInfo  1` (also with `dhcp=1`: the DHCP server's host name is not asked for) |
+//! | `ip=A.B.C.D/P[,A.B.C.D/P...]` | none | IPv4 addresses of the one NIC (at most 8; `/P` defaults to 24); ignored with `dhcp=1` |
+//! | `mac=MAC` | `52:54:00:12:34:56` | that NIC's MAC; ignored with `dhcp=1` when a device is found |
+//! | `dhcp=1` | 0 | at boot, find the virtio-net device and get an address by DHCP; report that address (`/P` from the subnet mask) and the device's MAC as the NIC, and keep the network serviced (see Behaviour) |
+//! | `echo=PORT` | none | with `dhcp=1`: send UDP datagrams to PORT on our address back to their sender |
 //! | `poll_ms=N` | 1000 | TCLO poll interval while idle (vmt's 1 s) |
 //! | `clock_sync=N` | 60 | seconds between periodic clock syncs, 0 = none |
 //! | `ignore=CMD[,CMD...]` | none | TCLO commands (first word, e.g. `OS_Halt`) never acted on nor answered: for host time-out tests |
@@ -25,6 +29,12 @@
 //! * `tools: tsc <hz> Hz (<backdoor GETHZ|cpuid 0x40000010|rt::io::tsc_hz>)`:
 //!   the rate the guest clock runs at (see [`tsc_hz`] for why the backdoor
 //!   comes first).
+//! * `dhcp=1` (also with `quiet=1`): `tools: dhcp ip <a.b.c.d>/<prefix>
+//!   router <r|->` once the address is bound (`-`: the ACK named no
+//!   router), or `tools: dhcp FAIL <why>` (no device, a device error,
+//!   `no OFFER`, `no ACK`, `NAK`, each after at most 10 s), after which
+//!   the guest goes on without an address (nor a network). Later, `tools:
+//!   net FAIL <why>; network off` if servicing the device fails.
 //! * `tools: clock sync (<boot|resume|periodic>): offset <us> us`: host time
 //!   minus guest time just before the guest clock was set to the host's
 //!   (signed decimal); or `tools: clock sync (<reason>): GETTIMEFULL failed`.
@@ -52,7 +62,7 @@
 //!   (the request shown up to its first non-printable byte, e.g.
 //!   `SetGuestInfo  10`); `<err>` is the transport error or
 //!   `reply '<reply>'` when the host answered other than `1 ...`.
-//! * `tools: cmdline: ...` for a malformed `ip=` entry.
+//! * `tools: cmdline: ...` for a malformed `ip=` entry or `echo=` port.
 //!
 //! # Behaviour (guest-channel.md §4, §5)
 //! The TCLO loop is vmt's: each tick sends the reply to the last command (or
@@ -78,8 +88,20 @@
 //! after the pending TCLO reply): `SetGuestInfo  1 <hostname>`,
 //! `SetGuestInfo  5 testguest tools 0.1 x86_64`, `SetGuestInfo  6 other-64`,
 //! `SetGuestInfo  7 <uptime s>00`, `SetGuestInfo  10 <NicInfo v3 XDR>` (one
-//! NIC with `mac` and the `ip` list) and, with an address,
+//! NIC with `mac` and the `ip` list; with `dhcp=1`, the device's MAC and
+//! the address DHCP gave, if any) and, with an address,
 //! `info-set guestinfo.ip <first address>`.
+//!
+//! With `dhcp=1` the network is serviced once per tick, just before each
+//! TCLO poll: every frame that arrived since (at most 256) is handled, ARP
+//! requests and ICMP echo requests for our address answered, UDP datagrams
+//! to `echo=` PORT sent back, anything else dropped. The driver polls (the
+//! device raises no interrupts), so the idle loop stays idle: a reply
+//! waits for the next tick, up to `poll_ms` (a ping's round trip takes
+//! that long, twice that when the host must first resolve our address by
+//! ARP), and more than 128 frames within one tick overflow the
+//! receive ring (the device drops the rest). The lease is never renewed
+//! (our VMM's DHCP server gives infinite ones).
 //!
 //! Everything here runs at CPL3; the 64 KiB message buffers are static.
 #![no_std]
@@ -99,6 +121,7 @@ use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_NO_IP, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
 use guestrpc::x86::PortIo;
 use rt::io::{cpuid, rdtsc, sleep_until};
+use rt::net::{self, Ip, Mac, Net, Router};
 use rt::println;
 
 rt::guest!("tools", main);
@@ -129,6 +152,8 @@ const CAPABILITIES: [&str; 4] = [
 /// Length of the value `bench=` stores, so that the `info-get` reply
 /// (`"1 "` + value) is 100 bytes.
 const BENCH_VALUE_LEN: usize = 98;
+/// `dhcp=1`: the longest wait for the link, DHCP, a free TX buffer.
+const NET_TIMEOUT_MS: u64 = 10_000;
 
 // ---------------------------------------------------------------------------
 // Static buffers (no allocator).
@@ -170,7 +195,7 @@ fn take_buffers() -> &'static mut Buffers {
 
 struct Config {
     hostname: &'static str,
-    mac: &'static str,
+    mac: MacText,
     ips: [IpEntry; MAX_IPS],
     n_ips: usize,
     poll_ms: u64,
@@ -183,6 +208,31 @@ struct Config {
     /// syncs), as a real tools daemon keeps off the console. Every line is
     /// port I/O, and a benchmark of many guests should not time printing.
     quiet: bool,
+    dhcp: bool,
+    /// `echo=`: the UDP echo port.
+    echo: Option<u16>,
+}
+
+/// The NIC's MAC as reported: `mac=` as given, or the device's.
+enum MacText {
+    Given(&'static str),
+    Device([u8; 17]),
+}
+
+impl MacText {
+    fn device(mac: [u8; 6]) -> MacText {
+        let mut text = [b'0'; 17];
+        // 17 characters exactly: it fits.
+        let _ = format_into(&mut text, format_args!("{}", Mac(mac)));
+        MacText::Device(text)
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            MacText::Given(s) => s,
+            MacText::Device(text) => core::str::from_utf8(text).unwrap_or(""),
+        }
+    }
 }
 
 impl Config {
@@ -190,7 +240,7 @@ impl Config {
         use rt::cmdline::{get, get_u64};
         let mut cfg = Config {
             hostname: get("hostname").unwrap_or("testguest"),
-            mac: get("mac").unwrap_or("52:54:00:12:34:56"),
+            mac: MacText::Given(get("mac").unwrap_or("52:54:00:12:34:56")),
             ips: [IpEntry {
                 addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 prefix_len: 0,
@@ -203,7 +253,15 @@ impl Config {
             selftest: get_u64("selftest", 0) != 0,
             bench: get_u64("bench", 0),
             quiet: get_u64("quiet", 0) != 0,
+            dhcp: get_u64("dhcp", 0) != 0,
+            echo: None,
         };
+        if let Some(word) = get("echo") {
+            cfg.echo = word.parse::<u16>().ok().filter(|&p| p != 0);
+            if cfg.echo.is_none() {
+                println!("tools: cmdline: bad echo port '{word}', ignored");
+            }
+        }
         for word in get("ip").unwrap_or("").split(',').filter(|w| !w.is_empty()) {
             let Some(entry) = parse_ip(word) else {
                 println!("tools: cmdline: bad ip '{word}', ignored");
@@ -480,6 +538,8 @@ struct Tools {
     /// The RPCI channel, kept open between requests as vmtoolsd keeps its
     /// own: opening and closing one per request costs two more exits each.
     rpc: Option<Channel>,
+    /// `dhcp=1`: the network device, once it has its address.
+    net: Option<Net>,
 }
 
 impl Tools {
@@ -625,7 +685,7 @@ impl Tools {
             failed += u32::from(!ok);
         }
         let nics = [NicEntry {
-            mac: self.cfg.mac,
+            mac: self.cfg.mac.as_str(),
             addrs: self.cfg.ips(),
         }];
         let ok = match format_set_guest_info_nics(&mut self.req[..], &nics) {
@@ -729,10 +789,24 @@ impl Tools {
         }
     }
 
+    /// Handles what the network brought since the last tick (see the module
+    /// comment); a failing device is given up.
+    fn service_net(&mut self) {
+        let Some(net) = self.net.as_mut() else {
+            return;
+        };
+        if let Err(e) = net.service(self.cfg.echo) {
+            println!("tools: net FAIL {e}; network off");
+            self.net = None;
+        }
+    }
+
     /// vmt's TCLO loop; never returns.
     fn run(mut self, tclo: &'static mut [u8; TCLO_BUF_LEN]) -> ! {
         let mut session = TcloSession::new();
         loop {
+            // Every tick, idle or not.
+            self.service_net();
             let after = match session.poll(&mut self.bd, &mut tclo[..]) {
                 Ok(Some(cmd)) => {
                     if !self.cfg.quiet {
@@ -964,13 +1038,27 @@ impl Tools {
                     && r.starts_with(b"1 ")
                     && r[2..].iter().enumerate().all(|(i, &b)| b == pattern(i))
             };
-            if !bench_call(&mut self.bd, req, &mut self.reply[..], force_lb, port, whole) {
+            if !bench_call(
+                &mut self.bd,
+                req,
+                &mut self.reply[..],
+                force_lb,
+                port,
+                whole,
+            ) {
                 return;
             }
             let start = rdtsc();
             for _ in 0..count {
                 let sized = |r: &[u8]| r.len() == want_len;
-                if !bench_call(&mut self.bd, req, &mut self.reply[..], force_lb, port, sized) {
+                if !bench_call(
+                    &mut self.bd,
+                    req,
+                    &mut self.reply[..],
+                    force_lb,
+                    port,
+                    sized,
+                ) {
                     return;
                 }
             }
@@ -978,6 +1066,45 @@ impl Tools {
             println!("rpci: {port} count={count} cycles={cycles}");
         }
     }
+}
+
+/// `dhcp=1`: finds the virtio-net device and gets an address by DHCP, which
+/// (with the device's MAC) becomes the NIC that `cfg` reports; the device,
+/// if that worked. Otherwise the NIC has no address.
+fn start_net(cfg: &mut Config) -> Option<Net> {
+    cfg.n_ips = 0;
+    let opts = net::Options {
+        mrg: true,
+        timeout_us: NET_TIMEOUT_MS * 1000,
+    };
+    let result = Net::open(&rt::pci::Pci::open(), None, &opts).and_then(|mut net| {
+        cfg.mac = MacText::device(net.mac);
+        let lease = net.dhcp()?;
+        Ok((net, lease))
+    });
+    let (net, lease) = match result {
+        Ok(r) => r,
+        Err(net::Error::Dhcp(why)) => {
+            println!("tools: dhcp FAIL {why}");
+            return None;
+        }
+        Err(e) => {
+            println!("tools: dhcp FAIL {e}");
+            return None;
+        }
+    };
+    println!(
+        "tools: dhcp ip {}/{} router {}",
+        Ip(lease.ip),
+        lease.prefix,
+        Router(lease.router)
+    );
+    cfg.ips[0] = IpEntry {
+        addr: IpAddr::V4(Ipv4Addr::from(lease.ip)),
+        prefix_len: lease.prefix,
+    };
+    cfg.n_ips = 1;
+    Some(net)
 }
 
 fn main() -> ! {
@@ -989,12 +1116,14 @@ fn main() -> ! {
         println!("tools: no VMware backdoor");
         rt::halt()
     };
-    let cfg = Config::from_cmdline();
+    let mut cfg = Config::from_cmdline();
     let (hz, source) = tsc_hz(&mut bd);
     if !cfg.quiet {
         println!("tools: backdoor version {version} type {kind}");
         println!("tools: tsc {hz} Hz ({source})");
     }
+    // After tsc_hz: the driver's time-outs need the TSC rate it sets.
+    let net = if cfg.dhcp { start_net(&mut cfg) } else { None };
 
     let Buffers { req, reply, tclo } = take_buffers();
     // The guest clock starts from the RTC (whole seconds), now.
@@ -1016,6 +1145,7 @@ fn main() -> ! {
         info_due: None,
         sync_due: None,
         rpc: None,
+        net,
     };
     tools.sync_clock("boot");
     tools.restart_sync_timer();
