@@ -4,7 +4,8 @@
 //! echoes the host; two guests on one switch (a bridge vmd creates, and
 //! removes at exit, leaving alone one it found); `locked lladdr` dropping a
 //! guest's spoofed frames; a switch on a link that is not a bridge; a tap
-//! name in use.
+//! name in use; the guest-tools guest reporting the address our DHCP gave
+//! it, and answering pings and UDP on it.
 
 mod common;
 
@@ -261,4 +262,84 @@ fn a_switch_on_a_link_that_is_not_a_bridge_and_a_tap_in_use_are_refused() {
     assert!(o.stderr.contains("tap tap7 is in use"), "{o:?}");
     // t1 is unharmed.
     assert!(d.vm("t1").pid.is_some());
+}
+
+/// The guest-tools test guest on a local interface (`dhcp=1`): the IP that
+/// `vmctl status` shows is the one it reports through its tools, which is
+/// the one our DHCP server gave it; the host pings it and it echoes UDP on
+/// that address while idling in its TCLO loop; `stop -w` halts it through
+/// its tools.
+#[test]
+fn the_tools_guest_reports_its_dhcp_address_and_answers_on_it() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(ns) = Netns::new("tools") else {
+        return;
+    };
+    let dir = fresh_dir();
+    let conf = format!(
+        "vm \"web1\" {{\n\tdisable\n\tkernel \"{tools}\"\n\tmemory 32M\n\
+         \tcmdline \"hostname=web1.test dhcp=1 echo=7 poll_ms=200 clock_sync=0\"\n\
+         \tlocal interface\n}}\n",
+        tools = guest("tools"),
+    );
+    std::fs::write(dir.join("vm.conf"), conf).unwrap();
+    let d = TestDaemon::start_in_netns(dir, &ns);
+    d.vmctl_ok(&["start", "web1"]);
+    let vm = d.wait_vm(
+        "web1",
+        "hostname and IP from the guest's tools",
+        Duration::from_secs(30),
+        |v| v.hostname.is_some() && v.ip.is_some(),
+    );
+    assert_eq!(vm.hostname.as_deref(), Some("web1.test"), "{vm:#?}");
+    // VM 1, interface 0: the host side 100.64.1.2/31, the guest 100.64.1.3,
+    // which the guest only knows from our DHCP server.
+    assert_eq!(vm.interfaces.len(), 1, "{vm:#?}");
+    let guest_ip = vm.interfaces[0].guest.clone().expect("a local interface");
+    assert_eq!(guest_ip, "100.64.1.3", "{vm:#?}");
+    assert_eq!(vm.ip.as_deref(), Some(guest_ip.as_str()), "{vm:#?}");
+    assert_eq!(
+        vm.interfaces[0].local.as_deref(),
+        Some("100.64.1.2/31"),
+        "{vm:#?}"
+    );
+    let o = d.vmctl_ok(&["status", "web1"]);
+    assert!(o.stdout.contains(" 100.64.1.3"), "{o:?}");
+
+    // The guest answers once a tick (200 ms): a ping's 2 s is plenty.
+    let ping = || {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns.name(), "ping", "-c1", "-W2", &guest_ip]);
+        run_bounded(c, Duration::from_secs(10))
+    };
+    let o = ping();
+    assert!(
+        o.ok(),
+        "the host pinging the guest: {o:?}\nvmd:\n{}",
+        d.log()
+    );
+    let sock = ns.udp("100.64.1.2:0");
+    assert!(
+        echoed(
+            &sock,
+            &format!("{guest_ip}:7"),
+            b"hello tools",
+            Duration::from_secs(10)
+        ),
+        "no UDP echo from the tools guest:\n{}",
+        d.log()
+    );
+
+    let pid = vm.pid.expect("a pid");
+    d.vmctl_ok(&["stop", "-w", "web1"]);
+    assert!(!process_exists(pid), "vmm {pid} still exists after stop -w");
+    let vm = d.vm("web1");
+    assert_eq!(
+        vm.last_exit.as_deref(),
+        Some("halted by guest tools"),
+        "{vm:#?}"
+    );
+    assert!(vm.interfaces.is_empty(), "{vm:?}");
 }
