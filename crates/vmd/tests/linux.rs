@@ -187,6 +187,7 @@ echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
 echo \"VMD-TEST cpu $(grep -m1 vendor_id /proc/cpuinfo)\"
 if dmesg | grep -q -e 'Can.t read CTR' -e 'i8042.*failed'; then echo 'VMD-TEST i8042 failed'; else echo 'VMD-TEST i8042 ok'; fi
 echo \"VMD-TEST disk $(dd if=/dev/vda bs=4096 count=1 2>/dev/null | md5sum) intx=$(grep virtio /proc/interrupts | grep -c IO-APIC)\"
+echo \"VMD-TEST hwrng $(cat /sys/class/misc/hw_random/rng_current) $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n') $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n')\"
 echo 'VMD-TEST ready: type reboot or poweroff'
 read cmd
 echo \"VMD-TEST got $cmd\"
@@ -234,6 +235,16 @@ sleep 1000
         );
     };
     check_disk(con.wait("VMD-TEST disk", STEP));
+    // vmd gives every VM a virtio-rng; Linux's stock driver reads it.
+    let rng = con.wait("VMD-TEST hwrng", STEP);
+    let words: Vec<&str> = rng.split_whitespace().collect();
+    assert!(
+        words.len() == 5
+            && words[2].starts_with("virtio_rng")
+            && words[3..].iter().all(|w| w.len() == 64)
+            && words[3] != words[4],
+        "/dev/hwrng is not our virtio-rng giving 32 fresh bytes a read: {rng}"
+    );
     con.wait("VMD-TEST ready", STEP);
     con.type_line("reboot");
     con.wait("VMD-TEST got reboot", STEP);
