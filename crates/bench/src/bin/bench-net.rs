@@ -1,5 +1,5 @@
 //! Network figures: the `net` test guest (a polled virtio-net driver at
-//! CPL3 with a small UDP/IPv4 stack, crates/testguest/guest/src/bin/net.rs)
+//! CPL3 with a small UDP/IPv4 stack, crates/testguest/guest/src/net.rs, driven by its bin/net.rs)
 //! on our VMM's virtio-net against the same guest on QEMU's
 //! `virtio-net-pci` (`-M microvm,pcie=on`, `-netdev tap,vhost=off`: QEMU's
 //! userspace device, as this host has no /dev/vhost-net), in one run,
