@@ -180,7 +180,8 @@ fn the_dhcp_server_ignores_other_macs() {
         l.starts_with("net: dhcp") || l.starts_with("net: FAIL")
     });
     assert!(
-        fail.as_deref().is_some_and(|l| l.starts_with("net: FAIL dhcp")),
+        fail.as_deref()
+            .is_some_and(|l| l.starts_with("net: FAIL dhcp")),
         "a DHCP request from another MAC was answered: {fail:?}\n{}",
         vm.transcript()
     );
