@@ -4,9 +4,11 @@
 //!   serves is generated from these types (utoipa).
 //! - [`vmproc`]: the channel between vmd and each VM process (`vmm
 //!   --control-fd`), JSON lines over a socketpair.
+//! - [`text`]: what a user or a guest reported, made safe to print.
 //!
 //! No I/O here: both ends do their own.
 
+pub mod text;
 pub mod v1;
 pub mod vmproc;
 

@@ -115,7 +115,16 @@ pub struct DiskStatus {
 /// `vmctl start`: a VM from the configuration by name, or one defined here.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StartRequest {
-    /// Name (or id) of a configured VM, or the name of a new ad-hoc VM.
+    /// Name (or id) of a configured VM, or the name of a new ad-hoc VM or
+    /// instance. A new name follows OpenBSD's rule (vmconf's
+    /// `check_vm_name`): 1 to 63 ASCII letters, digits, `.`, `-` and `_`,
+    /// starting with a letter or digit, not digits only; any other is a
+    /// 400.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
     /// Kernel to boot (`-b`).
     pub kernel: Option<String>,
