@@ -21,14 +21,59 @@ pub const MAX_CPUS: u32 = 254;
 pub const MAX_DISKS: usize = 4;
 /// Most network interfaces per VM (OpenBSD's `VMM_MAX_NICS_PER_VM`).
 pub const MAX_INTERFACES: usize = 4;
-/// Longest VM name, in characters.
+/// Longest VM name the parser's own check (`bad_vm_name`) allows, in characters. Superseded
+/// by [`MAX_VM_NAME_LEN`] and [`check_vm_name`], which the parser is to use too.
 pub const MAX_NAME_LEN: usize = 64;
+/// Longest VM name, in characters: OpenBSD's `VMM_MAX_NAME_LEN` (64) less its NUL, as
+/// OpenBSD's vmctl refuses a name of 64 ("name too long").
+pub const MAX_VM_NAME_LEN: usize = 63;
 /// Grace period, in seconds, between a guest acknowledging a halt and vmd powering it off.
 pub const DEFAULT_GRACE_SECS: u64 = 120;
 /// Seconds between two waves of a staggered start.
 pub const DEFAULT_STAGGER_DELAY_SECS: u64 = 30;
 /// Highest routing domain (OpenBSD's `RT_TABLEID_MAX`).
 pub const MAX_RDOMAIN: u32 = 255;
+
+/// Checks a VM's name by OpenBSD's rule, the same for vm.conf and for the API: 1 to
+/// [`MAX_VM_NAME_LEN`] ASCII letters, digits, `.`, `-` and `_`, starting with a letter or a
+/// digit. Digits alone are refused too: `vmctl` and the API take those for VM ids (OpenBSD's
+/// vmctl does the same: "invalid vm name"). So a name never carries a `/`, a space, an escape
+/// sequence or a newline into a path, a log line or a terminal.
+///
+/// The error says why, in words that fit `invalid vm name "NAME": WHY` (the name quoted with
+/// [`quote_vm_name`] where it came from a client).
+pub fn check_vm_name(name: &str) -> Result<(), &'static str> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    Err(if name.is_empty() {
+        "empty"
+    } else if name.chars().nth(MAX_VM_NAME_LEN).is_some() {
+        "longer than 63 characters"
+    } else if name.bytes().all(|b| b.is_ascii_digit()) {
+        "all digits"
+    } else if name.chars().any(char::is_whitespace) {
+        "contains whitespace"
+    } else if name.chars().any(char::is_control) {
+        "contains a non-printable character"
+    } else if name.contains('/') {
+        "contains \"/\""
+    } else if !name.chars().all(allowed) {
+        "contains a character other than letters, digits, \".\", \"-\" and \"_\""
+    } else if name.starts_with(['.', '-', '_']) {
+        "starts with \".\", \"-\" or \"_\""
+    } else {
+        return Ok(());
+    })
+}
+
+/// `name` quoted for a message, as Rust's `{:?}` quotes it (control characters escaped), and
+/// cut after [`MAX_VM_NAME_LEN`] characters with `...` and its full length: a message about a
+/// 70,000-character name need not repeat it.
+pub fn quote_vm_name(name: &str) -> String {
+    match name.char_indices().nth(MAX_VM_NAME_LEN) {
+        None => format!("{name:?}"),
+        Some((at, _)) => format!("{:?}... ({} characters)", &name[..at], name.chars().count()),
+    }
+}
 
 /// Where something was defined.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -547,4 +592,63 @@ pub fn parse_lladdr(s: &str) -> Result<[u8; 6], String> {
         return Err(format!("invalid address: {s} (multicast)"));
     }
     Ok(mac)
+}
+
+#[cfg(test)]
+mod vm_name_tests {
+    use super::*;
+
+    #[test]
+    fn openbsds_rule() {
+        for good in [
+            "web-1.example_2",
+            "a",
+            "1web",
+            "W",
+            "x.-_",
+            "9a",
+            &"b".repeat(MAX_VM_NAME_LEN),
+        ] {
+            assert_eq!(check_vm_name(good), Ok(()), "{good:?}");
+        }
+        let long = "a".repeat(70_000);
+        for (bad, why) in [
+            ("", "empty"),
+            (
+                &"b".repeat(MAX_VM_NAME_LEN + 1),
+                "longer than 63 characters",
+            ),
+            (&long, "longer than 63 characters"),
+            ("42", "all digits"),
+            ("a b", "contains whitespace"),
+            ("a\nb", "contains whitespace"),
+            ("\x1b[31m", "contains a non-printable character"),
+            ("a\u{7f}", "contains a non-printable character"),
+            ("a/b", "contains \"/\""),
+            ("..", "starts with \".\", \"-\" or \"_\""),
+            ("-x", "starts with \".\", \"-\" or \"_\""),
+            (".x", "starts with \".\", \"-\" or \"_\""),
+            ("_x", "starts with \".\", \"-\" or \"_\""),
+        ] {
+            assert_eq!(check_vm_name(bad), Err(why), "{bad:?}");
+        }
+        for bad in ["a:b", "é", "a\u{202e}b", "a$b", "a\\b", "a*", "a%2F"] {
+            assert_eq!(
+                check_vm_name(bad),
+                Err("contains a character other than letters, digits, \".\", \"-\" and \"_\""),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn quoted_for_messages() {
+        assert_eq!(quote_vm_name("web1"), "\"web1\"");
+        assert_eq!(quote_vm_name("a\x1b[31m\n"), "\"a\\u{1b}[31m\\n\"");
+        let long = "a".repeat(70_000);
+        assert_eq!(
+            quote_vm_name(&long),
+            format!("\"{}\"... (70000 characters)", "a".repeat(MAX_VM_NAME_LEN))
+        );
+    }
 }
