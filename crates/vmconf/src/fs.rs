@@ -1,8 +1,12 @@
 //! Where configuration files come from: the real file system, or memory (for tests).
 
 use std::collections::HashMap;
-use std::io;
+use std::fmt;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+
+/// The largest configuration file read (each file, the top one and every `include`).
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
 
 /// The only way the parser reads files (the top file for [`crate::parse_file`], and every
 /// `include`).
@@ -21,14 +25,113 @@ pub trait FileSource {
 pub struct StdFs;
 
 impl FileSource for StdFs {
+    /// Reads a regular file of at most [`MAX_FILE_SIZE`] bytes of UTF-8 text. Anything else
+    /// is refused without being read, so that a FIFO cannot hang the reader nor a device
+    /// (`/dev/zero`) fill its memory; a FIFO or device is not even opened unless it replaces
+    /// the file between the check and the open, and then the open does not block.
     fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+        check_regular(&std::fs::metadata(path)?)?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK | O_NOCTTY)
+            .open(path)?;
+        let meta = f.metadata()?;
+        check_regular(&meta)?;
+        let mut bytes = Vec::new();
+        // +1: a file that grew past the limit since the fstat is still refused.
+        (&mut f).take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_FILE_SIZE {
+            return Err(too_large());
+        }
+        String::from_utf8(bytes).map_err(|e| {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                InvalidUtf8 {
+                    line: u32::try_from(line).unwrap_or(u32::MAX),
+                },
+            )
+        })
     }
 
     fn canonicalize(&self, path: &Path) -> PathBuf {
         std::fs::canonicalize(path).unwrap_or_else(|_| normalize(path))
     }
 }
+
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+/// Whether this is a Linux architecture whose open(2) flags are asm-generic/fcntl.h's (std
+/// does not export O_NONBLOCK and O_NOCTTY, and this crate does without libc). Elsewhere
+/// they are left out, and the check before the open is what keeps FIFOs and devices out.
+const GENERIC_FCNTL: bool = cfg!(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "riscv32",
+        target_arch = "powerpc64",
+        target_arch = "powerpc",
+        target_arch = "s390x",
+        target_arch = "loongarch64"
+    )
+));
+const O_NONBLOCK: i32 = if GENERIC_FCNTL { 0o4000 } else { 0 };
+const O_NOCTTY: i32 = if GENERIC_FCNTL { 0o400 } else { 0 };
+
+/// Refuses what is not a regular file, or one larger than [`MAX_FILE_SIZE`].
+fn check_regular(meta: &std::fs::Metadata) -> io::Result<()> {
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        if meta.len() > MAX_FILE_SIZE {
+            return Err(too_large());
+        }
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "of an unknown type"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file (it is {what})"),
+    ))
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("file too large (more than {} MiB)", MAX_FILE_SIZE >> 20),
+    )
+}
+
+/// The error of a file that is not UTF-8: [`crate::parse_file`] and `include` report it at
+/// its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidUtf8 {
+    /// The line (1-based) of the first byte that is not UTF-8.
+    pub line: u32,
+}
+
+impl fmt::Display for InvalidUtf8 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid UTF-8 on line {}", self.line)
+    }
+}
+
+impl std::error::Error for InvalidUtf8 {}
 
 /// Files held in memory, by path (looked up after resolving `.` and `..`).
 #[derive(Clone, Debug, Default)]

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::mem;
 use std::path::{Path, PathBuf};
 
-use crate::fs::{normalize, FileSource};
+use crate::fs::{normalize, FileSource, InvalidUtf8};
 use crate::lexer::{is_keyword, is_number, lex, Tok, Token};
 use crate::size::parse_size;
 use crate::types::*;
@@ -115,6 +115,14 @@ struct IfBuild {
     switch_loc: Option<Location>,
 }
 
+/// How deep `include`s may nest (the top file is at depth 0): deeper, and a chain of them
+/// would be a chain of recursive calls on whatever stack the parser runs on.
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 16;
+/// How many files `include`s may read in all, and how many bytes: a file may include
+/// another many times over, and each of those include it many times again.
+pub(crate) const MAX_INCLUDED_FILES: usize = 1024;
+pub(crate) const MAX_INCLUDED_BYTES: usize = 16 << 20;
+
 pub(crate) struct Parser<'a> {
     fs: &'a dyn FileSource,
     ts: Stream,
@@ -124,6 +132,9 @@ pub(crate) struct Parser<'a> {
     warnings: Vec<Diagnostic>,
     /// The files being read, outermost first: (canonical path, name in messages).
     includes: Vec<(PathBuf, String)>,
+    /// Files read by `include`s so far, and their bytes.
+    included_files: usize,
+    included_bytes: usize,
     globals: Globals,
     switches: Vec<Switch>,
     switch_names: HashMap<String, Location>,
@@ -145,6 +156,8 @@ pub(crate) fn parse(name: &str, text: &str, opts: &Options, fs: &dyn FileSource)
         errors: Vec::new(),
         warnings: Vec::new(),
         includes: vec![(fs.canonicalize(path), name.to_string())],
+        included_files: 0,
+        included_bytes: 0,
         globals: Globals::default(),
         switches: Vec::new(),
         switch_names: HashMap::new(),
@@ -616,9 +629,35 @@ impl Parser<'_> {
             self.error(line, msg);
             return Ok(());
         }
+        if self.includes.len() > MAX_INCLUDE_DEPTH {
+            let msg = format!("includes nested too deeply (more than {MAX_INCLUDE_DEPTH} levels)");
+            self.error(line, msg);
+            return Ok(());
+        }
+        if self.included_files >= MAX_INCLUDED_FILES {
+            let msg = format!("more than {MAX_INCLUDED_FILES} files included in all");
+            self.error(line, msg);
+            return Ok(());
+        }
+        self.included_files += 1;
         match self.fs.read_to_string(&full) {
-            Err(e) => self.error(line, format!("failed to include file \"{display}\": {e}")),
+            Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<InvalidUtf8>()) {
+                Some(bad) => self.errors.push(Diagnostic {
+                    file: display,
+                    line: bad.line,
+                    message: "invalid UTF-8".into(),
+                }),
+                None => self.error(line, format!("failed to include file \"{display}\": {e}")),
+            },
+            Ok(text) if self.included_bytes + text.len() > MAX_INCLUDED_BYTES => {
+                let msg = format!(
+                    "failed to include file \"{display}\": more than {} MiB included in all",
+                    MAX_INCLUDED_BYTES >> 20
+                );
+                self.error(line, msg);
+            }
             Ok(text) => {
+                self.included_bytes += text.len();
                 let saved = mem::replace(&mut self.ts, Stream::new(display.clone(), &full, &text));
                 self.includes.push((canon, display));
                 self.toplevel();

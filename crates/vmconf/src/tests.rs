@@ -1741,3 +1741,204 @@ fn never_panics_or_hangs() {
         }
     }
 }
+
+/// A chain of files, each including the next: `d/0.conf` includes `d/1.conf`, ... up to
+/// `d/{n}.conf`, which defines a vm.
+fn include_chain(n: usize) -> MemFiles {
+    let mut fs = MemFiles::new();
+    for i in 0..n {
+        fs.insert(
+            format!("d/{i}.conf"),
+            format!("include \"{}.conf\"\n", i + 1),
+        );
+    }
+    fs.with(format!("d/{n}.conf"), "vm deep {}\n")
+}
+
+#[test]
+fn include_depth_is_bounded() {
+    const DEPTH: usize = 16;
+    // The top file includes d/0.conf: d/{n}.conf is nested n + 1 deep.
+    let fs = include_chain(DEPTH - 1);
+    let c = parse_with("include \"d/0.conf\"\n", &Options::default(), &fs).unwrap();
+    assert_eq!(c.vms[0].line.file, "d/15.conf");
+    let fs = include_chain(DEPTH);
+    let e = parse_with("include \"d/0.conf\"\n", &Options::default(), &fs).unwrap_err();
+    assert_eq!(
+        strings(&e),
+        ["d/15.conf:1: includes nested too deeply (more than 16 levels)"]
+    );
+    // A chain far deeper than the stack would take is just as quickly refused.
+    let fs = include_chain(100_000);
+    let e = parse_with("include \"d/0.conf\"\n", &Options::default(), &fs).unwrap_err();
+    assert_eq!(
+        strings(&e),
+        ["d/15.conf:1: includes nested too deeply (more than 16 levels)"]
+    );
+}
+
+#[test]
+fn includes_are_bounded_in_all() {
+    // Each of 8 levels includes the next 8 times: 8^8 files, were it not for the bound.
+    let mut fs = MemFiles::new();
+    for i in 0..8 {
+        fs.insert(
+            format!("f{i}.conf"),
+            format!("include \"f{}.conf\"\n", i + 1).repeat(8),
+        );
+    }
+    fs.insert("f8.conf", "# nothing\n");
+    let e = parse_with("include \"f0.conf\"\n", &Options::default(), &fs).unwrap_err();
+    assert!(!e.is_empty());
+    assert!(
+        e.iter()
+            .all(|d| d.message == "more than 1024 files included in all"),
+        "{:#?}",
+        strings(&e)
+    );
+    // Bytes: 17 files of almost 1 MiB each.
+    let big = format!("#{}\n", "x".repeat((1 << 20) - 2));
+    let mut fs = MemFiles::new();
+    let mut top = String::new();
+    for i in 0..17 {
+        fs.insert(format!("big{i}.conf"), big.clone());
+        top.push_str(&format!("include \"big{i}.conf\"\n"));
+    }
+    let e = parse_with(&top, &Options::default(), &fs).unwrap_err();
+    assert_eq!(
+        strings(&e),
+        ["vm.conf:17: failed to include file \"big16.conf\": more than 16 MiB included in all"]
+    );
+}
+
+/// A fresh directory for tests that read real files.
+fn real_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vmconf-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let s = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(s.success());
+}
+
+/// Parses `path` in a thread, failing the test if that takes more than 10 s (a reader that
+/// waits on a FIFO for a writer would wait for ever).
+fn parse_file_bounded(path: &std::path::Path) -> Result<Config, Vec<Diagnostic>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(parse_file(&p, &Options::default()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("parsing {} did not finish in 10 s", path.display()))
+}
+
+#[test]
+fn only_regular_files_are_read() {
+    let d = real_dir("special");
+    let fifo = d.join("fifo.conf");
+    mkfifo(&fifo);
+    let top = d.join("vm.conf");
+    let cases = [
+        (fifo.clone(), "a FIFO"),
+        ("/dev/zero".into(), "a character device"),
+        (d.clone(), "a directory"),
+    ];
+    for (target, what) in &cases {
+        std::fs::write(
+            &top,
+            format!("vm a {{}}\ninclude \"{}\"\n", target.display()),
+        )
+        .unwrap();
+        let e = parse_file_bounded(&top).unwrap_err();
+        assert_eq!(
+            strings(&e),
+            [format!(
+                "{}:2: failed to include file \"{}\": not a regular file (it is {what})",
+                top.display(),
+                target.display()
+            )]
+        );
+        // The top file too, and through a symbolic link.
+        let e = parse_file_bounded(target).unwrap_err();
+        assert_eq!(
+            strings(&e),
+            [format!(
+                "{}: not a regular file (it is {what})",
+                target.display()
+            )]
+        );
+        let link = d.join("link.conf");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let e = parse_file_bounded(&link).unwrap_err();
+        assert_eq!(
+            strings(&e),
+            [format!(
+                "{}: not a regular file (it is {what})",
+                link.display()
+            )]
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn file_size_is_capped() {
+    let d = real_dir("size");
+    let top = d.join("vm.conf");
+    let inc = d.join("big.conf");
+    // Exactly 1 MiB is read; a byte more is not.
+    let text = format!("vm a {{}}\n#{}\n", "x".repeat((1 << 20) - 10));
+    assert_eq!(text.len(), 1 << 20);
+    std::fs::write(&inc, &text).unwrap();
+    std::fs::write(&top, "include \"big.conf\"\n").unwrap();
+    assert_eq!(parse_file_bounded(&top).unwrap().vms[0].name, "a");
+    std::fs::write(&inc, format!("{text}\n")).unwrap();
+    let e = parse_file_bounded(&top).unwrap_err();
+    assert_eq!(
+        strings(&e),
+        [format!(
+            "{}:1: failed to include file \"{}\": file too large (more than 1 MiB)",
+            top.display(),
+            inc.display()
+        )]
+    );
+    // A sparse file of a terabyte is refused as quickly.
+    let f = std::fs::File::create(&inc).unwrap();
+    f.set_len(1 << 40).unwrap();
+    drop(f);
+    let e = parse_file_bounded(&inc).unwrap_err();
+    assert_eq!(
+        strings(&e),
+        [format!(
+            "{}: file too large (more than 1 MiB)",
+            inc.display()
+        )]
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_its_line() {
+    let d = real_dir("utf8");
+    let top = d.join("vm.conf");
+    let inc = d.join("inc.conf");
+    std::fs::write(&inc, b"# fine: \xc3\xa9\nvm a {}\n# not: \xff\xfe\n").unwrap();
+    std::fs::write(&top, "\ninclude \"inc.conf\"\n").unwrap();
+    let e = parse_file_bounded(&top).unwrap_err();
+    assert_eq!(strings(&e), [format!("{}:3: invalid UTF-8", inc.display())]);
+    // The top file: parse_file reports it for the whole file, with the line in the message.
+    let e = parse_file_bounded(&inc).unwrap_err();
+    assert_eq!(
+        strings(&e),
+        [format!("{}: invalid UTF-8 on line 3", inc.display())]
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
