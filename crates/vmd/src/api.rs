@@ -81,10 +81,28 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
     serde_json::from_slice(b).map_err(|e| Error::BadRequest(format!("bad request body: {e}")))
 }
 
+/// `key` (a VM's number or name as a client gave it) for a message: not
+/// a checked name, so escaped and bounded.
+fn quote_key(key: &str) -> String {
+    api::text::shorten(key, vmconf::MAX_VM_NAME_LEN)
+}
+
 fn lookup(d: &Daemon, key: &str) -> Result<u32, Error> {
     d.lock()
         .find(key)
-        .ok_or_else(|| Error::NotFound(format!("vm {key} not found")))
+        .ok_or_else(|| Error::NotFound(format!("vm {} not found", quote_key(key))))
+}
+
+/// A name for a new VM or instance, checked by OpenBSD's rule
+/// (`vmconf::check_vm_name`, as vm.conf's names are): a 400 that says
+/// why otherwise.
+fn check_new_name(name: &str) -> Result<(), Error> {
+    vmconf::check_vm_name(name).map_err(|why| {
+        Error::BadRequest(format!(
+            "invalid vm name {}: {why}",
+            vmconf::quote_vm_name(name)
+        ))
+    })
 }
 
 /// VM `key`, if `peer` may control it.
@@ -167,6 +185,11 @@ async fn start(
         || req.cpu.is_some();
     // The guard must not live through the match: the arms lock again.
     let existing = d.lock().find(&req.name);
+    // A VM that exists is named by its name or number; a new one gets a
+    // name only if it is a good one, before anything else is looked at.
+    if existing.is_none() {
+        check_new_name(&req.name)?;
+    }
     let id = match (existing, &req.instance_of) {
         (Some(_), Some(_)) => {
             return Err(Error::Conflict(format!("vm {} already exists", req.name)))
@@ -294,7 +317,8 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
             "cdrom" => vmconf::BootDevice::Cdrom,
             other => {
                 return Err(Error::BadRequest(format!(
-                    "boot device {other}: must be disk or cdrom"
+                    "boot device {}: must be disk or cdrom",
+                    quote_key(other)
                 )))
             }
         });
@@ -364,7 +388,8 @@ fn cpu_model(base: &vmconf::CpuModel, req: &CpuRequest) -> Result<vmconf::CpuMod
         for name in names {
             if cpumodel::feature(name).is_none() {
                 return Err(format!(
-                    "unknown cpu feature: {name} (known: {})",
+                    "unknown cpu feature: {} (known: {})",
+                    quote_key(name),
                     cpumodel::feature_names()
                 ));
             }
