@@ -4,8 +4,10 @@
 //! in them, newlines included. Printed as they are, a value could forge
 //! lines (`x\nip = 10.9.9.9`) for whatever reads the listing, or send
 //! escape sequences to the terminal. So control characters and the
-//! backslash are escaped here, C-style; the exact text is what `vmctl
-//! guestinfo ID KEY` prints, and `--json` has all of it unescaped.
+//! backslash are escaped here, C-style ([`api::text::escape`], as in every
+//! other place vmctl prints what vmd reports); the exact text is what
+//! `vmctl guestinfo ID KEY` prints when its output is not a terminal, and
+//! `--json` has all of it unescaped.
 
 use std::fmt::Write;
 
@@ -13,25 +15,10 @@ use api::v1::Guestinfo;
 
 /// `s` with `\` as `\\`, newline, tab and carriage return as `\n`, `\t`,
 /// `\r`, and other control characters as `\xHH` (C0, DEL) or `\u{H}`
-/// (C1). Everything else is left alone.
+/// (C1, and the characters that reorder or hide text). Everything else is
+/// left alone. See [`api::text::escape`].
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() && (c as u32) < 0x80 => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    api::text::escape(s).into_owned()
 }
 
 /// The listing, in key order, each line ending in a newline. A key has
@@ -57,6 +44,7 @@ mod tests {
         assert_eq!(escape("c:\\dir\tx\r"), "c:\\\\dir\\tx\\r");
         assert_eq!(escape("\x1b[2J\x7f"), "\\x1b[2J\\x7f");
         assert_eq!(escape("\u{85}é✓"), "\\u{85}é✓");
+        assert_eq!(escape("a\u{202e}b"), "a\\u{202e}b");
     }
 
     #[test]

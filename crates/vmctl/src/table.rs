@@ -1,6 +1,14 @@
 //! The `vmctl status` table: OpenBSD's columns, then what the guest tools
 //! report.
+//!
+//! Every string in it comes from vmd, and some from further away: the
+//! host name is whatever the guest's tools say, paths are whatever a user
+//! gave. Each is printed through [`api::text::escape`], so no escape
+//! sequence reaches the terminal and no newline starts a line of its own.
 
+use std::borrow::Cow;
+
+use api::text::escape;
 use api::v1::{VmState, VmStatus};
 
 use crate::size::fmt_scaled;
@@ -21,29 +29,37 @@ pub fn is_running(vm: &VmStatus) -> bool {
     !matches!(vm.state, VmState::Stopped | VmState::Disabled)
 }
 
+/// The width of `s` on a terminal, near enough: its characters (all
+/// printable, once escaped).
+fn width(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// `s` right-aligned in `w` columns.
+fn push_right(out: &mut String, s: &str, w: usize) {
+    out.extend(std::iter::repeat_n(' ', w.saturating_sub(width(s))));
+    out.push_str(s);
+}
+
+/// `s` left-aligned in `w` columns.
+fn push_left(out: &mut String, s: &str, w: usize) {
+    out.push_str(s);
+    out.extend(std::iter::repeat_n(' ', w.saturating_sub(width(s))));
+}
+
+/// The widths of the columns before NAME, right-aligned as OpenBSD's.
+const RIGHT: [usize; 8] = [5, 5, 5, 7, 7, 7, 12, 8];
+
 /// The table, header first, one line per VM in the order given, each line
 /// ending in a newline. `NAME` and `HOSTNAME` are as wide as their longest
-/// entry; nothing is ever cut.
+/// entry; nothing is ever cut, however long (the padding is done here:
+/// `format!`'s widths stop at 65535 and panic beyond). Strings from vmd are
+/// escaped ([`api::text::escape`]).
 pub fn format_table(vms: &[VmStatus]) -> String {
-    let name_w = vms.iter().map(|v| v.name.len()).fold(4, usize::max);
-    let host_w = vms
-        .iter()
-        .map(|v| v.hostname.as_deref().map_or(1, str::len))
-        .fold(8, usize::max);
-    let mut out = String::new();
-    let mut row = |cols: [&str; 11]| {
-        let [id, pid, vcpus, maxmem, curmem, tty, owner, state, name, host, ip] = cols;
-        out.push_str(&format!(
-            "{id:>5} {pid:>5} {vcpus:>5} {maxmem:>7} {curmem:>7} {tty:>7} {owner:>12} {state:>8}   {name:<name_w$} {host:<host_w$} {ip}"
-        ));
-        // The last column may be a lone "-"; never leave trailing blanks.
-        let trimmed = out.trim_end().len();
-        out.truncate(trimmed);
-        out.push('\n');
-    };
-    row([
+    let mut rows: Vec<[Cow<str>; 11]> = vec![[
         "ID", "PID", "VCPUS", "MAXMEM", "CURMEM", "TTY", "OWNER", "STATE", "NAME", "HOSTNAME", "IP",
-    ]);
+    ]
+    .map(Cow::Borrowed)];
     for vm in vms {
         let mem = |n: u64| {
             if n == 0 {
@@ -60,19 +76,40 @@ pub fn format_table(vms: &[VmStatus]) -> String {
             .map(|t| t.strip_prefix("/dev/").unwrap_or(t))
             .unwrap_or("-");
         let curmem = if running { mem(vm.curmem) } else { "-".into() };
-        row([
-            &vm.id.to_string(),
-            &pid,
-            &vm.vcpus.to_string(),
-            &mem(vm.maxmem),
-            &curmem,
-            tty,
-            &vm.owner,
-            state_name(vm.state),
-            &vm.name,
-            vm.hostname.as_deref().unwrap_or("-"),
-            vm.ip.as_deref().unwrap_or("-"),
+        rows.push([
+            vm.id.to_string().into(),
+            pid.into(),
+            vm.vcpus.to_string().into(),
+            mem(vm.maxmem).into(),
+            curmem.into(),
+            escape(tty),
+            escape(&vm.owner),
+            state_name(vm.state).into(),
+            escape(&vm.name),
+            escape(vm.hostname.as_deref().unwrap_or("-")),
+            escape(vm.ip.as_deref().unwrap_or("-")),
         ]);
+    }
+    let name_w = rows.iter().map(|r| width(&r[8])).fold(4, usize::max);
+    let host_w = rows.iter().map(|r| width(&r[9])).fold(8, usize::max);
+    let mut out = String::new();
+    for row in &rows {
+        for (i, w) in RIGHT.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            push_right(&mut out, &row[i], *w);
+        }
+        out.push_str("   ");
+        push_left(&mut out, &row[8], name_w);
+        out.push(' ');
+        push_left(&mut out, &row[9], host_w);
+        out.push(' ');
+        out.push_str(&row[10]);
+        // The last column may be a lone "-"; never leave trailing blanks.
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
     }
     out
 }
@@ -81,23 +118,24 @@ pub fn format_table(vms: &[VmStatus]) -> String {
 /// `disk<N> <format> <path>` (format `-` while not known), `cdrom <path>`,
 /// and `if<N> <tap> <lladdr>` followed by `switch <name> <bridge>`,
 /// `local <host address/len> guest <address>` and `locked` as they apply.
+/// Paths and names are escaped ([`api::text::escape`]).
 pub fn format_devices(vms: &[VmStatus]) -> String {
     let mut out = String::new();
     for v in vms {
         for (i, d) in v.disks.iter().enumerate() {
-            let f = d.format.as_deref().unwrap_or("-");
-            out.push_str(&format!("disk{i} {f} {}\n", clean(&d.path)));
+            let f = escape(d.format.as_deref().unwrap_or("-"));
+            out.push_str(&format!("disk{i} {f} {}\n", escape(&d.path)));
         }
         if let Some(c) = &v.cdrom {
-            out.push_str(&format!("cdrom {}\n", clean(c)));
+            out.push_str(&format!("cdrom {}\n", escape(c)));
         }
         for (i, n) in v.interfaces.iter().enumerate() {
-            let mut line = format!("if{i} {} {}", clean(&n.tap), clean(&n.lladdr));
+            let mut line = format!("if{i} {} {}", escape(&n.tap), escape(&n.lladdr));
             if let (Some(sw), Some(br)) = (&n.switch, &n.bridge) {
-                line.push_str(&format!(" switch {} {}", clean(sw), clean(br)));
+                line.push_str(&format!(" switch {} {}", escape(sw), escape(br)));
             }
             if let (Some(host), Some(guest)) = (&n.local, &n.guest) {
-                line.push_str(&format!(" local {} guest {}", clean(host), clean(guest)));
+                line.push_str(&format!(" local {} guest {}", escape(host), escape(guest)));
             }
             if n.locked {
                 line.push_str(" locked");
@@ -107,13 +145,6 @@ pub fn format_devices(vms: &[VmStatus]) -> String {
         }
     }
     out
-}
-
-/// Control characters in a path never reach the terminal as such.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]
@@ -156,7 +187,7 @@ mod tests {
         ];
         assert_eq!(
             format_devices(&[v]),
-            "disk0 qcow2 /var/vm/a.qcow2\ndisk1 - /tmp/x?[2J.img\ncdrom /iso/install.iso\n\
+            "disk0 qcow2 /var/vm/a.qcow2\ndisk1 - /tmp/x\\x1b[2J.img\ncdrom /iso/install.iso\n\
              if0 tap0 fe:e1:ba:00:00:01 local 100.64.1.2/31 guest 100.64.1.3\n\
              if1 tap1 fe:e1:ba:00:00:02 switch uplink br0 locked\n"
         );
@@ -215,6 +246,49 @@ mod tests {
     2     -     1    512M       -       -         root  stopped   db         -                -
     3    17     1    512M    300M  pts/12  alice:staff   paused   paused-one -                -
 "
+        );
+    }
+
+    #[test]
+    fn what_vmd_reports_is_escaped() {
+        let mut a = vm(1, "web1", VmState::Running);
+        a.hostname = Some("\x1b]0;pwned\x07\x1b[31mevil\nforged line".into());
+        a.owner = "a\u{202e}b".into();
+        a.tty = Some("/dev/pts/\r1".into());
+        let t = format_table(&[a]);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(
+            t.contains(" \\x1b]0;pwned\\x07\\x1b[31mevil\\nforged line "),
+            "{t}"
+        );
+        assert!(t.contains(" a\\u{202e}b "), "{t}");
+        assert!(t.contains(" pts/\\r1 "), "{t}");
+        // The columns after an escaped entry still line up.
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0].find(" IP"), lines[1].rfind(" -"), "{t}");
+    }
+
+    #[test]
+    fn huge_fields_do_not_panic() {
+        // Beyond format!'s widest width (65535), which panics.
+        let mut a = vm(1, &"n".repeat(70_000), VmState::Running);
+        a.hostname = Some("h".repeat(70_000));
+        let b = vm(2, "b", VmState::Stopped);
+        let t = format_table(&[a, b]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let name_at = lines[0].find("NAME").unwrap();
+        let host_at = lines[0].find("HOSTNAME").unwrap();
+        assert_eq!(host_at, name_at + 70_001);
+        assert_eq!(&lines[1][host_at..host_at + 70_000], "h".repeat(70_000));
+        assert_eq!(&lines[2][name_at..name_at + 2], "b ");
+        assert_eq!(&lines[2][host_at..host_at + 2], "- ");
+        assert_eq!(
+            lines[2].len(),
+            host_at + 70_000 + 2,
+            "{:?}",
+            &lines[2][host_at..]
         );
     }
 
