@@ -12,6 +12,7 @@ use api::v1::{
 };
 use clap::{CommandFactory, Parser};
 
+use api::text::escape;
 use vmctl::cli::{
     self, Cli, Command, CreateArgs, LogArg, ResetArg, StartArgs, StatusArgs, StopArgs,
 };
@@ -35,7 +36,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(msg) => {
             let _ = io::stdout().flush();
-            eprintln!("vmctl: {msg}");
+            // vmd's messages quote what clients and guests sent: one line,
+            // no escape sequences.
+            eprintln!("vmctl: {}", escape(&msg));
             ExitCode::FAILURE
         }
     }
@@ -50,7 +53,7 @@ struct Ctx {
 impl Ctx {
     fn say(&self, msg: impl AsRef<str>) {
         if self.verbose && !self.json {
-            eprintln!("vmctl: {}", msg.as_ref());
+            eprintln!("vmctl: {}", escape(msg.as_ref()));
         }
     }
 
@@ -162,7 +165,7 @@ fn config_result(ctx: &Ctx, res: ConfigResult, done: &str) -> Result<ExitCode> {
         ctx.print_json(&res)?;
     } else {
         for e in &res.errors {
-            eprintln!("{e}");
+            eprintln!("{}", escape(e));
         }
     }
     if !res.errors.is_empty() {
@@ -213,7 +216,11 @@ fn start(ctx: &Ctx, a: StartArgs) -> Result<()> {
     } else {
         // OpenBSD's vmctl says this much on success.
         match &vm.tty {
-            Some(tty) => eprintln!("vmctl: started vm {} successfully, tty {tty}", vm.id),
+            Some(tty) => eprintln!(
+                "vmctl: started vm {} successfully, tty {}",
+                vm.id,
+                escape(tty)
+            ),
             None => eprintln!("vmctl: started vm {} successfully", vm.id),
         }
     }
@@ -291,7 +298,7 @@ fn stop_all(ctx: &Ctx, force: bool, wait: bool) -> Result<()> {
             Ok(v) => stopping.push(v),
             // Connection trouble ends it all; a VM's own trouble does not.
             Err(e @ http::Error::Api { .. }) => {
-                eprintln!("vmctl: {}: {e}", vm.name);
+                eprintln!("vmctl: {}", escape(&format!("{}: {e}", vm.name)));
                 failed += 1;
             }
             Err(e) => return Err(err(e)),
@@ -308,7 +315,7 @@ fn stop_all(ctx: &Ctx, force: bool, wait: bool) -> Result<()> {
                     *v = done;
                 }
                 Err(e @ http::Error::Api { .. }) => {
-                    eprintln!("vmctl: {}: {e}", v.name);
+                    eprintln!("vmctl: {}", escape(&format!("{}: {e}", v.name)));
                     failed += 1;
                 }
                 Err(e) => return Err(err(e)),
@@ -364,7 +371,8 @@ fn simple(ctx: &Ctx, id: &str, op: &str, done: &str) -> Result<()> {
 }
 
 /// `guestinfo ID`: the listing; `guestinfo ID KEY`: one value, exactly
-/// (for `$(...)`); `guestinfo ID KEY VALUE`: set it, quietly.
+/// (for `$(...)`), or escaped as the listing is when stdout is a terminal;
+/// `guestinfo ID KEY VALUE`: set it, quietly.
 fn guestinfo(ctx: &Ctx, a: cli::GuestinfoArgs) -> Result<()> {
     use api::v1::{Guestinfo, GuestinfoValue};
     // vmd checks the key too; checked here, one too long for a URL is
@@ -392,7 +400,12 @@ fn guestinfo(ctx: &Ctx, a: cli::GuestinfoArgs) -> Result<()> {
             if ctx.json {
                 return ctx.print_json(&v);
             }
-            write(&format!("{}\n", v.value))
+            // The guest's text goes to a terminal only escaped.
+            if io::IsTerminal::is_terminal(&io::stdout()) {
+                write(&format!("{}\n", escape(&v.value)))
+            } else {
+                write(&format!("{}\n", v.value))
+            }
         }
         (Some(key), Some(value)) => {
             let v: GuestinfoValue = ctx
