@@ -8,7 +8,9 @@
 //! whatever reads the output or a log. [`escape`] is how every such
 //! string is shown: control characters and the characters that reorder
 //! or hide text are written as escapes, so the output is one line of
-//! visible characters, and [`shorten`] bounds what a message quotes.
+//! visible characters; [`printable`] does the same for a message, whose
+//! backslashes stay as they are (a message quoting a name has already
+//! escaped it once); and [`shorten`] bounds what a message quotes.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -29,9 +31,14 @@ fn reorders_or_hides(c: char) -> bool {
     )
 }
 
+/// Whether `c` is shown as an escape.
+fn unprintable(c: char) -> bool {
+    c.is_control() || reorders_or_hides(c)
+}
+
 /// Whether [`escape`] would change `c`.
 fn needs_escape(c: char) -> bool {
-    c == '\\' || c.is_control() || reorders_or_hides(c)
+    c == '\\' || unprintable(c)
 }
 
 /// `s` with `\` as `\\`; newline, tab and carriage return as `\n`, `\t`,
@@ -41,12 +48,24 @@ fn needs_escape(c: char) -> bool {
 /// letters and symbols included, is left alone, so plain text comes back
 /// unchanged (and not copied).
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(needs_escape) {
+    escape_if(s, needs_escape)
+}
+
+/// A message made safe to print as [`escape`] makes data, except that
+/// backslashes are left alone: `vm "\u{1b}" not found` comes out as it
+/// is, while a raw ESC, newline or bidi override in it is escaped.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    escape_if(s, unprintable)
+}
+
+fn escape_if(s: &str, needs: fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(needs) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         match c {
+            c if !needs(c) => out.push(c),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
@@ -54,10 +73,9 @@ pub fn escape(s: &str) -> Cow<'_, str> {
             c if c.is_control() && (c as u32) < 0x80 => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c if needs_escape(c) => {
+            c => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
-            c => out.push(c),
         }
     }
     Cow::Owned(out)
@@ -102,6 +120,21 @@ mod tests {
 
     fn needs_escape_but_backslash(c: char) -> bool {
         c != '\\' && needs_escape(c)
+    }
+
+    #[test]
+    fn messages_keep_their_backslashes() {
+        assert_eq!(
+            printable("vm \"\\u{1b}\" not found"),
+            "vm \"\\u{1b}\" not found"
+        );
+        assert!(matches!(printable("a\\b"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\\b\x1b[2J\nc\u{202e}"),
+            "a\\b\\x1b[2J\\nc\\u{202e}"
+        );
+        let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        assert!(!printable(&all).chars().any(unprintable));
     }
 
     #[test]

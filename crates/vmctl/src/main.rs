@@ -12,7 +12,7 @@ use api::v1::{
 };
 use clap::{CommandFactory, Parser};
 
-use api::text::escape;
+use api::text::{escape, printable};
 use vmctl::cli::{
     self, Cli, Command, CreateArgs, LogArg, ResetArg, StartArgs, StatusArgs, StopArgs,
 };
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             let _ = io::stdout().flush();
             // vmd's messages quote what clients and guests sent: one line,
             // no escape sequences.
-            eprintln!("vmctl: {}", escape(&msg));
+            eprintln!("vmctl: {}", printable(&msg));
             ExitCode::FAILURE
         }
     }
@@ -53,7 +53,7 @@ struct Ctx {
 impl Ctx {
     fn say(&self, msg: impl AsRef<str>) {
         if self.verbose && !self.json {
-            eprintln!("vmctl: {}", escape(msg.as_ref()));
+            eprintln!("vmctl: {}", printable(msg.as_ref()));
         }
     }
 
@@ -165,7 +165,7 @@ fn config_result(ctx: &Ctx, res: ConfigResult, done: &str) -> Result<ExitCode> {
         ctx.print_json(&res)?;
     } else {
         for e in &res.errors {
-            eprintln!("{}", escape(e));
+            eprintln!("{}", printable(e));
         }
     }
     if !res.errors.is_empty() {
@@ -298,7 +298,7 @@ fn stop_all(ctx: &Ctx, force: bool, wait: bool) -> Result<()> {
             Ok(v) => stopping.push(v),
             // Connection trouble ends it all; a VM's own trouble does not.
             Err(e @ http::Error::Api { .. }) => {
-                eprintln!("vmctl: {}", escape(&format!("{}: {e}", vm.name)));
+                eprintln!("vmctl: {}", printable(&format!("{}: {e}", vm.name)));
                 failed += 1;
             }
             Err(e) => return Err(err(e)),
@@ -315,7 +315,7 @@ fn stop_all(ctx: &Ctx, force: bool, wait: bool) -> Result<()> {
                     *v = done;
                 }
                 Err(e @ http::Error::Api { .. }) => {
-                    eprintln!("vmctl: {}", escape(&format!("{}: {e}", v.name)));
+                    eprintln!("vmctl: {}", printable(&format!("{}: {e}", v.name)));
                     failed += 1;
                 }
                 Err(e) => return Err(err(e)),
