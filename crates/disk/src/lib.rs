@@ -244,10 +244,21 @@ fn open_unlocked(path: &Path, read_only: bool) -> Result<(File, bool), OpenError
         path: path.to_owned(),
         err,
     };
+    // Looked at before it is opened too: a device other than a disk may
+    // act on an open (a watchdog starts counting, a tape rewinds).
+    if let Ok(m) = std::fs::metadata(path) {
+        let ft = m.file_type();
+        if !ft.is_file() && !ft.is_block_device() {
+            return Err(OpenError::NotAnImage {
+                path: path.to_owned(),
+                kind: file_kind(ft),
+            });
+        }
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(!read_only)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err)?;
     let ft = file.metadata().map_err(io_err)?.file_type();
@@ -328,6 +339,10 @@ pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 /// vmd does. Opens without blocking (a FIFO answers false).
 pub fn is_qcow2(path: &Path) -> io::Result<bool> {
     use std::io::Read;
+    let ft = std::fs::metadata(path)?.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Ok(false);
+    }
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)

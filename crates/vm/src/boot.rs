@@ -167,6 +167,58 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
     map
 }
 
+/// Opens a file the VM boots from (kernel, initrd, BIOS image) for
+/// reading, refusing anything but a regular file: a FIFO would block the
+/// open until a writer came (for ever: nothing could stop the VM process),
+/// a device could be endless or have effects on open. The path is looked
+/// at first, so such a file is never opened; it is then opened with
+/// O_NONBLOCK and looked at again through the descriptor (it may have been
+/// replaced in between), and only then made blocking.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = |ft: std::fs::FileType| {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "directory"
+        } else if ft.is_fifo() {
+            "FIFO"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_char_device() {
+            "character device"
+        } else if ft.is_block_device() {
+            "block device"
+        } else {
+            "special file"
+        };
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is a {kind}, not a regular file"),
+        )
+    };
+    let ft = std::fs::metadata(path)?.file_type();
+    if !ft.is_file() {
+        return Err(not_regular(ft));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    if !ft.is_file() {
+        return Err(not_regular(ft));
+    }
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
     BzImage,
@@ -240,7 +292,7 @@ pub fn load(
     ram_is_zero: bool,
 ) -> Result<(EntryMode, KernelKind), BootError> {
     let path = &cfg.kernel;
-    let mut file = File::open(path).map_err(|e| BootError::Open(path.clone(), e))?;
+    let mut file = open_regular(path).map_err(|e| BootError::Open(path.clone(), e))?;
     let format = sniff(path, &mut file)?;
     let load_err = |e| BootError::Load(path.clone(), e);
     let himem = Some(GuestAddress(HIMEM_START));
@@ -346,7 +398,7 @@ fn load_initrd(
     kernel_end: u64,
     limit: u64,
 ) -> Result<(u64, u64), BootError> {
-    let mut f = File::open(path).map_err(|e| BootError::Open(path.to_owned(), e))?;
+    let mut f = open_regular(path).map_err(|e| BootError::Open(path.to_owned(), e))?;
     let size = f
         .metadata()
         .map_err(|e| BootError::Open(path.to_owned(), e))?

@@ -11,7 +11,6 @@
 //! and loads the boot sector of the device the CMOS boot order names.
 
 use std::fmt;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -76,10 +75,7 @@ pub struct Firmware {
 impl Firmware {
     pub fn load(path: &Path) -> Result<Firmware, FirmwareError> {
         let open = |e| FirmwareError::Open(path.to_owned(), e);
-        let mut f = File::open(path).map_err(open)?;
-        if !f.metadata().map_err(open)?.is_file() {
-            return Err(open(std::io::Error::other("not a regular file")));
-        }
+        let mut f = crate::boot::open_regular(path).map_err(open)?;
         let mut image = Vec::new();
         // Read at most one byte past the limit to tell "too big" apart.
         f.by_ref()
@@ -127,7 +123,8 @@ impl Firmware {
 /// bytes before the end), as OpenBSD's vm.conf lets `boot` name either.
 pub fn looks_like_bios(path: &Path) -> bool {
     use std::io::{Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else {
+    // Not a regular file: not a BIOS (and not opened, so not waited on).
+    let Ok(mut f) = crate::boot::open_regular(path) else {
         return false;
     };
     let Ok(md) = f.metadata() else { return false };
