@@ -267,7 +267,8 @@ async fn run(
         }
     }
     tracing::info!("shutting down");
-    shutdown(&daemon).await;
+    // Every VM at once; see Daemon::shutdown for the bound.
+    daemon.shutdown().await;
     daemon.net.remove_created().await;
     server.abort();
     let _ = std::fs::remove_file(&args.socket);
@@ -308,56 +309,6 @@ async fn start_enabled(d: Arc<Daemon>) {
         });
         for s in starts.collect::<Vec<_>>() {
             s.await;
-        }
-    }
-}
-
-/// How long SIGTERM waits for guests to shut down before powering off.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-/// Stops every VM: gracefully first (each within the shutdown bound),
-/// then by force.
-async fn shutdown(d: &Arc<Daemon>) {
-    let running: Vec<(u32, u64)> = d
-        .lock()
-        .vms
-        .values()
-        .filter(|v| v.running())
-        .map(|v| (v.id, v.def.grace_secs.min(SHUTDOWN_GRACE.as_secs())))
-        .collect();
-    for &(id, grace) in &running {
-        let _ = d
-            .request(
-                id,
-                ::api::vmproc::Request::Stop {
-                    force: false,
-                    grace_secs: grace,
-                },
-            )
-            .await;
-    }
-    let all = async {
-        for &(id, _) in &running {
-            let _ = d.wait_stopped(id).await;
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), all)
-        .await
-        .is_err()
-    {
-        for &(id, _) in &running {
-            let _ = d
-                .request(
-                    id,
-                    ::api::vmproc::Request::Stop {
-                        force: true,
-                        grace_secs: 0,
-                    },
-                )
-                .await;
-        }
-        for &(id, _) in &running {
-            let _ = tokio::time::timeout(Duration::from_secs(5), d.wait_stopped(id)).await;
         }
     }
 }

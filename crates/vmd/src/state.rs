@@ -510,6 +510,12 @@ impl Daemon {
     }
 
     /// Sends a request to VM `id`'s process.
+    ///
+    /// A stop is answered at once by a VM process that works, so a stop
+    /// gets [`STOP_ANSWER`] to be answered. A forced one that is not, or
+    /// whose process does not exit soon after, ends with the process
+    /// killed (see [`Daemon::force_stop`]); a graceful one fails, saying
+    /// that a forced stop will do.
     pub async fn request(&self, id: u32, req: Request) -> Result<api::vmproc::Reply, Error> {
         let proc = {
             let g = self.lock();
@@ -521,7 +527,149 @@ impl Daemon {
                 .clone()
                 .ok_or_else(|| Error::Conflict(format!("vm {} is not running", vm.def.name)))?
         };
-        proc.request(&req).await.map_err(Error::Internal)
+        match req {
+            Request::Stop { force: true, .. } => self.force_stop(id, &proc, KILL_REAP).await,
+            Request::Stop { force: false, .. } => proc
+                .request_within(&req, STOP_ANSWER)
+                .await
+                .map_err(|e| match e.as_str() {
+                    vmproc::NO_ANSWER => Error::Internal(format!(
+                        "{e} within {} s: a forced stop (vmctl stop -f) kills it",
+                        STOP_ANSWER.as_secs()
+                    )),
+                    _ => Error::Internal(e),
+                }),
+            _ => proc.request(&req).await.map_err(Error::Internal),
+        }
+    }
+
+    /// Powers VM `id` off: asks its process, `proc`, for a forced stop
+    /// and kills it if it does not answer within [`STOP_ANSWER`] (it is
+    /// stopped or stuck: SIGKILL ends it all the same) or does not exit
+    /// within [`FORCED_EXIT`] after answering. Returns once the process
+    /// answered, or, when it was killed, once it has been reaped (at most
+    /// `reap`): the VM is stopped then.
+    async fn force_stop(
+        &self,
+        id: u32,
+        proc: &Arc<VmProc>,
+        reap: Duration,
+    ) -> Result<api::vmproc::Reply, Error> {
+        let req = Request::Stop {
+            force: true,
+            grace_secs: 0,
+        };
+        match proc.request_within(&req, STOP_ANSWER).await {
+            Ok(r) => {
+                proc.kill_unless_exited_within(
+                    FORCED_EXIT,
+                    format!(
+                        "killed: the VM process did not exit within {} s of a forced stop",
+                        FORCED_EXIT.as_secs()
+                    ),
+                );
+                Ok(r)
+            }
+            Err(e) if e == vmproc::NO_ANSWER => {
+                proc.kill(format!(
+                    "killed: the VM process did not answer a forced stop within {} s",
+                    STOP_ANSWER.as_secs()
+                ));
+                if self.wait_gone(id, proc, reap).await {
+                    Ok(api::vmproc::Reply::Ok)
+                } else {
+                    Err(Error::Internal(format!(
+                        "the VM process (pid {}) did not answer and has not ended {} s after SIGKILL",
+                        proc.pid,
+                        reap.as_secs()
+                    )))
+                }
+            }
+            Err(e) => Err(Error::Internal(e)),
+        }
+    }
+
+    /// Waits until VM `id`'s process `proc` has ended and the VM shows
+    /// it (or `bound` has passed: false).
+    async fn wait_gone(&self, id: u32, proc: &Arc<VmProc>, bound: Duration) -> bool {
+        let gone = |g: &Inner| {
+            g.vms
+                .get(&id)
+                .is_none_or(|vm| !vm.proc.as_ref().is_some_and(|p| Arc::ptr_eq(p, proc)))
+        };
+        let mut rx = match self.lock().vms.get(&id) {
+            Some(vm) => vm.changed.subscribe(),
+            None => return true,
+        };
+        tokio::time::timeout(bound, async {
+            while !gone(&self.lock()) {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Stops every running VM at once, for vmd's exit: each gracefully,
+    /// its grace period cut to [`SHUTDOWN_GRACE`], powered off if still
+    /// running when that has passed, and killed if its process does not
+    /// answer; in parallel, so that no VM waits for another. Returns
+    /// within [`SHUTDOWN_GRACE`] + [`STOP_ANSWER`] + [`FORCED_EXIT`] +
+    /// [`KILL_WAIT`], 35 s (the bound vmd.8 gives).
+    pub async fn shutdown(self: &Arc<Self>) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let running: Vec<(u32, Arc<VmProc>, u64)> = self
+            .lock()
+            .vms
+            .values()
+            .filter_map(|v| {
+                let grace = v.def.grace_secs.min(SHUTDOWN_GRACE.as_secs());
+                Some((v.id, v.proc.clone()?, grace))
+            })
+            .collect();
+        let mut stops = tokio::task::JoinSet::new();
+        for (id, proc, grace) in running {
+            let d = self.clone();
+            stops.spawn(async move { d.shutdown_one(id, proc, grace, deadline).await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// One VM's part of [`Daemon::shutdown`].
+    async fn shutdown_one(
+        &self,
+        id: u32,
+        proc: Arc<VmProc>,
+        grace_secs: u64,
+        deadline: tokio::time::Instant,
+    ) {
+        let req = Request::Stop {
+            force: false,
+            grace_secs,
+        };
+        if let Err(e) = proc.request_within(&req, STOP_ANSWER).await {
+            if e == vmproc::NO_ANSWER {
+                // It cannot stop its guest: nothing to wait for.
+                proc.kill(format!(
+                    "killed: the VM process did not answer a stop within {} s",
+                    STOP_ANSWER.as_secs()
+                ));
+                self.wait_gone(id, &proc, KILL_WAIT).await;
+                return;
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.wait_gone(id, &proc, left).await {
+            return;
+        }
+        // Still running when the grace period is over: powered off, or
+        // killed (force_stop waits for that), or killed if it does not
+        // exit after powering off (force_stop has set that up).
+        if self.force_stop(id, &proc, KILL_WAIT).await.is_ok() {
+            self.wait_gone(id, &proc, FORCED_EXIT + KILL_WAIT).await;
+        }
     }
 
     pub fn set_state(&self, id: u32, state: VmState) {
@@ -574,6 +722,29 @@ impl Daemon {
         }
     }
 }
+
+/// How long a VM process gets to answer a stop. It answers at once
+/// (the guest is asked, or powered off, afterwards): one that has not
+/// after this long is stopped, traced or stuck.
+const STOP_ANSWER: Duration = Duration::from_secs(3);
+
+/// How long a VM process that answered a forced stop has to exit before
+/// it is killed.
+const FORCED_EXIT: Duration = Duration::from_secs(1);
+
+/// How long vmd waits for a killed VM process to be reaped when it
+/// shuts down (it exits then whether or not the process has gone).
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a forced stop asked through the API waits for the VM process
+/// it killed to be reaped (the kernel frees a large guest's memory
+/// first), before it answers that the process has not ended yet.
+const KILL_REAP: Duration = Duration::from_secs(5);
+
+/// vmd's exit (SIGTERM): the grace period guests get, and the time after
+/// which VMs still running are powered off. vmd.8 promises an exit within
+/// `SHUTDOWN_GRACE + STOP_ANSWER + FORCED_EXIT + KILL_WAIT` (35 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 fn describe(status: ExitStatus, reason: Option<String>, tail: Option<String>) -> String {
     if let Some(r) = reason {

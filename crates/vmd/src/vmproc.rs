@@ -4,8 +4,10 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use api::vmproc::{Event, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// The fd number the control socket has in the VM process: its stdin, as
 /// inetd hands a service its socket. Being a standard stream, it is placed
@@ -35,10 +37,23 @@ pub struct VmProc {
     /// Waiters for answers, in request order; None once the channel is
     /// closed (the process is gone: nothing will be answered any more).
     pending: Mutex<Option<VecDeque<oneshot::Sender<Reply>>>>,
+    /// A request line was cut short (its write timed out): the channel
+    /// is out of step, and no later request is sent on it.
+    broken: AtomicBool,
+    /// Wakes the task that waits for the process, to SIGKILL it.
+    kill: Notify,
+    /// Why it was killed, for its last exit.
+    killed_why: Mutex<Option<String>>,
+    /// The process has been reaped.
+    exited: AtomicBool,
 }
 
 /// The error of a request whose VM process ended before answering.
 pub const EXITED: &str = "the VM process exited";
+
+/// The error of a request whose VM process did not answer in time (it
+/// is stopped, traced, or stuck in the kernel).
+pub const NO_ANSWER: &str = "the VM process did not answer";
 
 /// How long a VM process gets to answer a request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,28 +61,74 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 impl VmProc {
     /// Sends `req` and waits for its answer.
     pub async fn request(&self, req: &Request) -> Result<Reply, String> {
-        let (tx, rx) = oneshot::channel();
+        self.request_within(req, REPLY_TIMEOUT).await
+    }
+
+    /// Sends `req` and waits for its answer, `bound` at most, sending
+    /// included: a process that reads nothing fills the socket buffer,
+    /// and a write into it would wait as long as the process.
+    pub async fn request_within(&self, req: &Request, bound: Duration) -> Result<Reply, String> {
         let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         line.push(b'\n');
-        {
+        let deadline = tokio::time::Instant::now() + bound;
+        let rx = {
             // Queue the waiter under the writer lock so answers, which come
             // in request order, find the waiters in the same order.
-            let mut w = self.writer.lock().await;
+            let Ok(mut w) = tokio::time::timeout_at(deadline, self.writer.lock()).await else {
+                return Err(NO_ANSWER.into());
+            };
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(NO_ANSWER.into());
+            }
+            let (tx, rx) = oneshot::channel();
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
                 .ok_or(EXITED)?
                 .push_back(tx);
-            w.write_all(&line)
-                .await
-                .map_err(|e| format!("VM process: {e}"))?;
-        }
-        match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+            match tokio::time::timeout_at(deadline, w.write_all(&line)).await {
+                Ok(r) => r.map_err(|e| format!("VM process: {e}"))?,
+                Err(_) => {
+                    // Part of the line may be in the socket: what follows
+                    // would be read as one line with it, and the answers
+                    // would no longer match the waiters.
+                    self.broken.store(true, Ordering::Relaxed);
+                    return Err(NO_ANSWER.into());
+                }
+            }
+            rx
+        };
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(EXITED.into()),
-            Err(_) => Err("the VM process did not answer".into()),
+            Err(_) => Err(NO_ANSWER.into()),
         }
+    }
+
+    /// Kills the process (SIGKILL: it works on a stopped process too,
+    /// and on one blocked in a system call); `why` becomes the VM's last
+    /// exit. The exit is reported to the sink as any other.
+    pub fn kill(&self, why: String) {
+        if self.exited.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(pid = self.pid, "{why}");
+        self.killed_why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.kill.notify_one();
+    }
+
+    /// Kills the process unless it has exited `bound` from now: after a
+    /// forced stop that it answered, it has no reason to live on.
+    pub fn kill_unless_exited_within(self: &Arc<Self>, bound: Duration, why: String) {
+        let p = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            p.kill(why);
+        });
     }
 }
 
@@ -168,6 +229,10 @@ pub fn spawn(
         pid,
         writer: tokio::sync::Mutex::new(write),
         pending: Mutex::new(Some(VecDeque::new())),
+        broken: AtomicBool::new(false),
+        kill: Notify::new(),
+        killed_why: Mutex::new(None),
+        exited: AtomicBool::new(false),
     });
 
     // The VM process's stderr goes to our log, tagged with the VM.
@@ -210,21 +275,43 @@ pub fn spawn(
         p.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
     });
 
+    let p = proc.clone();
     tokio::spawn(async move {
-        let status = child.wait().await;
+        // A kill is done here, on the child itself: it is not reaped yet,
+        // so its pid cannot be another process's.
+        let status = tokio::select! {
+            st = child.wait() => st,
+            () = p.kill.notified() => {
+                if let Err(e) = child.start_kill() {
+                    tracing::error!(vm = id, "killing the VM process: {e}");
+                }
+                child.wait().await
+            }
+        };
+        p.exited.store(true, Ordering::Relaxed);
         // Read what is left on the channel and stderr first: the exit
         // reason arrives just before the process ends.
         let _ = reader.await;
         let tail = stderr_task.await.ok().flatten();
+        let killed = p
+            .killed_why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(why) = killed {
+            // Ours, unless it ended on its own meanwhile.
+            if status
+                .as_ref()
+                .is_ok_and(|st| st.signal() == Some(libc::SIGKILL))
+            {
+                sink.event(id, Event::Exited { reason: why });
+            }
+        }
         match status {
             Ok(st) => sink.exited(id, st, tail),
             Err(e) => {
                 tracing::error!(vm = id, "waiting for the VM process: {e}");
-                sink.exited(
-                    id,
-                    std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
-                    tail,
-                )
+                sink.exited(id, ExitStatus::from_raw(1 << 8), tail)
             }
         }
     });
