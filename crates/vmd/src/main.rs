@@ -78,32 +78,118 @@ fn vmm_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("vmm"))
 }
 
-/// Binds the control socket. A socket a live vmd answers on is refused; a
-/// stale one (nobody listening) is reclaimed, which the bool reports.
+/// The control socket vmd made: its file's device and inode, recorded at
+/// bind, so that vmd removes it at exit only if it is still the file there.
+struct BoundSocket {
+    dev: u64,
+    ino: u64,
+}
+
+/// Binds the control socket. Only a socket is ever removed from `path`,
+/// and only a stale one (nobody listening: connecting is refused), which
+/// the bool reports; a live one, or anything else there, is an error and
+/// is left alone.
 fn bind(
     path: &Path,
     owner: Option<&vmconf::Owner>,
-) -> Result<(std::os::unix::net::UnixListener, bool), String> {
+) -> Result<(std::os::unix::net::UnixListener, bool, BoundSocket), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let shown = path.display();
     let mut reclaimed = false;
-    if std::fs::symlink_metadata(path).is_ok() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("{shown}: another vmd is already listening there"));
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{shown}: {e}")),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(format!(
+                "{shown}: exists and is not a socket ({}); not removing it",
+                file_kind(&m)
+            ));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("{shown}: cannot remove stale socket: {e}"))?;
-        reclaimed = true;
+        Ok(m) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(format!(
+                    "{shown}: another vmd is listening (already running?)"
+                ))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                // Still the socket we looked at, not one that took its place?
+                let same = std::fs::symlink_metadata(path).is_ok_and(|n| {
+                    n.file_type().is_socket() && n.dev() == m.dev() && n.ino() == m.ino()
+                });
+                if !same {
+                    return Err(format!(
+                        "{shown}: changed while checking it; not removing it"
+                    ));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("{shown}: cannot remove stale socket: {e}"))?;
+                reclaimed = true;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{shown}: cannot tell whether a vmd listens there ({e}); not removing it"
+                ))
+            }
+        },
     }
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| format!("{shown}: {e}"))?;
+    // Created 0660 (no window with other modes), whatever the umask was.
+    // SAFETY: umask(2) only; no other thread exists yet.
+    let old = unsafe { libc::umask(0o117) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|e| format!("{shown}: {e}"))?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    let ours = BoundSocket {
+        dev: m.dev(),
+        ino: m.ino(),
+    };
     let (uid, gid) = owner.map(auth::owner_ids).unwrap_or((Some(0), Some(0)));
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: plain syscalls on a NUL-terminated path we just created.
-    unsafe {
-        libc::chown(c.as_ptr(), uid.unwrap_or(0), gid.unwrap_or(0));
-        libc::chmod(c.as_ptr(), 0o660);
+    // SAFETY: a plain syscall on a NUL-terminated path; lchown, so that
+    // a symbolic link put in the socket's place is not followed. (Failing,
+    // as it does for a vmd not run as root, leaves the socket the caller's.)
+    unsafe { libc::lchown(c.as_ptr(), uid.unwrap_or(0), gid.unwrap_or(0)) };
+    Ok((l, reclaimed, ours))
+}
+
+/// What a file that is not a socket is, in words.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "of an unknown type"
     }
-    Ok((l, reclaimed))
+}
+
+/// Removes the control socket at exit, if it is still the one vmd bound
+/// (another vmd may have taken the path since, or someone put something
+/// else there).
+fn remove_socket(path: &Path, ours: &BoundSocket) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && m.dev() == ours.dev && m.ino() == ours.ino => {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!("{}: cannot remove the socket: {e}", path.display());
+            }
+        }
+        Ok(_) => tracing::warn!(
+            "{}: no longer the socket vmd made; not removing it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
 }
 
 /// Detaches from the terminal: fork, setsid, stdio to /dev/null.
@@ -171,7 +257,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Bind before detaching, so a socket in use is an error the caller sees.
-    let (listener, reclaimed) = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
+    let (listener, reclaimed, ours) = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("vmd: {e}");
@@ -218,7 +304,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, cfg, listener, set_verbose)) {
+    match rt.block_on(run(args, cfg, listener, ours, set_verbose)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -232,8 +318,15 @@ async fn run(
     args: Args,
     cfg: vmconf::Config,
     std_listener: std::os::unix::net::UnixListener,
+    ours: BoundSocket,
     set_verbose: Arc<dyn Fn(bool) + Send + Sync>,
 ) -> Result<(), String> {
+    // First, so that a signal sent once the socket answers is not taken
+    // with its default action (SIGHUP's: exit).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     std_listener
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
@@ -255,10 +348,6 @@ async fn run(
     let router = api::router(app).into_make_service_with_connect_info::<auth::Peer>();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
             _ = hup.recv() => { api::reload(&daemon); }
@@ -271,7 +360,7 @@ async fn run(
     daemon.shutdown().await;
     daemon.net.remove_created().await;
     server.abort();
-    let _ = std::fs::remove_file(&args.socket);
+    remove_socket(&args.socket, &ours);
     Ok(())
 }
 
