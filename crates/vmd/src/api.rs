@@ -105,6 +105,30 @@ fn check_new_name(name: &str) -> Result<(), Error> {
     })
 }
 
+/// Paths and switch names of a start request: text that ends up in
+/// messages, logs and `vmctl status`, so never with a control character
+/// (a newline would forge a log line, an ESC reach a terminal). The
+/// kernel command line is the guest's business and may carry anything
+/// but a NUL.
+fn check_request_text(req: &StartRequest) -> Result<(), Error> {
+    let paths = [
+        ("kernel", req.kernel.as_deref()),
+        ("initrd", req.initrd.as_deref()),
+        ("cdrom", req.cdrom.as_deref()),
+    ];
+    let disks = req.disks.iter().map(|d| ("disk", Some(d.as_str())));
+    let switches = req.switches.iter().map(|s| ("switch", Some(s.as_str())));
+    for (what, text) in paths.into_iter().chain(disks).chain(switches) {
+        if let Some(t) = text.filter(|t| t.chars().any(char::is_control)) {
+            return Err(Error::BadRequest(format!(
+                "{what} {}: contains a control character",
+                quote_key(t)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// VM `key`, if `peer` may control it.
 fn controllable(d: &Daemon, peer: &Peer, key: &str) -> Result<u32, Error> {
     let id = lookup(d, key)?;
@@ -190,6 +214,7 @@ async fn start(
     if existing.is_none() {
         check_new_name(&req.name)?;
     }
+    check_request_text(&req)?;
     let id = match (existing, &req.instance_of) {
         (Some(_), Some(_)) => {
             return Err(Error::Conflict(format!("vm {} already exists", req.name)))

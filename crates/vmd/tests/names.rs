@@ -3,7 +3,8 @@
 //! A new VM's name follows OpenBSD's rule (`vmconf::check_vm_name`):
 //! letters, digits, `.`, `-`, `_`, not starting with one of the last three,
 //! not digits only, at most 63 characters. The API refuses any other with a
-//! 400 that says why, for ad-hoc VMs and instances alike, and adds nothing.
+//! 400 that says why, for ad-hoc VMs and instances alike, and adds nothing;
+//! so are paths and switch names with control characters.
 //! And what a guest reports (its host name here, through the `tools` test
 //! guest's `hostname=`) reaches `vmctl status` escaped: no escape sequence
 //! gets to the terminal of whoever runs it.
@@ -94,6 +95,25 @@ fn the_api_refuses_bad_names_and_adds_nothing() {
     // An empty name is refused as before.
     let (code, answer) = http(&d.sock, "POST", "/v1/vms", Some(r#"{"name": ""}"#)).unwrap();
     assert_eq!(code, Some(400), "{answer}");
+
+    // Paths and switch names with control characters are refused too:
+    // they would reach messages, logs and `vmctl status`.
+    let evil = "/tmp/x\nvmd: forged\x1b[2J";
+    for body in [
+        serde_json::json!({"name": "ok1", "kernel": evil}),
+        serde_json::json!({"name": "ok1", "kernel": tools, "initrd": evil}),
+        serde_json::json!({"name": "ok1", "kernel": tools, "disks": ["/tmp/a", evil]}),
+        serde_json::json!({"name": "ok1", "kernel": tools, "cdrom": evil}),
+        serde_json::json!({"name": "ok1", "kernel": tools, "switches": [evil]}),
+    ] {
+        let (code, answer) = http(&d.sock, "POST", "/v1/vms", Some(&body.to_string())).unwrap();
+        assert_eq!(code, Some(400), "{body}: {answer}");
+        let msg = error_of(&answer);
+        assert!(
+            msg.ends_with(" /tmp/x\\nvmd: forged\\x1b[2J: contains a control character"),
+            "{msg:?}"
+        );
+    }
 
     // Nothing was added: the configured VM is all there is.
     let names: Vec<String> = d.status().into_iter().map(|v| v.name).collect();
