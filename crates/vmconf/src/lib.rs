@@ -81,8 +81,9 @@
 //!   a guest is shown is there to suit the kernel it boots. Feature names are checked
 //!   against the `cpumodel` crate's table, the one the VM process hides them with.
 //! - Memory is rounded up (not down) to a whole MiB, and must be at least 2M.
-//! - VM names: 1 to 64 characters, not all digits (those are VM ids), no whitespace,
-//!   control characters or `/`.
+//! - VM names follow OpenBSD's rule (letters, digits, `.`, `-`, `_`, not starting with
+//!   `.`, `-` or `_`, at most 63 characters) and may not be all digits (those are VM ids):
+//!   [`check_vm_name`], which vmd's API applies too.
 //! - Instance-of-instance needs the parent's `allow instance` to include `instance`.
 //! - An unterminated block is reported at the end of the file; parsing recovers from a
 //!   syntax error at the end of its line, or of the block it is in, and goes on.
@@ -135,14 +136,24 @@ pub fn parse_file_with_warnings(
     let name = path.display().to_string();
     match fs.read_to_string(path) {
         Ok(text) => parser::parse(&name, &text, opts, fs),
-        Err(e) => (
-            Err(vec![Diagnostic {
-                file: name,
-                line: 0,
-                message: e.to_string(),
-            }]),
-            Vec::new(),
-        ),
+        Err(e) => {
+            // A file that is not UTF-8 is reported at its line, as an included one is.
+            let at = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<fs::InvalidUtf8>());
+            let (line, message) = match at {
+                Some(i) => (i.line, "invalid UTF-8".to_owned()),
+                None => (0, e.to_string()),
+            };
+            (
+                Err(vec![Diagnostic {
+                    file: name,
+                    line,
+                    message,
+                }]),
+                Vec::new(),
+            )
+        }
     }
 }
 

@@ -218,25 +218,6 @@ fn valid_group(s: &str) -> bool {
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Why `name` cannot be a VM's name, if it cannot.
-fn bad_vm_name(name: &str) -> Option<&'static str> {
-    Some(if name.is_empty() {
-        "empty"
-    } else if name.chars().count() > MAX_NAME_LEN {
-        "longer than 64 characters"
-    } else if name.bytes().all(|b| b.is_ascii_digit()) {
-        "all digits"
-    } else if name.chars().any(char::is_whitespace) {
-        "contains whitespace"
-    } else if name.chars().any(char::is_control) {
-        "contains a non-printable character"
-    } else if name.contains('/') {
-        "contains \"/\""
-    } else {
-        return None;
-    })
-}
-
 impl Parser<'_> {
     // ---- diagnostics ----
 
@@ -835,7 +816,7 @@ impl Parser<'_> {
         };
         let open = self.expect_lbrace()?;
 
-        if let Some(why) = bad_vm_name(&name) {
+        if let Err(why) = crate::check_vm_name(&name) {
             self.error(line, format!("invalid vm name {name:?}: {why}"));
         }
         let dup = self.vm_names.get(&name).cloned();

@@ -846,15 +846,15 @@ fn duplicate_vm() {
 
 #[test]
 fn vm_names() {
-    let long = "a".repeat(65);
-    assert_eq!(vm(&format!("vm {} {{}}", "b".repeat(64))).name.len(), 64);
+    let long = "a".repeat(64);
+    assert_eq!(vm(&format!("vm {} {{}}", "b".repeat(63))).name.len(), 63);
     assert_eq!(vm("vm web-1.example.com_2 {}").name, "web-1.example.com_2");
     assert_eq!(vm("vm 1web {}").name, "1web");
     for (name, why) in [
         ("\"\"", "\"\": empty"),
         (
             long.as_str(),
-            &*format!("\"{long}\": longer than 64 characters"),
+            &*format!("\"{long}\": longer than 63 characters"),
         ),
         ("42", "\"42\": all digits"),
         ("\"web 1\"", "\"web 1\": contains whitespace"),
@@ -864,6 +864,12 @@ fn vm_names() {
             "\"a\\u{7}b\": contains a non-printable character",
         ),
         ("a/b", "\"a/b\": contains \"/\""),
+        ("\"-x\"", "\"-x\": starts with \".\", \"-\" or \"_\""),
+        ("\"_x\"", "\"_x\": starts with \".\", \"-\" or \"_\""),
+        (
+            "\"a:b\"",
+            "\"a:b\": contains a character other than letters, digits, \".\", \"-\" and \"_\"",
+        ),
     ] {
         assert_eq!(
             err1(&format!("\nvm {name} {{\n}}")),
@@ -1934,11 +1940,8 @@ fn invalid_utf8_is_reported_at_its_line() {
     std::fs::write(&top, "\ninclude \"inc.conf\"\n").unwrap();
     let e = parse_file_bounded(&top).unwrap_err();
     assert_eq!(strings(&e), [format!("{}:3: invalid UTF-8", inc.display())]);
-    // The top file: parse_file reports it for the whole file, with the line in the message.
+    // The top file: the same, at its line.
     let e = parse_file_bounded(&inc).unwrap_err();
-    assert_eq!(
-        strings(&e),
-        [format!("{}: invalid UTF-8 on line 3", inc.display())]
-    );
+    assert_eq!(strings(&e), [format!("{}:3: invalid UTF-8", inc.display())]);
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -21,9 +21,6 @@ pub const MAX_CPUS: u32 = 254;
 pub const MAX_DISKS: usize = 4;
 /// Most network interfaces per VM (OpenBSD's `VMM_MAX_NICS_PER_VM`).
 pub const MAX_INTERFACES: usize = 4;
-/// Longest VM name the parser's own check (`bad_vm_name`) allows, in characters. Superseded
-/// by [`MAX_VM_NAME_LEN`] and [`check_vm_name`], which the parser is to use too.
-pub const MAX_NAME_LEN: usize = 64;
 /// Longest VM name, in characters: OpenBSD's `VMM_MAX_NAME_LEN` (64) less its NUL, as
 /// OpenBSD's vmctl refuses a name of 64 ("name too long").
 pub const MAX_VM_NAME_LEN: usize = 63;
