@@ -238,6 +238,39 @@ impl std::io::Write for Syslog {
     }
 }
 
+/// One log record, one line: tracing's formatter hands a writer each record
+/// whole, ending in a newline; a newline or carriage return inside it (from
+/// a message that quotes what a user or guest sent) is written as `\n` /
+/// `\r`, so that nobody can forge a line of vmd's log or a syslog entry.
+struct OneLine<W: std::io::Write>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = vmconf::Options {
@@ -277,12 +310,16 @@ fn main() -> ExitCode {
     if args.foreground {
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt.with_writer(std::io::stderr))
+            .with(fmt.with_writer(|| OneLine(std::io::stderr())))
             .init();
     } else {
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt.with_ansi(false).without_time().with_writer(|| Syslog))
+            .with(
+                fmt.with_ansi(false)
+                    .without_time()
+                    .with_writer(|| OneLine(Syslog)),
+            )
             .init();
     }
     let extra = args.verbose;
@@ -399,5 +436,24 @@ async fn start_enabled(d: Arc<Daemon>) {
         for s in starts.collect::<Vec<_>>() {
             s.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OneLine;
+    use std::io::Write;
+
+    #[test]
+    fn a_log_record_stays_one_line() {
+        let mut w = OneLine(Vec::new());
+        w.write_all(b"INFO vm \"a\nFAKE root logged in\r\" stopped\n")
+            .unwrap();
+        w.write_all(b"plain\n").unwrap();
+        w.write_all(b"no end").unwrap();
+        assert_eq!(
+            String::from_utf8(w.0).unwrap(),
+            "INFO vm \"a\\nFAKE root logged in\\r\" stopped\nplain\nno end"
+        );
     }
 }
