@@ -119,6 +119,10 @@ fn check_request_text(req: &StartRequest) -> Result<(), Error> {
     let disks = req.disks.iter().map(|d| ("disk", Some(d.as_str())));
     let switches = req.switches.iter().map(|s| ("switch", Some(s.as_str())));
     for (what, text) in paths.into_iter().chain(disks).chain(switches) {
+        // An empty path would reach the VM process as an empty argument.
+        if text == Some("") {
+            return Err(Error::BadRequest(format!("{what}: an empty path")));
+        }
         if let Some(t) = text.filter(|t| t.chars().any(char::is_control)) {
             return Err(Error::BadRequest(format!(
                 "{what} {}: contains a control character",
@@ -215,6 +219,9 @@ async fn start(
         check_new_name(&req.name)?;
     }
     check_request_text(&req)?;
+    // A configured VM changed for this start, and what it was before: a
+    // start that fails puts it back, so a rejected request changes nothing.
+    let mut changed: Option<(vmconf::VmDef, vmconf::VmDef)> = None;
     let id = match (existing, &req.instance_of) {
         (Some(_), Some(_)) => {
             return Err(Error::Conflict(format!("vm {} already exists", req.name)))
@@ -231,7 +238,10 @@ async fn start(
                         vm.def.name
                     )));
                 }
-                apply_overrides(&mut vm.def, &req)?;
+                let mut def = vm.def.clone();
+                apply_overrides(&mut def, &req)?;
+                let before = std::mem::replace(&mut vm.def, def.clone());
+                changed = Some((before, def));
             }
             id
         }
@@ -279,7 +289,15 @@ async fn start(
             d.add_adhoc(def)?
         }
     };
-    Ok(Json(d.start(id).await?))
+    let started = d.start(id).await;
+    if let (Err(_), Some((before, def))) = (&started, changed) {
+        let mut g = d.lock();
+        // Unless a reload replaced it meanwhile, or it runs after all.
+        if let Some(vm) = g.vms.get_mut(&id).filter(|v| v.def == def && !v.running()) {
+            vm.def = before;
+        }
+    }
+    Ok(Json(started?))
 }
 
 fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Error> {
