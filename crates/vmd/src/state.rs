@@ -500,13 +500,21 @@ impl Daemon {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(60), ready)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(
-                    "the VM process did not come up within 60 s".into(),
-                ))
-            })
+        match tokio::time::timeout(START_BOUND, ready).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Not left half-started for ever: the process goes, its
+                // exit makes the VM stopped again, with this as the reason.
+                let why = format!(
+                    "the VM process did not come up within {} s",
+                    START_BOUND.as_secs()
+                );
+                if let Some(p) = self.lock().vms.get(&id).and_then(|v| v.proc.as_ref()) {
+                    p.kill(format!("killed: {why}"));
+                }
+                Err(Error::Internal(why))
+            }
+        }
     }
 
     /// Sends a request to VM `id`'s process.
@@ -722,6 +730,10 @@ impl Daemon {
         }
     }
 }
+
+/// How long a VM process gets to build its VM (its console ready) before
+/// the start fails and the process is killed.
+const START_BOUND: Duration = Duration::from_secs(60);
 
 /// How long a VM process gets to answer a stop. It answers at once
 /// (the guest is asked, or powered off, afterwards): one that has not

@@ -38,3 +38,52 @@ fn a_failed_start_with_overrides_leaves_the_configured_vm_as_it_was() {
     let o = d.vmctl(&["stop", "-f", "-w", "a"]);
     assert!(o.ok(), "{o:?}");
 }
+
+/// A VM process that never builds its VM (a stand-in that sleeps) fails
+/// the start after vmd's bound and is killed, not left "starting" for
+/// ever; the VM can be started again.
+#[test]
+fn a_vm_process_that_never_comes_up_is_killed() {
+    let dir = fresh_dir();
+    let fake = dir.join("vmm-sleeps");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 987654\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("vm.conf"),
+        "vm \"a\" {\n\tdisable\n\tkernel \"/bin/true\"\n\tmemory 16M\n}\n",
+    )
+    .unwrap();
+    let d = TestDaemon::start_with_vmm(dir, fake);
+    let started = std::time::Instant::now();
+    let mut start = d.vmctl_cmd();
+    start.args(["start", "a"]);
+    let o = run_bounded(start, std::time::Duration::from_secs(90));
+    assert!(!o.ok(), "{o:?}");
+    assert!(o.stderr.contains("did not come up within 60 s"), "{o:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(75));
+    let vm = d.wait_vm(
+        "a",
+        "stopped after the failed start",
+        std::time::Duration::from_secs(10),
+        |v| v.pid.is_none() && v.state != VmState::Starting,
+    );
+    assert!(
+        vm.last_exit
+            .as_deref()
+            .is_some_and(|e| e.contains("did not come up")),
+        "{vm:#?}"
+    );
+    // The stand-in is gone (vmd reaps what it kills).
+    let alive = || {
+        std::process::Command::new("pgrep")
+            .args(["-x", "-f", "sleep 987654"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let gone = poll(std::time::Duration::from_secs(5), || !alive());
+    let _ = std::process::Command::new("pkill")
+        .args(["-x", "-f", "sleep 987654"])
+        .status();
+    assert!(gone, "the VM process outlived its failed start");
+}

@@ -247,6 +247,8 @@ pub struct TestDaemon {
     child: Option<Child>,
     /// Every vmm pid seen in a status, to be sure none outlives the test.
     vmm_pids: std::sync::Mutex<Vec<u32>>,
+    /// The VM process program vmd runs, if not the real `vmm`.
+    vmm: Option<PathBuf>,
 }
 
 impl TestDaemon {
@@ -269,6 +271,23 @@ impl TestDaemon {
             netns: None,
             child: None,
             vmm_pids: Default::default(),
+            vmm: None,
+        };
+        d.launch()
+    }
+
+    /// Starts vmd running `vmm` as its VM process program (a stand-in
+    /// for a VM process that misbehaves), the configuration in `dir`.
+    pub fn start_with_vmm(dir: PathBuf, vmm: PathBuf) -> TestDaemon {
+        let d = TestDaemon {
+            conf: dir.join("vm.conf"),
+            sock: dir.join("sock"),
+            log: dir.join("vmd.stderr"),
+            dir,
+            netns: None,
+            child: None,
+            vmm_pids: Default::default(),
+            vmm: Some(vmm),
         };
         d.launch()
     }
@@ -284,13 +303,14 @@ impl TestDaemon {
             netns: Some(ns.name().to_owned()),
             child: None,
             vmm_pids: Default::default(),
+            vmm: None,
         };
         d.launch()
     }
 
     fn launch(mut self) -> TestDaemon {
         // vmm beside vmd is what vmd runs; make sure it is there.
-        let vmm = vmm_bin();
+        let vmm = self.vmm.clone().unwrap_or_else(vmm_bin);
         let log = File::create(&self.log).expect("create the vmd log");
         // `ip netns exec` enters the namespace and execs vmd (same pid).
         let mut cmd = match &self.netns {
