@@ -1,0 +1,127 @@
+//! The command line, and running one command over a [`Backdoor`].
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+use guestrpc::client::Backdoor;
+
+use crate::detect::Host;
+use crate::ops;
+
+/// Guest tools for VMware-compatible hosts (vmd, VMware).
+#[derive(Debug, Parser)]
+#[command(name = "vmt", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print the backdoor's version, like vmware-checkvm; exit 1 unless it
+    /// is a VMware-compatible host with backdoor version 6.
+    Checkvm {
+        /// Print the product (ESX Server, Workstation, ...) instead.
+        #[arg(short = 'p')]
+        product: bool,
+    },
+    /// Send one GuestRPC request and print the reply, like vmware-rpctool
+    /// (e.g. 'info-get guestinfo.foo'); exit 1 when the host refuses it.
+    Rpc {
+        /// The request, as one argument.
+        text: String,
+    },
+    /// Read or write guestinfo.KEY.
+    #[command(subcommand)]
+    Info(Info),
+}
+
+/// `vmt info ...`.
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum Info {
+    /// Print the value of guestinfo.KEY (exit 1 if the host has none).
+    Get {
+        /// KEY or guestinfo.KEY.
+        key: String,
+    },
+    /// Set guestinfo.KEY to VALUE.
+    Set {
+        /// KEY or guestinfo.KEY.
+        key: String,
+        /// The value (one argument; it may hold spaces).
+        value: String,
+    },
+}
+
+/// Exit status of a command that failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Runs `command` against the host found by `detect::host`; what it prints
+/// goes to `out`, errors (`vmt: ...`, one line) to `err`. Returns the exit
+/// status: 0, or [`EXIT_FAILURE`].
+pub fn run(
+    command: &Command,
+    host: &Host,
+    bd: &mut impl Backdoor,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let result = match command {
+        Command::Checkvm { product } => {
+            let v = host.version;
+            let line = if *product {
+                v.product().to_owned()
+            } else {
+                v.to_string()
+            };
+            // vmware-checkvm fails on any version but 6.
+            let _ = writeln!(out, "{line}");
+            if v.good() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "backdoor version {} (VMware tools require 6)",
+                    v.version
+                ))
+            }
+        }
+        Command::Rpc { text } => ops::rpc(bd, text.as_bytes())
+            .map(|reply| print_value(out, &reply))
+            .map_err(|e| e.to_string()),
+        Command::Info(Info::Get { key }) => ops::info_get(bd, key)
+            .map(|value| print_value(out, &value))
+            .map_err(|e| format!("info get {key}: {e}")),
+        Command::Info(Info::Set { key, value }) => {
+            ops::info_set(bd, key, value.as_bytes()).map_err(|e| format!("info set {key}: {e}"))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(msg) => {
+            let _ = writeln!(err, "vmt: {}", one_line(&msg));
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `msg` with control characters escaped (`\n`, `\u{1b}`): an error is
+/// one line whatever the user or the host put into it.
+fn one_line(msg: &str) -> String {
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The host's bytes as they are, then a newline (vmware-rpctool's output).
+fn print_value(out: &mut impl Write, value: &[u8]) {
+    let _ = out.write_all(value);
+    let _ = out.write_all(b"\n");
+}

@@ -1,0 +1,24 @@
+//! `vmt`: guest tools for Linux guests of a VMware-compatible host (our vmd,
+//! real VMware), over the VMware backdoor and GuestRPC from user space.
+//!
+//! This first part is the command line for people and scripts, in the
+//! manner of open-vm-tools' `vmware-checkvm` and `vmware-rpctool`:
+//! `vmt checkvm`, `vmt rpc TEXT`, `vmt info get KEY`, `vmt info set KEY
+//! VALUE`. The daemon (TCLO power requests, guest reports, clock sync) is
+//! still to come (issue 11).
+//!
+//! The operations ([`ops`]) are generic over guestrpc's
+//! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them
+//! in-process against the host's real state machine
+//! (`guestrpc::host`); the binary gives them [`guestrpc::x86::PortIo`]
+//! after [`sys::ioperm_backdoor`] and [`detect::host`].
+//! The protocol reference is `guest-channel.md` in the project's shared
+//! design notes (the § numbers in comments).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod detect;
+pub mod ops;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod sys;
