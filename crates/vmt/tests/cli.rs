@@ -1,0 +1,225 @@
+//! vmt's command line, in-process, against the host's real state machine
+//! (`guestrpc::host`) through a fake vCPU: what it prints, its exit
+//! status, and what the host ends up with.
+
+mod common;
+
+use common::{FakeVm, NoBackdoor};
+use guestrpc::backdoor::vmx_type;
+use guestrpc::client::{Backdoor, Channel};
+use guestrpc::proto::{MAX_CHANNELS, PROTO_RPCI, PROTO_TCLO};
+use vmt::cli::{self, Command, Info};
+use vmt::detect::{self, Via, VMWARE_SIGNATURE};
+
+/// Runs `command` as the binary does after its checks: detection, then
+/// the command. Returns (exit status, stdout, stderr).
+fn vmt(bd: &mut impl Backdoor, command: Command) -> (u8, String, String) {
+    let host = detect::host(None, bd).expect("a VM");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli::run(&command, &host, bd, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn rpc(text: &str) -> Command {
+    Command::Rpc {
+        text: text.to_owned(),
+    }
+}
+
+fn get(key: &str) -> Command {
+    Command::Info(Info::Get {
+        key: key.to_owned(),
+    })
+}
+
+fn set(key: &str, value: &str) -> Command {
+    Command::Info(Info::Set {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+#[test]
+fn checkvm_prints_version_and_product() {
+    let mut vm = FakeVm::new();
+    let (code, out, err) = vmt(&mut vm, Command::Checkvm { product: false });
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "VMware software version 6 (good)\n", "")
+    );
+    let (code, out, _) = vmt(&mut vm, Command::Checkvm { product: true });
+    assert_eq!((code, out.as_str()), (0, "ESX Server\n"));
+    vm.platform.vmx_type = vmx_type::WORKSTATION;
+    let (_, out, _) = vmt(&mut vm, Command::Checkvm { product: true });
+    assert_eq!(out, "Workstation\n");
+}
+
+#[test]
+fn detection_by_signature_or_backdoor() {
+    let mut vm = FakeVm::new();
+    let host = detect::host(Some(*VMWARE_SIGNATURE), &mut vm).unwrap();
+    assert_eq!(host.via, Via::Cpuid);
+    // PVM: user-space CPUID shows the host machine's KVM leaves.
+    let host = detect::host(Some(*b"KVMKVMKVM\0\0\0"), &mut vm).unwrap();
+    assert_eq!(host.via, Via::Backdoor);
+    assert_eq!(host.version.version, 6);
+    assert_eq!(detect::host(None, &mut vm).unwrap().via, Via::Backdoor);
+}
+
+#[test]
+fn not_a_vm_is_one_clear_line() {
+    let e = detect::host(None, &mut NoBackdoor).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "not running in a VMware virtual machine (no hypervisor, no VMware backdoor)"
+    );
+    let e = detect::host(Some(*b"KVMKVMKVM\0\0\0"), &mut NoBackdoor).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "not running in a VMware virtual machine (hypervisor 'KVMKVMKVM', no VMware backdoor)"
+    );
+    let e = detect::host(Some(*VMWARE_SIGNATURE), &mut NoBackdoor).unwrap_err();
+    assert!(e.to_string().contains("CPUID says VMware"), "{e}");
+}
+
+#[test]
+fn rpc_prints_the_reply_like_rpctool() {
+    let mut vm = FakeVm::new();
+    let (code, out, err) = vmt(&mut vm, rpc("info-set guestinfo.foo bar baz"));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "\n", ""));
+    let (code, out, err) = vmt(&mut vm, rpc("info-get guestinfo.foo"));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "bar baz\n", ""));
+    let (code, out, err) = vmt(&mut vm, rpc("no-such-request"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", "vmt: Unknown command\n")
+    );
+    // One channel per request, closed after it.
+    assert_eq!(vm.channels.open_count(), 0);
+}
+
+#[test]
+fn info_set_and_get_round_trip() {
+    for lb_send in [false, true] {
+        let mut vm = FakeVm::new();
+        vm.lb_send = lb_send;
+        let (code, out, err) = vmt(&mut vm, set("k", "v with spaces"));
+        assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+        assert_eq!(vm.tools.get_guestinfo("k"), Some(&b"v with spaces"[..]));
+        // The prefix may be given.
+        vmt(&mut vm, set("guestinfo.k2", "two"));
+        assert_eq!(vm.tools.get_guestinfo("k2"), Some(&b"two"[..]));
+
+        vm.tools
+            .set_guestinfo("fromhost", b"set by the host")
+            .unwrap();
+        let (code, out, _) = vmt(&mut vm, get("fromhost"));
+        assert_eq!((code, out.as_str()), (0, "set by the host\n"));
+        let (_, out, _) = vmt(&mut vm, get("guestinfo.k"));
+        assert_eq!(out, "v with spaces\n");
+
+        // An empty value is a value.
+        vmt(&mut vm, set("empty", ""));
+        let (code, out, _) = vmt(&mut vm, get("empty"));
+        assert_eq!((code, out.as_str()), (0, "\n"));
+
+        // Near the largest message, through whichever port the host offers.
+        let big = "x".repeat(60_000);
+        assert_eq!(vmt(&mut vm, set("big", &big)).0, 0);
+        let (code, out, _) = vmt(&mut vm, get("big"));
+        assert_eq!((code, out.len()), (0, big.len() + 1));
+        assert_eq!(vm.channels.open_count(), 0);
+    }
+}
+
+#[test]
+fn missing_key_fails_with_the_hosts_words() {
+    let mut vm = FakeVm::new();
+    let (code, out, err) = vmt(&mut vm, get("nosuch"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", "vmt: info get nosuch: No value found\n")
+    );
+}
+
+#[test]
+fn bad_keys_are_refused_before_the_host_sees_them() {
+    let mut vm = FakeVm::new();
+    let host = detect::host(None, &mut vm).unwrap();
+    let before = vm.exits;
+    for key in ["", "guestinfo.", "a b", "a\nb"] {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = cli::run(&set(key, "v"), &host, &mut vm, &mut out, &mut err);
+        assert_eq!(code, 1, "{key:?}");
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.starts_with("vmt: info set ") && err.contains("bad key"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    cli::run(&get("a\nb"), &host, &mut vm, &mut out, &mut err);
+    assert_eq!(
+        String::from_utf8(err).unwrap(),
+        "vmt: info get a\\nb: bad key 'a\\nb': white space or control characters\n"
+    );
+    assert_eq!(vm.exits, before);
+}
+
+/// A host with every channel taken refuses OPEN (with and without the
+/// cookie flag): a clear error, exit 1, and nothing left behind.
+#[test]
+fn a_host_that_refuses_open() {
+    let mut vm = FakeVm::new();
+    let taken: Vec<Channel> = (0..MAX_CHANNELS)
+        .map(|i| {
+            let proto = if i % 2 == 0 { PROTO_RPCI } else { PROTO_TCLO };
+            Channel::open(&mut vm, proto).expect("a free channel")
+        })
+        .collect();
+    for command in [rpc("info-get guestinfo.x"), get("x"), set("x", "y")] {
+        let (code, out, err) = vmt(&mut vm, command.clone());
+        assert_eq!(code, 1, "{command:?}");
+        assert_eq!(out, "");
+        assert!(
+            err.starts_with("vmt: ") && err.ends_with(": cannot open a GuestRPC channel\n")
+                || err == "vmt: cannot open a GuestRPC channel\n",
+            "{err:?}"
+        );
+    }
+    assert_eq!(vm.tools.get_guestinfo("x"), None);
+    // checkvm needs no channel.
+    assert_eq!(vmt(&mut vm, Command::Checkvm { product: false }).0, 0);
+    for c in taken {
+        c.close(&mut vm).unwrap();
+    }
+    assert_eq!(vmt(&mut vm, set("x", "y")).0, 0);
+}
+
+/// The command line as clap parses it.
+#[test]
+fn command_line() {
+    use clap::Parser;
+    let parse = |args: &[&str]| cli::Cli::try_parse_from(args).map(|c| c.command);
+    assert_eq!(
+        parse(&["vmt", "rpc", "info-get guestinfo.a"]).unwrap(),
+        rpc("info-get guestinfo.a")
+    );
+    assert_eq!(
+        parse(&["vmt", "info", "set", "k", "a b"]).unwrap(),
+        set("k", "a b")
+    );
+    assert_eq!(parse(&["vmt", "info", "get", "k"]).unwrap(), get("k"));
+    assert_eq!(
+        parse(&["vmt", "checkvm", "-p"]).unwrap(),
+        Command::Checkvm { product: true }
+    );
+    assert!(parse(&["vmt"]).is_err());
+    assert!(parse(&["vmt", "info", "set", "k"]).is_err());
+    assert!(parse(&["vmt", "rpc"]).is_err());
+}
