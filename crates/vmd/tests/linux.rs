@@ -560,3 +560,113 @@ poweroff -f
         "the guest's copy is not in the image"
     );
 }
+
+/// Our own guest tools' command line (`vmt`, issue 11) in real Linux under
+/// vmd: `vmt checkvm` finds the backdoor (through GETVERSION: user-space
+/// CPUID here shows the host machine's leaves), `vmt info set` reaches
+/// vmd's API, `vmt info get` reads what `vmctl guestinfo` set, and a
+/// missing key and an unknown request fail with the host's words. The
+/// binary goes into the busybox image with its library closure.
+#[test]
+fn vmt_cli_talks_to_our_backdoor() {
+    /// Builds `vmt` in this test's profile and target directory (the tests
+    /// of one crate cannot ask cargo for another's binaries) and writes a
+    /// stripped copy: a debug build's debug information would cost the
+    /// guest seconds of emulated unpacking.
+    fn vmt_binary() -> std::path::PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let mut dir = exe.parent().unwrap().to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
+        let target = dir.parent().unwrap();
+        let mut build =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        build
+            .args(["build", "-p", "vmt", "--bin", "vmt", "--target-dir"])
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let o = run_bounded(build, Duration::from_secs(600));
+        assert!(o.ok(), "cargo build -p vmt: {o:?}");
+        let stripped = fresh_dir().join("vmt");
+        let mut strip = std::process::Command::new("strip");
+        strip.arg("-o").arg(&stripped).arg(dir.join("vmt"));
+        let o = run_bounded(strip, STEP);
+        assert!(o.ok(), "strip vmt: {o:?}");
+        stripped
+    }
+
+    let Some(kernel) = kvm_and_kernel() else {
+        return;
+    };
+    let init = "\
+echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+out=$(vmt checkvm 2>&1); rc=$?
+echo \"VMD-TEST checkvm rc=$rc $out\"
+out=$(vmt checkvm -p 2>&1); rc=$?
+echo \"VMD-TEST product rc=$rc $out\"
+vmt info set fromguest 'hello from vmt'
+echo \"VMD-TEST info-set rc=$?\"
+i=0
+while [ $i -lt 300 ]; do
+    v=$(vmt info get fromhost 2>/dev/null) && break
+    i=$((i + 1))
+    sleep 1
+done
+echo \"VMD-TEST info-get value=$v\"
+out=$(vmt info get nosuchkey 2>&1); rc=$?
+echo \"VMD-TEST missing rc=$rc $out\"
+out=$(vmt rpc 'no-such-request' 2>&1); rc=$?
+echo \"VMD-TEST unknown rc=$rc $out\"
+poweroff -f
+";
+    let mut image = images::busybox(init).expect("busybox image");
+    let vmt = vmt_binary();
+    image
+        .binary_with_libs("/usr/bin/vmt", &vmt, &[] as &[&std::path::Path])
+        .expect("vmt in the image");
+    // The image holds its own copy.
+    let _ = std::fs::remove_dir_all(vmt.parent().unwrap());
+    let initrd = images::write("vmt", &image).expect("write image");
+    let dir = fresh_dir();
+    std::fs::write(dir.join("vm.conf"), vm_block("lin", &kernel, &initrd)).unwrap();
+    let d = TestDaemon::start_in(dir);
+    let start = Instant::now();
+    d.vmctl_ok(&["start", "lin"]);
+    let mut con = Console::attach(&d, "lin");
+    let init_line = con.wait("VMD-TEST init", BOOT);
+    eprintln!("lin: /init after {:?} ({init_line})", start.elapsed());
+
+    let checkvm = con.wait("VMD-TEST checkvm", STEP);
+    assert_eq!(
+        checkvm, "VMD-TEST checkvm rc=0 VMware software version 6 (good)",
+        "vmt checkvm"
+    );
+    let product = con.wait("VMD-TEST product", STEP);
+    assert!(product.starts_with("VMD-TEST product rc=0 "), "{product}");
+
+    let set = con.wait("VMD-TEST info-set", STEP);
+    assert!(set.ends_with("rc=0"), "{set}");
+    let o = d.vmctl_ok(&["guestinfo", "lin", "fromguest"]);
+    assert_eq!(o.stdout.trim_end(), "hello from vmt", "{o:?}");
+
+    d.vmctl_ok(&["guestinfo", "lin", "fromhost", "set by the host"]);
+    let got = con.wait("VMD-TEST info-get", STEP);
+    assert_eq!(got, "VMD-TEST info-get value=set by the host");
+
+    let missing = con.wait("VMD-TEST missing", STEP);
+    assert_eq!(
+        missing,
+        "VMD-TEST missing rc=1 vmt: info get nosuchkey: No value found"
+    );
+    let unknown = con.wait("VMD-TEST unknown", STEP);
+    assert_eq!(unknown, "VMD-TEST unknown rc=1 vmt: Unknown command");
+
+    let vm = d.wait_vm("lin", "ended after its power-off", STEP, |v| {
+        v.pid.is_none() && v.state != VmState::Running
+    });
+    assert_eq!(vm.last_exit.as_deref(), Some("powered off"), "{vm:#?}");
+}
