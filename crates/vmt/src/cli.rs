@@ -10,11 +10,14 @@ use crate::ops;
 
 /// Guest tools for VMware-compatible hosts (vmd, VMware).
 #[derive(Debug, Parser)]
-#[command(name = "vmt", version)]
+#[command(name = "vmt", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// What to do.
+    /// Run the daemon in the foreground, logging to standard error.
+    #[arg(short = 'd')]
+    pub foreground: bool,
+    /// What to do; none: run the daemon.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The commands.

@@ -1,11 +1,14 @@
 //! `vmt`: guest tools for Linux guests of a VMware-compatible host (our vmd,
 //! real VMware), over the VMware backdoor and GuestRPC from user space.
 //!
-//! This first part is the command line for people and scripts, in the
-//! manner of open-vm-tools' `vmware-checkvm` and `vmware-rpctool`:
-//! `vmt checkvm`, `vmt rpc TEXT`, `vmt info get KEY`, `vmt info set KEY
-//! VALUE`. The daemon (TCLO power requests, guest reports, clock sync) is
-//! still to come (issue 11).
+//! Here so far: the command line for people and scripts, in the manner of
+//! open-vm-tools' `vmware-checkvm` and `vmware-rpctool` (`vmt checkvm`,
+//! `vmt rpc TEXT`, `vmt info get KEY`, `vmt info set KEY VALUE`), and the
+//! daemon's core, `vmt -d` ([`daemon`]): vmt(4)'s TCLO loop answering the
+//! host's power requests, the host name and first IPv4 address reported at
+//! start and after a resume. Still to come (issue 11): detaching and
+//! syslog, the configuration file, NIC and OS reports, netlink, clock
+//! sync, `vmt status`.
 //!
 //! The operations ([`ops`]) are generic over guestrpc's
 //! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them
@@ -18,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod daemon;
 pub mod detect;
 pub mod ops;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -30,14 +30,52 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_FAILURE);
         }
     };
+    let Some(command) = args.command else {
+        if !args.foreground {
+            // Detaching and syslog are still to come (issue 11).
+            eprintln!("vmt: the daemon runs only in the foreground for now: use -d");
+            return ExitCode::from(cli::EXIT_FAILURE);
+        }
+        daemon(bd);
+        return ExitCode::SUCCESS;
+    };
     let code = cli::run(
-        &args.command,
+        &command,
         &host,
         &mut bd,
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
     );
     ExitCode::from(code)
+}
+
+/// Set by SIGTERM, SIGINT and SIGHUP: the daemon closes its channels and
+/// exits within a second.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `vmt -d`: the TCLO loop until a signal ends it.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn daemon(mut bd: guestrpc::x86::PortIo) {
+    use std::sync::atomic::Ordering;
+    use vmt::daemon::{self, Daemon};
+
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let mut d = Daemon::new(vmt::sys::LinuxSystem::default());
+    eprintln!("vmt: started");
+    daemon::run(&mut d, &mut bd, std::thread::sleep, || {
+        STOP.load(Ordering::Relaxed)
+    });
+    eprintln!("vmt: exiting");
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]

@@ -205,7 +205,7 @@ fn a_host_that_refuses_open() {
 #[test]
 fn command_line() {
     use clap::Parser;
-    let parse = |args: &[&str]| cli::Cli::try_parse_from(args).map(|c| c.command);
+    let parse = |args: &[&str]| cli::Cli::try_parse_from(args).map(|c| c.command.unwrap());
     assert_eq!(
         parse(&["vmt", "rpc", "info-get guestinfo.a"]).unwrap(),
         rpc("info-get guestinfo.a")
@@ -219,7 +219,12 @@ fn command_line() {
         parse(&["vmt", "checkvm", "-p"]).unwrap(),
         Command::Checkvm { product: true }
     );
-    assert!(parse(&["vmt"]).is_err());
+    // No command: the daemon; -d keeps it in the foreground.
+    let daemon = cli::Cli::try_parse_from(["vmt", "-d"]).unwrap();
+    assert!(daemon.foreground && daemon.command.is_none());
+    let daemon = cli::Cli::try_parse_from(["vmt"]).unwrap();
+    assert!(!daemon.foreground && daemon.command.is_none());
+    assert!(cli::Cli::try_parse_from(["vmt", "-d", "checkvm"]).is_err());
     assert!(parse(&["vmt", "info", "set", "k"]).is_err());
     assert!(parse(&["vmt", "rpc"]).is_err());
 }

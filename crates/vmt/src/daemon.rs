@@ -1,0 +1,309 @@
+//! The daemon's core (`vmt -d`): vmt(4)'s TCLO loop from user space.
+//!
+//! Each tick sends the reply to the last command (or nothing: the poll) and
+//! fetches the next command (§5 "wire rule", guestrpc's [`TcloSession`]).
+//! After a command it polls again at once; idle, it sleeps
+//! [`POLL_INTERVAL`]; after an error [`RETRY_INTERVAL`], or
+//! [`OPEN_RETRY_INTERVAL`] when the host refuses to open a channel (vmt's
+//! rates), so it never spins. A problem is logged once, when it starts, and
+//! its end once.
+//!
+//! Replies and actions follow the `tools` test guest (vmt(4)'s wire
+//! behaviour): `reset` → `OK ATR toolbox`; `ping` → `OK `;
+//! `Capabilities_Register` → the capability RPCIs, then `OK `;
+//! `OS_Halt` / `OS_Reboot` / `OS_PowerOn` / `OS_Suspend` / `OS_Resume` →
+//! RPCI `tools.os.statechange.status 1 <state>`, then `OK `; halt and
+//! reboot send that reply with one more round trip and then act through
+//! [`System::power`]; `OS_Resume` reports the guest again;
+//! `Set_Option broadcastIP 1` → `info-set guestinfo.ip <first IPv4>` and
+//! `OK `, or `ERROR Unable to find guest IP address`; anything else →
+//! `ERROR Unknown command`.
+//!
+//! The system-facing parts (host name, addresses, power, log) sit behind
+//! [`System`], so the tests run the loop against the host's state machine
+//! with a double; [`LinuxSystem`](crate::sys::LinuxSystem) is the real one.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use guestrpc::client::{Backdoor, Channel, Error, TcloSession};
+use guestrpc::guestinfo::{format_set_guest_info, GuestInfoKey};
+use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
+use guestrpc::tclo::{PowerState, TcloCommand, REPLY_NO_IP, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
+
+/// Sleep between polls while idle (vmt's).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Sleep after a failed poll; the next one reopens the channel (vmt's).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Sleep after the host refused to open a channel (vmt's 15 s).
+pub const OPEN_RETRY_INTERVAL: Duration = Duration::from_secs(15);
+/// Room for one TCLO command; longer ones are refused by the client, which
+/// then reopens the channel.
+const TCLO_BUF_LEN: usize = 4096;
+
+/// What vmt registers on `Capabilities_Register`, in its order (plus
+/// `softpowerop_retry`, as the `tools` test guest); 2147483647 =
+/// 0x7FFFFFFF is "unmanaged tools".
+pub const CAPABILITIES: [&str; 4] = [
+    "tools.capability.statechange ",
+    "tools.capability.softpowerop_retry ",
+    "vmx.capability.unified_loop toolbox",
+    "tools.set.version 2147483647",
+];
+
+/// A power action the host asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Power {
+    /// `OS_Halt`: shut down and power off.
+    Halt,
+    /// `OS_Reboot`.
+    Reboot,
+}
+
+/// The guest system, as the daemon sees it.
+pub trait System {
+    /// The host name to report (`SetGuestInfo  1`).
+    fn hostname(&mut self) -> Option<String>;
+    /// The first non-loopback IPv4 address (`guestinfo.ip`).
+    fn first_ipv4(&mut self) -> Option<Ipv4Addr>;
+    /// Halts or reboots the guest; returns once the request is made.
+    fn power(&mut self, action: Power) -> Result<(), String>;
+    /// One log line.
+    fn log(&mut self, line: &str);
+}
+
+/// What the loop does after a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Poll again at once (a command came).
+    Now,
+    /// Sleep this long first.
+    Sleep(Duration),
+}
+
+/// The daemon's state: the TCLO session, a kept-open RPCI channel, the
+/// problem being reported.
+pub struct Daemon<S> {
+    /// The system it reports and acts on.
+    pub sys: S,
+    session: TcloSession,
+    rpc: Option<Channel>,
+    tclo_buf: Vec<u8>,
+    reply_buf: Vec<u8>,
+    /// The TCLO problem logged last, until it ends.
+    problem: Option<String>,
+}
+
+impl<S: System> Daemon<S> {
+    /// A daemon with no channel yet.
+    pub fn new(sys: S) -> Self {
+        Daemon {
+            sys,
+            session: TcloSession::new(),
+            rpc: None,
+            tclo_buf: vec![0; TCLO_BUF_LEN],
+            reply_buf: vec![0; MAX_MESSAGE],
+            problem: None,
+        }
+    }
+
+    /// Whether the TCLO channel is open.
+    pub fn is_open(&self) -> bool {
+        self.session.is_open()
+    }
+
+    /// Reports the guest (host name, first IPv4): at start and after a
+    /// resume.
+    pub fn report(&mut self, bd: &mut impl Backdoor) {
+        if let Some(name) = self.sys.hostname() {
+            let mut buf = vec![0u8; name.len() + 32];
+            match format_set_guest_info(&mut buf, GuestInfoKey::DnsName, name.as_bytes()) {
+                Ok(req) => {
+                    let req = req.to_vec();
+                    self.request(bd, &req);
+                }
+                Err(e) => self.sys.log(&format!("SetGuestInfo 1: {e}")),
+            }
+        }
+        if let Some(ip) = self.sys.first_ipv4() {
+            self.request(bd, format!("info-set guestinfo.ip {ip}").as_bytes());
+        }
+    }
+
+    /// One TCLO round trip and what it asked for.
+    pub fn tick(&mut self, bd: &mut impl Backdoor) -> Next {
+        let cmd = match self.session.poll(bd, &mut self.tclo_buf) {
+            Ok(None) => {
+                self.recovered();
+                return Next::Sleep(POLL_INTERVAL);
+            }
+            Ok(Some(cmd)) => cmd.to_owned_command(),
+            Err(e) => return self.failed(e),
+        };
+        self.recovered();
+        let (reply, power) = self.handle(bd, &cmd);
+        self.session.set_reply(reply);
+        if let Some(action) = power {
+            // The reply only sits in the session: one more round trip
+            // sends it, so the host sees the acknowledgement before the
+            // machine goes away.
+            match self.session.poll(bd, &mut self.tclo_buf) {
+                Ok(None) => {}
+                Ok(Some(c)) => self.sys.log(&format!("dropped command {c}")),
+                Err(e) => self.sys.log(&format!("tclo: {e}")),
+            }
+            let what = match action {
+                Power::Halt => "halting",
+                Power::Reboot => "rebooting",
+            };
+            self.sys.log(what);
+            if let Err(e) = self.sys.power(action) {
+                self.sys.log(&format!("{what} failed: {e}"));
+            }
+        }
+        Next::Now
+    }
+
+    /// Closes the channels (on exit).
+    pub fn close(&mut self, bd: &mut impl Backdoor) {
+        self.session.close(bd);
+        if let Some(c) = self.rpc.take() {
+            let _ = c.close(bd);
+        }
+    }
+
+    fn failed(&mut self, e: Error) -> Next {
+        let line = format!("tclo: {e}");
+        if self.problem.as_deref() != Some(line.as_str()) {
+            self.sys.log(&format!("{line}; retrying"));
+            self.problem = Some(line);
+        }
+        Next::Sleep(if e == Error::OpenFailed {
+            OPEN_RETRY_INTERVAL
+        } else {
+            RETRY_INTERVAL
+        })
+    }
+
+    fn recovered(&mut self) {
+        if self.problem.take().is_some() {
+            self.sys.log("tclo: channel open again");
+        }
+    }
+
+    /// Acts on one command: the reply, and the power action to take once
+    /// it is sent.
+    fn handle(
+        &mut self,
+        bd: &mut impl Backdoor,
+        cmd: &TcloCommand<String>,
+    ) -> (&'static [u8], Option<Power>) {
+        if let Some(state) = cmd.power_state() {
+            self.request(
+                bd,
+                format!("tools.os.statechange.status 1 {}", state as u32).as_bytes(),
+            );
+            let power = match state {
+                PowerState::Halt => Some(Power::Halt),
+                PowerState::Reboot => Some(Power::Reboot),
+                PowerState::PowerOn => None,
+                PowerState::Suspend => {
+                    self.sys.log("suspending");
+                    None
+                }
+                PowerState::Resume => {
+                    self.sys.log("resumed");
+                    self.report(bd);
+                    None
+                }
+            };
+            return (REPLY_OK, power);
+        }
+        let reply = match cmd {
+            TcloCommand::Reset => REPLY_RESET,
+            TcloCommand::Ping => REPLY_OK,
+            TcloCommand::CapabilitiesRegister => {
+                for c in CAPABILITIES {
+                    self.request(bd, c.as_bytes());
+                }
+                REPLY_OK
+            }
+            TcloCommand::SetOption(name, value) if name == "broadcastIP" && value == "1" => {
+                match self.sys.first_ipv4() {
+                    Some(ip) => {
+                        // vmt replies OK even when the RPCI fails.
+                        self.request(bd, format!("info-set guestinfo.ip {ip}").as_bytes());
+                        REPLY_OK
+                    }
+                    None => REPLY_NO_IP,
+                }
+            }
+            _ => REPLY_UNKNOWN,
+        };
+        (reply, None)
+    }
+
+    /// One RPCI request on the kept channel (reopened once if it failed);
+    /// a failure or a `0 ...` reply is logged. Whether the host said `1`.
+    pub fn request(&mut self, bd: &mut impl Backdoor, req: &[u8]) -> bool {
+        let label = String::from_utf8_lossy(req.split(|&b| b < 0x20).next().unwrap_or(&[]))
+            .trim_end()
+            .to_owned();
+        let result = loop {
+            let (mut chan, fresh) = match self.rpc.take() {
+                Some(c) => (c, false),
+                None => match Channel::open(bd, PROTO_RPCI) {
+                    Ok(c) => (c, true),
+                    Err(e) => break Err(e),
+                },
+            };
+            match chan.call(bd, req, &mut self.reply_buf) {
+                Ok(reply) => {
+                    let ok = split_rpci_reply(reply)
+                        .map_err(|t| format!("reply '{}'", String::from_utf8_lossy(t)));
+                    self.rpc = Some(chan);
+                    break Ok(ok);
+                }
+                Err(e @ Error::BufferTooSmall(_)) => {
+                    self.rpc = Some(chan);
+                    break Err(e);
+                }
+                Err(e) => {
+                    let _ = chan.close(bd);
+                    if fresh {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        let why = match result {
+            Ok(Ok(_)) => return true,
+            Ok(Err(reply)) => reply,
+            Err(e) => e.to_string(),
+        };
+        self.sys.log(&format!("rpci {label} failed: {why}"));
+        false
+    }
+}
+
+/// The daemon's loop: report the guest, then tick until `stop` says so
+/// (checked at least once a second), sleeping through `sleep`. Closes the
+/// channels at the end.
+pub fn run<S: System>(
+    d: &mut Daemon<S>,
+    bd: &mut impl Backdoor,
+    mut sleep: impl FnMut(Duration),
+    mut stop: impl FnMut() -> bool,
+) {
+    d.report(bd);
+    while !stop() {
+        if let Next::Sleep(mut left) = d.tick(bd) {
+            while !left.is_zero() && !stop() {
+                let step = left.min(Duration::from_secs(1));
+                sleep(step);
+                left -= step;
+            }
+        }
+    }
+    d.close(bd);
+}
