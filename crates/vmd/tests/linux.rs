@@ -561,14 +561,17 @@ poweroff -f
     );
 }
 
-/// Our own guest tools' command line (`vmt`, issue 11) in real Linux under
-/// vmd: `vmt checkvm` finds the backdoor (through GETVERSION: user-space
-/// CPUID here shows the host machine's leaves), `vmt info set` reaches
-/// vmd's API, `vmt info get` reads what `vmctl guestinfo` set, and a
-/// missing key and an unknown request fail with the host's words. The
-/// binary goes into the busybox image with its library closure.
+/// Our own guest tools (`vmt`, issue 11) in real Linux under vmd, on a
+/// local interface (vmd in a network namespace of the test's): `vmt
+/// checkvm` finds the backdoor (through GETVERSION: user-space CPUID here
+/// shows the host machine's leaves), `vmt info set` reaches vmd's API,
+/// `vmt info get` reads what `vmctl guestinfo` set, and a missing key and
+/// an unknown request fail with the host's words. Then the daemon, `vmt
+/// -d`: `vmctl status` shows the hostname and DHCP address it reports,
+/// and `vmctl stop` halts the guest through it ("halted by guest tools").
+/// The binary goes into the busybox image with its library closure.
 #[test]
-fn vmt_cli_talks_to_our_backdoor() {
+fn vmt_talks_to_our_backdoor() {
     /// Builds `vmt` in this test's profile and target directory (the tests
     /// of one crate cannot ask cargo for another's binaries) and writes a
     /// stripped copy: a debug build's debug information would cost the
@@ -602,8 +605,27 @@ fn vmt_cli_talks_to_our_backdoor() {
     let Some(kernel) = kvm_and_kernel() else {
         return;
     };
+    let Some(ns) = Netns::new("vmt") else {
+        return;
+    };
+    // vmt -d halts the guest with `poweroff`, which busybox's would ask
+    // of init; this /init is a script, so a stand-in powers off directly.
     let init = "\
+hostname vmt-guest
 echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+cat > /tmp/dhcp.sh <<'SCRIPT'
+#!/bin/sh
+case \"$1\" in
+bound|renew) ip addr add \"$ip/$mask\" dev \"$interface\" ;;
+esac
+SCRIPT
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -n -q -f -t 20 -T 3 -s /tmp/dhcp.sh > /dev/null 2>&1
+echo \"VMD-TEST udhcpc rc=$?\"
+rm -f /bin/poweroff
+printf '#!/bin/sh\\nexec busybox poweroff -f\\n' > /bin/poweroff
+chmod +x /bin/poweroff
 out=$(vmt checkvm 2>&1); rc=$?
 echo \"VMD-TEST checkvm rc=$rc $out\"
 out=$(vmt checkvm -p 2>&1); rc=$?
@@ -621,7 +643,10 @@ out=$(vmt info get nosuchkey 2>&1); rc=$?
 echo \"VMD-TEST missing rc=$rc $out\"
 out=$(vmt rpc 'no-such-request' 2>&1); rc=$?
 echo \"VMD-TEST unknown rc=$rc $out\"
-poweroff -f
+vmt -d &
+echo \"VMD-TEST vmt-daemon pid=$!\"
+sleep 600
+echo 'VMD-TEST still running'
 ";
     let mut image = images::busybox(init).expect("busybox image");
     let vmt = vmt_binary();
@@ -632,13 +657,19 @@ poweroff -f
     let _ = std::fs::remove_dir_all(vmt.parent().unwrap());
     let initrd = images::write("vmt", &image).expect("write image");
     let dir = fresh_dir();
-    std::fs::write(dir.join("vm.conf"), vm_block("lin", &kernel, &initrd)).unwrap();
-    let d = TestDaemon::start_in(dir);
+    std::fs::write(
+        dir.join("vm.conf"),
+        vm_block_with("lin", &kernel, &initrd, "", "\tlocal interface\n"),
+    )
+    .unwrap();
+    let d = TestDaemon::start_in_netns(dir, &ns);
     let start = Instant::now();
     d.vmctl_ok(&["start", "lin"]);
     let mut con = Console::attach(&d, "lin");
     let init_line = con.wait("VMD-TEST init", BOOT);
     eprintln!("lin: /init after {:?} ({init_line})", start.elapsed());
+    let rc = con.wait("VMD-TEST udhcpc", STEP);
+    assert!(rc.ends_with("rc=0"), "{rc}");
 
     let checkvm = con.wait("VMD-TEST checkvm", STEP);
     assert_eq!(
@@ -665,8 +696,28 @@ poweroff -f
     let unknown = con.wait("VMD-TEST unknown", STEP);
     assert_eq!(unknown, "VMD-TEST unknown rc=1 vmt: Unknown command");
 
-    let vm = d.wait_vm("lin", "ended after its power-off", STEP, |v| {
-        v.pid.is_none() && v.state != VmState::Running
+    con.wait("VMD-TEST vmt-daemon", STEP);
+    let vm = d.wait_vm("lin", "hostname and IP from vmt -d", STEP, |v| {
+        v.hostname.is_some() && v.ip.is_some()
     });
-    assert_eq!(vm.last_exit.as_deref(), Some("powered off"), "{vm:#?}");
+    assert_eq!(vm.hostname.as_deref(), Some("vmt-guest"), "{vm:#?}");
+    assert_eq!(vm.ip.as_deref(), Some("100.64.1.3"), "{vm:#?}");
+    let pid = vm.pid.expect("a pid");
+
+    // A graceful stop: OS_Halt to vmt, which reports the state change,
+    // acknowledges, and runs `poweroff`.
+    let mut stop = d.vmctl_cmd();
+    stop.args(["stop", "-w", "lin"]);
+    let o = run_bounded(stop, Duration::from_secs(300));
+    assert!(o.ok(), "vmctl stop: {o:?}\nvmd:\n{}", d.log());
+    let vm = d.vm("lin");
+    assert!(vm.pid.is_none() && vm.state != VmState::Running, "{vm:#?}");
+    assert_eq!(
+        vm.last_exit.as_deref(),
+        Some("halted by guest tools"),
+        "{vm:#?}\nvmd:\n{}",
+        d.log()
+    );
+    assert!(!process_exists(pid));
+    con.wait("vmt: halting", STEP);
 }
