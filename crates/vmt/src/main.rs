@@ -10,8 +10,13 @@ fn main() -> ExitCode {
     use vmt::{detect, sys};
 
     let args = Cli::parse();
-    // Read before anything else touches a port: it names the hypervisor in
-    // the "not a VM" message.
+    if args.command.is_none() && !args.foreground {
+        // Detaching and syslog are still to come (issue 11).
+        eprintln!("vmt: the daemon runs only in the foreground for now: use -d");
+        return ExitCode::from(cli::EXIT_FAILURE);
+    }
+    // The signature decides nothing on its own (see detect::host): it says
+    // how the host was found, and names the hypervisor when it is not one.
     let signature = detect::cpuid_signature();
     if let Err(e) = sys::ioperm_backdoor() {
         eprintln!("vmt: {e}");
@@ -31,11 +36,6 @@ fn main() -> ExitCode {
         }
     };
     let Some(command) = args.command else {
-        if !args.foreground {
-            // Detaching and syslog are still to come (issue 11).
-            eprintln!("vmt: the daemon runs only in the foreground for now: use -d");
-            return ExitCode::from(cli::EXIT_FAILURE);
-        }
         daemon(bd);
         return ExitCode::SUCCESS;
     };

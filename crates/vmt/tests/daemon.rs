@@ -216,11 +216,16 @@ fn channels_reset_by_the_host_are_reopened() {
         ]
     );
     assert!(slept.iter().all(|t| !t.is_zero()), "{slept:?}");
-    // And it works: the RPCI channel was dropped too.
+    // And it works. The kept RPCI channel was dropped too: the state
+    // change goes out on a fresh one, without a logged failure.
+    let log_before = d.sys.log.len();
     assert_eq!(
         command(&mut d, &mut vm, TcloCommand::OsPowerOn),
         CommandStatus::Acked("OK ".into())
     );
+    let change = vm.tools.guest_state().last_state_change.unwrap();
+    assert_eq!(change.power_state(), Some(PowerState::PowerOn));
+    assert_eq!(d.sys.log.len(), log_before, "{:?}", d.sys.log);
 }
 
 /// A host with no free channel: one log line, vmt's 15 s between tries
