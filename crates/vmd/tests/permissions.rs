@@ -44,6 +44,17 @@ fn test_user() -> (u32, u32) {
 fn user_vmctl(d: &TestDaemon, uid: u32, gid: u32) -> impl Fn(&[&str]) -> Outcome + '_ {
     let vmctl = d.dir.join("vmctl");
     std::fs::copy(vmctl_bin(), &vmctl).unwrap();
+    // Another test thread that forks while the copy is open for writing
+    // holds that descriptor until its child execs: running the copy fails
+    // with ETXTBSY until then (a few ms).
+    for _ in 0..200 {
+        match Command::new(&vmctl).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => break,
+        }
+    }
     move |args: &[&str]| {
         let mut c = Command::new(&vmctl);
         c.arg("-s")
