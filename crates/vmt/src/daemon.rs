@@ -3,7 +3,7 @@
 //! Each tick sends the reply to the last command (or nothing: the poll) and
 //! fetches the next command (§5 "wire rule", guestrpc's [`TcloSession`]).
 //! After a command it polls again at once; idle, it sleeps
-//! [`POLL_INTERVAL`]; after an error [`RETRY_INTERVAL`], or
+//! [`Settings::poll_interval`] ([`POLL_INTERVAL`] by default); after an error [`RETRY_INTERVAL`], or
 //! [`OPEN_RETRY_INTERVAL`] when the host refuses to open a channel (vmt's
 //! rates), so it never spins. A problem is logged once, when it starts, and
 //! its end once.
@@ -19,7 +19,14 @@
 //! `OK `, or `ERROR Unable to find guest IP address`; anything else →
 //! `ERROR Unknown command`.
 //!
-//! The system-facing parts (host name, addresses, power, log) sit behind
+//! Clock sync ([`crate::clock`]): at start, after every `OS_Resume` and
+//! every [`Settings::clock_sync_period`] (checked on idle ticks; zero: no
+//! periodic syncs) the host's time is read and the guest's clock stepped
+//! or slewed, each correction logged with its size; while
+//! [`System::time_keeper`] names an NTP daemon (or anything else keeping
+//! the kernel's clock) vmt says so once and leaves the clock alone.
+//!
+//! The system-facing parts (host name, addresses, power, clock, log) sit behind
 //! [`System`], so the tests run the loop against the host's state machine
 //! with a double; [`LinuxSystem`](crate::sys::LinuxSystem) is the real one.
 
@@ -27,6 +34,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use guestrpc::client::{Backdoor, Channel, Error, TcloSession};
+
+use crate::clock::{self, Correction};
 use guestrpc::guestinfo::{format_set_guest_info, GuestInfoKey};
 use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_NO_IP, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
@@ -70,6 +79,48 @@ pub trait System {
     fn power(&mut self, action: Power) -> Result<(), String>;
     /// One log line.
     fn log(&mut self, line: &str);
+    /// The guest's wall clock (`CLOCK_REALTIME`), µs since the Unix epoch.
+    fn realtime_us(&mut self) -> i64;
+    /// A monotonic clock, for the daemon's timers.
+    fn monotonic(&mut self) -> Duration;
+    /// Steps the wall clock by `offset_us` (and cancels any slew under way).
+    fn step_clock(&mut self, offset_us: i64) -> Result<(), String>;
+    /// Slews the wall clock by `offset_us`, replacing any slew under way.
+    fn slew_clock(&mut self, offset_us: i64) -> Result<(), String>;
+    /// What else keeps the clock (an NTP daemon, say), if anything: then
+    /// vmt leaves the clock alone.
+    fn time_keeper(&mut self) -> Option<String>;
+}
+
+/// The daemon's tunables (vmt.conf(5), flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Between periodic clock syncs; zero: none (still at start and after
+    /// a resume).
+    pub clock_sync_period: Duration,
+    /// Offsets at least this large are stepped, smaller ones slewed.
+    pub clock_step_threshold: Duration,
+    /// Sleep between polls while idle.
+    pub poll_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            clock_sync_period: clock::DEFAULT_PERIOD,
+            clock_step_threshold: clock::DEFAULT_STEP_THRESHOLD,
+            poll_interval: POLL_INTERVAL,
+        }
+    }
+}
+
+/// The last clock correction made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastCorrection {
+    /// What was done ([`Correction::None`]: the clock was within the noise).
+    pub correction: Correction,
+    /// Where the host's time came from.
+    pub source: clock::Source,
 }
 
 /// What the loop does after a tick.
@@ -92,11 +143,25 @@ pub struct Daemon<S> {
     reply_buf: Vec<u8>,
     /// The TCLO problem logged last, until it ends.
     problem: Option<String>,
+    settings: Settings,
+    /// When the next periodic clock sync is due ([`System::monotonic`]).
+    sync_due: Option<Duration>,
+    /// The time keeper last noted, while it runs.
+    keeper: Option<String>,
+    /// The clock sync problem logged last, until a sync works.
+    clock_problem: Option<String>,
+    /// The last clock sync's outcome.
+    pub last_correction: Option<LastCorrection>,
 }
 
 impl<S: System> Daemon<S> {
-    /// A daemon with no channel yet.
+    /// A daemon with no channel yet, with the default [`Settings`].
     pub fn new(sys: S) -> Self {
+        Self::with_settings(sys, Settings::default())
+    }
+
+    /// A daemon with no channel yet.
+    pub fn with_settings(sys: S, settings: Settings) -> Self {
         Daemon {
             sys,
             session: TcloSession::new(),
@@ -104,6 +169,90 @@ impl<S: System> Daemon<S> {
             tclo_buf: vec![0; TCLO_BUF_LEN],
             reply_buf: vec![0; MAX_MESSAGE],
             problem: None,
+            settings,
+            sync_due: None,
+            keeper: None,
+            clock_problem: None,
+            last_correction: None,
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Syncs the clock with the host's (see [`crate::clock`]) and restarts
+    /// the periodic timer; `reason` goes into the log line.
+    pub fn sync_clock(&mut self, bd: &mut impl Backdoor, reason: &str) {
+        self.sync_due = match self.settings.clock_sync_period {
+            p if p.is_zero() => None,
+            p => Some(self.sys.monotonic().saturating_add(p)),
+        };
+        if let Some(k) = self.sys.time_keeper() {
+            if self.keeper.as_deref() != Some(k.as_str()) {
+                self.sys.log(&format!(
+                    "clock: {k} keeps the time; not syncing from the host"
+                ));
+                self.keeper = Some(k);
+            }
+            return;
+        }
+        if self.keeper.take().is_some() {
+            self.sys
+                .log("clock: nothing else keeps the time now; syncing from the host");
+        }
+        let before = self.sys.realtime_us();
+        let host = clock::host_time(bd);
+        let after = self.sys.realtime_us();
+        let Some(host) = host else {
+            return self
+                .clock_failed("the host does not tell its time (GETTIMEFULL, GETTIME)".into());
+        };
+        let Some(offset) = clock::offset(host.unix_us, before, after) else {
+            return self.clock_failed(format!(
+                "the host's time ({} µs since 1970) is not believable",
+                host.unix_us
+            ));
+        };
+        let correction = clock::decide(offset, self.settings.clock_step_threshold);
+        let (what, result) = match correction {
+            Correction::None => ("", Ok(())),
+            Correction::Step(us) => ("step", self.sys.step_clock(us)),
+            Correction::Slew(us) => ("slew", self.sys.slew_clock(us)),
+        };
+        let size = clock::format_offset(offset);
+        if let Err(e) = result {
+            return self.clock_failed(format!("{what} by {size} failed: {e}"));
+        }
+        self.clock_problem = None;
+        self.last_correction = Some(LastCorrection {
+            correction,
+            source: host.source,
+        });
+        match correction {
+            Correction::None => {}
+            Correction::Step(_) => self
+                .sys
+                .log(&format!("clock ({reason}): stepped by {size}")),
+            Correction::Slew(_) => self
+                .sys
+                .log(&format!("clock ({reason}): slewing by {size}")),
+        }
+    }
+
+    fn clock_failed(&mut self, why: String) {
+        let line = format!("clock: {why}");
+        if self.clock_problem.as_deref() != Some(line.as_str()) {
+            self.sys.log(&line);
+            self.clock_problem = Some(line);
+        }
+    }
+
+    /// Timed work, on an idle tick: the periodic clock sync.
+    fn periodic(&mut self, bd: &mut impl Backdoor) {
+        if self.sync_due.is_some_and(|t| self.sys.monotonic() >= t) {
+            self.sync_clock(bd, "periodic");
         }
     }
 
@@ -135,7 +284,8 @@ impl<S: System> Daemon<S> {
         let cmd = match self.session.poll(bd, &mut self.tclo_buf) {
             Ok(None) => {
                 self.recovered();
-                return Next::Sleep(POLL_INTERVAL);
+                self.periodic(bd);
+                return Next::Sleep(self.settings.poll_interval);
             }
             Ok(Some(cmd)) => cmd.to_owned_command(),
             Err(e) => return self.failed(e),
@@ -214,6 +364,7 @@ impl<S: System> Daemon<S> {
                 PowerState::Resume => {
                     self.sys.log("resumed");
                     self.report(bd);
+                    self.sync_clock(bd, "resume");
                     None
                 }
             };
@@ -286,7 +437,7 @@ impl<S: System> Daemon<S> {
     }
 }
 
-/// The daemon's loop: report the guest, then tick until `stop` says so
+/// The daemon's loop: report the guest and sync the clock, then tick until `stop` says so
 /// (checked at least once a second), sleeping through `sleep`. Closes the
 /// channels at the end.
 pub fn run<S: System>(
@@ -296,6 +447,7 @@ pub fn run<S: System>(
     mut stop: impl FnMut() -> bool,
 ) {
     d.report(bd);
+    d.sync_clock(bd, "start");
     while !stop() {
         if let Next::Sleep(mut left) = d.tick(bd) {
             while !left.is_zero() && !stop() {

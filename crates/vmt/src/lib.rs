@@ -6,9 +6,9 @@
 //! `vmt rpc TEXT`, `vmt info get KEY`, `vmt info set KEY VALUE`), and the
 //! daemon's core, `vmt -d` ([`daemon`]): vmt(4)'s TCLO loop answering the
 //! host's power requests, the host name and first IPv4 address reported at
-//! start and after a resume. Still to come (issue 11): detaching and
-//! syslog, the configuration file, NIC and OS reports, netlink, clock
-//! sync, `vmt status`.
+//! start and after a resume, the clock kept in sync with the host's
+//! ([`clock`]). Still to come (issue 11): detaching and syslog, the
+//! configuration file, NIC and OS reports, netlink, `vmt status`.
 //!
 //! The operations ([`ops`]) are generic over guestrpc's
 //! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them
@@ -21,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod detect;
 pub mod ops;

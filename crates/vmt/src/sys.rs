@@ -35,14 +35,16 @@ pub fn ioperm_backdoor() -> Result<(), String> {
 }
 
 /// The real [`System`](crate::daemon::System): the kernel's host name and
-/// interface addresses, power commands run as programs, log lines on
-/// standard error.
+/// interface addresses, power commands run as programs, the kernel's
+/// clock, log lines on standard error.
 #[derive(Clone, Debug)]
 pub struct LinuxSystem {
     /// The command run on `OS_Halt` (default `poweroff`).
     pub halt: Vec<String>,
     /// The command run on `OS_Reboot` (default `reboot`).
     pub reboot: Vec<String>,
+    /// Where [`monotonic`](crate::daemon::System::monotonic) counts from.
+    pub started: std::time::Instant,
 }
 
 impl Default for LinuxSystem {
@@ -50,8 +52,86 @@ impl Default for LinuxSystem {
         LinuxSystem {
             halt: vec!["poweroff".to_owned()],
             reboot: vec!["reboot".to_owned()],
+            started: std::time::Instant::now(),
         }
     }
+}
+
+/// Processes that keep the clock, by their `comm` (at most 15 bytes:
+/// systemd-timesyncd's is cut). OpenNTPD's processes are `ntpd` too.
+pub const TIME_KEEPERS: [&str; 6] = [
+    "chronyd",
+    "ntpd",
+    "openntpd",
+    "systemd-timesyn",
+    "phc2sys",
+    "ntimed",
+];
+
+/// The first running process named in [`TIME_KEEPERS`], from a scan of
+/// `/proc/PID/comm`.
+pub fn running_time_keeper() -> Option<String> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end_matches('\n');
+        if let Some(k) = TIME_KEEPERS.iter().find(|&&k| k == comm) {
+            let k = if *k == "systemd-timesyn" {
+                "systemd-timesyncd"
+            } else {
+                k
+            };
+            return Some(format!("{k} (pid {})", name.to_string_lossy()));
+        }
+    }
+    None
+}
+
+/// The kernel's clock status (`adjtimex(2)` read only).
+pub fn clock_status() -> Result<libc::c_int, String> {
+    // SAFETY: all-zero is a valid timex (modes 0: read only).
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: tx is a valid timex for the call to fill.
+    if unsafe { libc::adjtimex(&mut tx) } < 0 {
+        return Err(format!("adjtimex: {}", std::io::Error::last_os_error()));
+    }
+    Ok(tx.status)
+}
+
+/// `clock_gettime(CLOCK_REALTIME)` in µs since the epoch.
+fn realtime() -> libc::timespec {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is valid for writing.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts
+}
+
+/// A singleshot slew (adjtime(3)'s `ADJ_OFFSET_SINGLESHOT`): the kernel
+/// slews by `offset_us` at 500 ppm, replacing what was left of an earlier
+/// one.
+fn singleshot(offset_us: i64) -> Result<(), String> {
+    // SAFETY: all-zero is a valid timex.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = libc::ADJ_OFFSET_SINGLESHOT;
+    // x86-64: the field is 64 bits.
+    tx.offset = offset_us;
+    // SAFETY: tx is a valid timex.
+    if unsafe { libc::adjtimex(&mut tx) } < 0 {
+        return Err(format!("adjtimex: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl crate::daemon::System for LinuxSystem {
@@ -82,6 +162,57 @@ impl crate::daemon::System for LinuxSystem {
 
     fn log(&mut self, line: &str) {
         eprintln!("vmt: {line}");
+    }
+
+    fn realtime_us(&mut self) -> i64 {
+        let ts = realtime();
+        ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
+    }
+
+    fn monotonic(&mut self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    fn step_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        let now = realtime();
+        let ns = i128::from(now.tv_sec) * 1_000_000_000
+            + i128::from(now.tv_nsec)
+            + i128::from(offset_us) * 1_000;
+        let ts = libc::timespec {
+            tv_sec: (ns.div_euclid(1_000_000_000))
+                .try_into()
+                .map_err(|_| "time out of range".to_owned())?,
+            tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+        };
+        // SAFETY: ts is a valid timespec.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+            return Err(format!(
+                "clock_settime: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // A slew still under way would now take the clock off again.
+        singleshot(0)
+    }
+
+    fn slew_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        singleshot(offset_us)
+    }
+
+    fn time_keeper(&mut self) -> Option<String> {
+        if let Some(k) = running_time_keeper() {
+            return Some(k);
+        }
+        // The hint: no daemon we know, but something (an NTP or PTP
+        // daemon) told the kernel its clock is synchronised.
+        match clock_status() {
+            Ok(st) if st & libc::STA_UNSYNC == 0 => Some(
+                "a time keeper unknown to vmt (the kernel's clock is marked \
+                 synchronised: adjtimex STA_UNSYNC clear)"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -151,12 +282,33 @@ mod tests {
         }
     }
 
+    /// The clock reads (never the writes: the test machine's clock is not
+    /// ours to set) answer sensibly.
+    #[test]
+    fn clock_reads() {
+        use crate::daemon::System;
+        let mut sys = LinuxSystem::default();
+        let t = sys.realtime_us();
+        assert!(t > crate::clock::EARLIEST_HOST_TIME_US, "{t}");
+        let a = sys.monotonic();
+        assert!(sys.monotonic() >= a);
+        clock_status().unwrap();
+        if let Some(k) = sys.time_keeper() {
+            assert!(!k.is_empty());
+        }
+        // This test process is no time keeper, and its name is read
+        // like theirs.
+        let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(!TIME_KEEPERS.contains(&own.trim_end()));
+    }
+
     #[test]
     fn power_commands_run_as_programs() {
         use crate::daemon::{Power, System};
         let mut sys = LinuxSystem {
             halt: vec!["true".to_owned()],
             reboot: vec!["false".to_owned()],
+            ..LinuxSystem::default()
         };
         assert_eq!(sys.power(Power::Halt), Ok(()));
         assert!(sys.power(Power::Reboot).unwrap_err().starts_with("false: "));

@@ -7,12 +7,15 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::FakeVm;
+use common::{FakeVm, HOST_TIME_US};
 use guestrpc::client::Channel;
 use guestrpc::host::CommandStatus;
 use guestrpc::proto::{MAX_CHANNELS, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand};
-use vmt::daemon::{self, Daemon, Next, Power, System, OPEN_RETRY_INTERVAL, POLL_INTERVAL};
+use vmt::clock::{Correction, Source};
+use vmt::daemon::{
+    self, Daemon, LastCorrection, Next, Power, Settings, System, OPEN_RETRY_INTERVAL, POLL_INTERVAL,
+};
 
 #[derive(Default)]
 struct FakeSystem {
@@ -21,6 +24,15 @@ struct FakeSystem {
     powered: Vec<Power>,
     power_fails: bool,
     log: Vec<String>,
+    /// The guest's wall clock, µs.
+    clock_us: i64,
+    /// The monotonic clock.
+    mono: Duration,
+    /// Steps and slews asked for, in µs.
+    steps: Vec<i64>,
+    slews: Vec<i64>,
+    clock_fails: bool,
+    keeper: Option<String>,
 }
 
 impl System for FakeSystem {
@@ -41,12 +53,37 @@ impl System for FakeSystem {
     fn log(&mut self, line: &str) {
         self.log.push(line.to_owned());
     }
+    fn realtime_us(&mut self) -> i64 {
+        self.clock_us
+    }
+    fn monotonic(&mut self) -> Duration {
+        self.mono
+    }
+    fn step_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        if self.clock_fails {
+            return Err("Operation not permitted".to_owned());
+        }
+        self.steps.push(offset_us);
+        self.clock_us += offset_us;
+        Ok(())
+    }
+    fn slew_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        if self.clock_fails {
+            return Err("Operation not permitted".to_owned());
+        }
+        self.slews.push(offset_us);
+        Ok(())
+    }
+    fn time_keeper(&mut self) -> Option<String> {
+        self.keeper.clone()
+    }
 }
 
 fn guest() -> FakeSystem {
     FakeSystem {
         hostname: Some("guest1".to_owned()),
         ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        clock_us: HOST_TIME_US as i64,
         ..FakeSystem::default()
     }
 }
@@ -281,4 +318,222 @@ fn run_sleeps_and_stops() {
     assert_eq!(vm.tools.guest_state().hostname.as_deref(), Some("guest1"));
     assert!(!d.is_open());
     assert_eq!(vm.channels.open_count(), 0);
+}
+
+const S: i64 = 1_000_000;
+
+/// The acceptance case: a guest clock one hour behind the host's is
+/// stepped at start, by one hour, and the step is logged with its size.
+#[test]
+fn a_clock_an_hour_off_is_stepped_at_start() {
+    let mut vm = FakeVm::new();
+    let mut sys = guest();
+    sys.clock_us -= 3600 * S;
+    let mut d = Daemon::new(sys);
+    let mut checks = 0;
+    daemon::run(
+        &mut d,
+        &mut vm,
+        |_| {},
+        || {
+            checks += 1;
+            checks > 3
+        },
+    );
+    assert_eq!(d.sys.steps, [3600 * S]);
+    assert!(d.sys.slews.is_empty());
+    assert_eq!(d.sys.clock_us, HOST_TIME_US as i64);
+    assert_eq!(d.sys.log, ["clock (start): stepped by +3600.000000 s"]);
+    assert_eq!(
+        d.last_correction,
+        Some(LastCorrection {
+            correction: Correction::Step(3600 * S),
+            source: Source::GetTimeFull
+        })
+    );
+}
+
+#[test]
+fn small_offsets_are_slewed_noise_left_alone() {
+    let (mut d, mut vm) = started();
+    d.sys.clock_us += 5_000;
+    d.sync_clock(&mut vm, "start");
+    assert_eq!(d.sys.slews, [-5_000]);
+    assert_eq!(d.sys.log, ["clock (start): slewing by -0.005000 s"]);
+    // Within a millisecond: nothing done, nothing logged.
+    d.sys.clock_us = HOST_TIME_US as i64 + 999;
+    d.sync_clock(&mut vm, "start");
+    assert_eq!(d.sys.slews, [-5_000]);
+    assert!(d.sys.steps.is_empty());
+    assert_eq!(d.sys.log.len(), 1);
+    assert_eq!(d.last_correction.unwrap().correction, Correction::None);
+}
+
+/// A lower step threshold (vmt.conf's clock_step_threshold) steps what
+/// the default would slew.
+#[test]
+fn the_step_threshold_is_a_setting() {
+    let mut vm = FakeVm::new();
+    let mut sys = guest();
+    sys.clock_us += 200_000;
+    let settings = Settings {
+        clock_step_threshold: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let mut d = Daemon::with_settings(sys, settings);
+    d.sync_clock(&mut vm, "start");
+    assert_eq!(d.sys.steps, [-200_000]);
+}
+
+/// After OS_Resume, and every clock_sync_period on an idle tick.
+#[test]
+fn synced_after_resume_and_periodically() {
+    let (mut d, mut vm) = started();
+    d.sync_clock(&mut vm, "start");
+    d.sys.clock_us -= 10 * S; // suspended for 10 s
+    command(&mut d, &mut vm, TcloCommand::OsResume);
+    assert_eq!(d.sys.steps, [10 * S]);
+    assert_eq!(
+        d.sys.log,
+        ["resumed", "clock (resume): stepped by +10.000000 s"]
+    );
+    // Not due yet: idle ticks leave the clock alone.
+    d.sys.clock_us -= 2 * S;
+    d.sys.mono += Duration::from_secs(59);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps.len(), 1);
+    // Due.
+    d.sys.mono += Duration::from_secs(1);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps, [10 * S, 2 * S]);
+    assert_eq!(
+        d.sys.log.last().unwrap(),
+        "clock (periodic): stepped by +2.000000 s"
+    );
+    // And again a period later, not before.
+    d.sys.clock_us -= 2 * S;
+    d.sys.mono += Duration::from_secs(30);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps.len(), 2);
+    d.sys.mono += Duration::from_secs(30);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps.len(), 3);
+}
+
+/// clock_sync_period 0: no periodic syncs, but still after a resume.
+#[test]
+fn a_zero_period_disables_periodic_syncs() {
+    let mut vm = FakeVm::new();
+    let settings = Settings {
+        clock_sync_period: Duration::ZERO,
+        ..Settings::default()
+    };
+    let mut d = Daemon::with_settings(guest(), settings);
+    d.report(&mut vm);
+    d.sync_clock(&mut vm, "start");
+    until_idle(&mut d, &mut vm);
+    d.sys.clock_us -= 2 * S;
+    d.sys.mono += Duration::from_secs(3600);
+    until_idle(&mut d, &mut vm);
+    assert!(d.sys.steps.is_empty());
+    command(&mut d, &mut vm, TcloCommand::OsResume);
+    assert_eq!(d.sys.steps, [2 * S]);
+}
+
+/// An NTP daemon keeps the time: said once, the clock left alone, until
+/// it goes away.
+#[test]
+fn never_fights_an_ntp_daemon() {
+    let (mut d, mut vm) = started();
+    d.sys.keeper = Some("chronyd (pid 321)".to_owned());
+    d.sys.clock_us -= 3600 * S;
+    d.sync_clock(&mut vm, "start");
+    command(&mut d, &mut vm, TcloCommand::OsResume);
+    d.sys.mono += Duration::from_secs(60);
+    until_idle(&mut d, &mut vm);
+    assert!(d.sys.steps.is_empty() && d.sys.slews.is_empty());
+    assert_eq!(
+        d.sys.log,
+        [
+            "clock: chronyd (pid 321) keeps the time; not syncing from the host",
+            "resumed"
+        ]
+    );
+    d.sys.keeper = None;
+    d.sys.mono += Duration::from_secs(60);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps, [3600 * S]);
+    assert_eq!(
+        &d.sys.log[2..],
+        [
+            "clock: nothing else keeps the time now; syncing from the host",
+            "clock (periodic): stepped by +3600.000000 s"
+        ]
+    );
+}
+
+/// A host without GETTIMEFULL: GETTIME (whole µs, 32-bit seconds) is used.
+#[test]
+fn gettime_is_the_fallback() {
+    struct NoFull(FakeVm);
+    impl guestrpc::client::Backdoor for NoFull {
+        fn lb(&mut self, regs: &mut guestrpc::Regs) {
+            if regs.ecx & 0xffff == u32::from(guestrpc::backdoor::cmd::GETTIMEFULL) {
+                regs.eax = guestrpc::backdoor::FAILURE;
+                return;
+            }
+            self.0.lb(regs)
+        }
+        fn hb_out(&mut self, regs: &mut guestrpc::Regs, data: &[u8]) {
+            self.0.hb_out(regs, data)
+        }
+        fn hb_in(&mut self, regs: &mut guestrpc::Regs, buf: &mut [u8]) {
+            self.0.hb_in(regs, buf)
+        }
+    }
+    let mut vm = NoFull(FakeVm::new());
+    let mut sys = guest();
+    sys.clock_us += 3 * S;
+    let mut d = Daemon::new(sys);
+    d.sync_clock(&mut vm, "start");
+    assert_eq!(d.sys.steps, [-3 * S]);
+    assert_eq!(d.last_correction.unwrap().source, Source::GetTime);
+}
+
+/// A host with no clock, one with a garbage clock, a guest that may not
+/// set its clock: one line per problem, not one per sync; the daemon goes
+/// on.
+#[test]
+fn clock_problems_are_logged_once() {
+    let (mut d, mut vm) = started();
+    vm.platform.time_us = None;
+    for _ in 0..3 {
+        d.sync_clock(&mut vm, "periodic");
+    }
+    vm.platform.time_us = Some(0);
+    for _ in 0..3 {
+        d.sync_clock(&mut vm, "periodic");
+    }
+    vm.platform.time_us = Some(HOST_TIME_US);
+    d.sys.clock_fails = true;
+    d.sys.clock_us -= 3600 * S;
+    for _ in 0..3 {
+        d.sync_clock(&mut vm, "periodic");
+    }
+    assert_eq!(
+        d.sys.log,
+        [
+            "clock: the host does not tell its time (GETTIMEFULL, GETTIME)",
+            "clock: the host's time (0 µs since 1970) is not believable",
+            "clock: step by +3600.000000 s failed: Operation not permitted",
+        ]
+    );
+    assert!(d.sys.steps.is_empty());
+    d.sys.clock_fails = false;
+    d.sync_clock(&mut vm, "periodic");
+    assert_eq!(d.sys.steps, [3600 * S]);
+    assert_eq!(
+        command(&mut d, &mut vm, TcloCommand::Ping),
+        CommandStatus::Acked("OK ".into())
+    );
 }

@@ -13,11 +13,16 @@ use guestrpc::host::{self, Channels, Tools};
 #[derive(Clone, Debug)]
 pub struct FakePlatform {
     pub vmx_type: u32,
+    /// The host's clock (µs since the epoch); `None`: it has none.
+    pub time_us: Option<u64>,
 }
+
+/// The host's clock in [`FakeVm::new`].
+pub const HOST_TIME_US: u64 = 1_700_000_000_123_456;
 
 impl Platform for FakePlatform {
     fn unix_time_us(&self) -> Option<u64> {
-        Some(1_700_000_000_123_456)
+        self.time_us
     }
     fn tsc_hz(&self) -> u64 {
         2_999_999_000
@@ -64,6 +69,7 @@ impl FakeVm {
             tools: Tools::new(3000),
             platform: FakePlatform {
                 vmx_type: vmx_type::ESX,
+                time_us: Some(HOST_TIME_US),
             },
             lb_send: false,
             exits: 0,
