@@ -1,10 +1,13 @@
 //! The command line, and running one command over a [`Backdoor`].
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use guestrpc::client::Backdoor;
 
+use crate::config::{self, Config, FileErrors, LogLevel};
 use crate::detect::Host;
 use crate::ops;
 
@@ -15,6 +18,23 @@ pub struct Cli {
     /// Run the daemon in the foreground, logging to standard error.
     #[arg(short = 'd')]
     pub foreground: bool,
+    /// The configuration file [default: /etc/vmt.conf, if there is one].
+    #[arg(short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Check the configuration file, print its errors, and exit.
+    #[arg(short = 'n')]
+    pub check: bool,
+    /// Seconds between periodic clock syncs, 0 for none (overrides the
+    /// file's clock_sync_period).
+    #[arg(short = 'p', value_name = "SECONDS", value_parser = config::parse_seconds)]
+    pub clock_sync_period: Option<Duration>,
+    /// Seconds between polls while idle (overrides the file's
+    /// poll_interval).
+    #[arg(short = 'i', value_name = "SECONDS", value_parser = config::parse_poll_interval)]
+    pub poll_interval: Option<Duration>,
+    /// Log every request from the host too (log_level debug).
+    #[arg(short = 'v')]
+    pub verbose: bool,
     /// What to do; none: run the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -60,6 +80,42 @@ pub enum Info {
 
 /// Exit status of a command that failed.
 pub const EXIT_FAILURE: u8 = 1;
+
+impl Cli {
+    /// The daemon's configuration: the file (`-f`, or /etc/vmt.conf when
+    /// there is one), then the flags over it.
+    pub fn config(&self) -> Result<Config, FileErrors> {
+        let mut c = match &self.file {
+            Some(path) => config::load(path, true)?,
+            None => config::load(config::DEFAULT_PATH.as_ref(), false)?,
+        };
+        if let Some(p) = self.clock_sync_period {
+            c.settings.clock_sync_period = p;
+        }
+        if let Some(i) = self.poll_interval {
+            c.settings.poll_interval = i;
+        }
+        if self.verbose {
+            c.log_level = LogLevel::Debug;
+        }
+        Ok(c)
+    }
+
+    /// `vmt -n`: checks the configuration; its errors go to `err`, one
+    /// `file:line: message` each (exit 1), or `configuration OK`.
+    pub fn check_config(&self, err: &mut impl Write) -> u8 {
+        match self.config() {
+            Ok(_) => {
+                let _ = writeln!(err, "configuration OK");
+                0
+            }
+            Err(e) => {
+                let _ = writeln!(err, "{e}");
+                EXIT_FAILURE
+            }
+        }
+    }
+}
 
 /// Runs `command` against the host found by `detect::host`; what it prints
 /// goes to `out`, errors (`vmt: ...`, one line) to `err`. Returns the exit

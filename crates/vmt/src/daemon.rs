@@ -36,6 +36,7 @@ use std::time::Duration;
 use guestrpc::client::{Backdoor, Channel, Error, TcloSession};
 
 use crate::clock::{self, Correction};
+use crate::config::LogLevel;
 use guestrpc::guestinfo::{format_set_guest_info, GuestInfoKey};
 use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_NO_IP, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
@@ -77,8 +78,8 @@ pub trait System {
     fn first_ipv4(&mut self) -> Option<Ipv4Addr>;
     /// Halts or reboots the guest; returns once the request is made.
     fn power(&mut self, action: Power) -> Result<(), String>;
-    /// One log line.
-    fn log(&mut self, line: &str);
+    /// One log line, at `level`.
+    fn log(&mut self, level: LogLevel, line: &str);
     /// The guest's wall clock (`CLOCK_REALTIME`), µs since the Unix epoch.
     fn realtime_us(&mut self) -> i64;
     /// A monotonic clock, for the daemon's timers.
@@ -191,16 +192,19 @@ impl<S: System> Daemon<S> {
         };
         if let Some(k) = self.sys.time_keeper() {
             if self.keeper.as_deref() != Some(k.as_str()) {
-                self.sys.log(&format!(
-                    "clock: {k} keeps the time; not syncing from the host"
-                ));
+                self.sys.log(
+                    LogLevel::Info,
+                    &format!("clock: {k} keeps the time; not syncing from the host"),
+                );
                 self.keeper = Some(k);
             }
             return;
         }
         if self.keeper.take().is_some() {
-            self.sys
-                .log("clock: nothing else keeps the time now; syncing from the host");
+            self.sys.log(
+                LogLevel::Info,
+                "clock: nothing else keeps the time now; syncing from the host",
+            );
         }
         let before = self.sys.realtime_us();
         let host = clock::host_time(bd);
@@ -232,19 +236,21 @@ impl<S: System> Daemon<S> {
         });
         match correction {
             Correction::None => {}
-            Correction::Step(_) => self
-                .sys
-                .log(&format!("clock ({reason}): stepped by {size}")),
-            Correction::Slew(_) => self
-                .sys
-                .log(&format!("clock ({reason}): slewing by {size}")),
+            Correction::Step(_) => self.sys.log(
+                LogLevel::Info,
+                &format!("clock ({reason}): stepped by {size}"),
+            ),
+            Correction::Slew(_) => self.sys.log(
+                LogLevel::Info,
+                &format!("clock ({reason}): slewing by {size}"),
+            ),
         }
     }
 
     fn clock_failed(&mut self, why: String) {
         let line = format!("clock: {why}");
         if self.clock_problem.as_deref() != Some(line.as_str()) {
-            self.sys.log(&line);
+            self.sys.log(LogLevel::Error, &line);
             self.clock_problem = Some(line);
         }
     }
@@ -271,7 +277,9 @@ impl<S: System> Daemon<S> {
                     let req = req.to_vec();
                     self.request(bd, &req);
                 }
-                Err(e) => self.sys.log(&format!("SetGuestInfo 1: {e}")),
+                Err(e) => self
+                    .sys
+                    .log(LogLevel::Error, &format!("SetGuestInfo 1: {e}")),
             }
         }
         if let Some(ip) = self.sys.first_ipv4() {
@@ -291,6 +299,7 @@ impl<S: System> Daemon<S> {
             Err(e) => return self.failed(e),
         };
         self.recovered();
+        self.sys.log(LogLevel::Debug, &format!("tclo: {cmd}"));
         let (reply, power) = self.handle(bd, &cmd);
         self.session.set_reply(reply);
         if let Some(action) = power {
@@ -299,16 +308,19 @@ impl<S: System> Daemon<S> {
             // machine goes away.
             match self.session.poll(bd, &mut self.tclo_buf) {
                 Ok(None) => {}
-                Ok(Some(c)) => self.sys.log(&format!("dropped command {c}")),
-                Err(e) => self.sys.log(&format!("tclo: {e}")),
+                Ok(Some(c)) => self
+                    .sys
+                    .log(LogLevel::Error, &format!("dropped command {c}")),
+                Err(e) => self.sys.log(LogLevel::Error, &format!("tclo: {e}")),
             }
             let what = match action {
                 Power::Halt => "halting",
                 Power::Reboot => "rebooting",
             };
-            self.sys.log(what);
+            self.sys.log(LogLevel::Info, what);
             if let Err(e) = self.sys.power(action) {
-                self.sys.log(&format!("{what} failed: {e}"));
+                self.sys
+                    .log(LogLevel::Error, &format!("{what} failed: {e}"));
             }
         }
         Next::Now
@@ -325,7 +337,7 @@ impl<S: System> Daemon<S> {
     fn failed(&mut self, e: Error) -> Next {
         let line = format!("tclo: {e}");
         if self.problem.as_deref() != Some(line.as_str()) {
-            self.sys.log(&format!("{line}; retrying"));
+            self.sys.log(LogLevel::Error, &format!("{line}; retrying"));
             self.problem = Some(line);
         }
         Next::Sleep(if e == Error::OpenFailed {
@@ -337,7 +349,7 @@ impl<S: System> Daemon<S> {
 
     fn recovered(&mut self) {
         if self.problem.take().is_some() {
-            self.sys.log("tclo: channel open again");
+            self.sys.log(LogLevel::Info, "tclo: channel open again");
         }
     }
 
@@ -358,11 +370,11 @@ impl<S: System> Daemon<S> {
                 PowerState::Reboot => Some(Power::Reboot),
                 PowerState::PowerOn => None,
                 PowerState::Suspend => {
-                    self.sys.log("suspending");
+                    self.sys.log(LogLevel::Info, "suspending");
                     None
                 }
                 PowerState::Resume => {
-                    self.sys.log("resumed");
+                    self.sys.log(LogLevel::Info, "resumed");
                     self.report(bd);
                     self.sync_clock(bd, "resume");
                     None
@@ -432,7 +444,8 @@ impl<S: System> Daemon<S> {
             Ok(Err(reply)) => reply,
             Err(e) => e.to_string(),
         };
-        self.sys.log(&format!("rpci {label} failed: {why}"));
+        self.sys
+            .log(LogLevel::Error, &format!("rpci {label} failed: {why}"));
         false
     }
 }

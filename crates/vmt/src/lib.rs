@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod ops;

@@ -10,6 +10,21 @@ fn main() -> ExitCode {
     use vmt::{detect, sys};
 
     let args = Cli::parse();
+    if args.check {
+        return ExitCode::from(args.check_config(&mut std::io::stderr().lock()));
+    }
+    // The daemon's configuration, checked before anything else is done.
+    let config = if args.command.is_none() {
+        match args.config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(cli::EXIT_FAILURE);
+            }
+        }
+    } else {
+        None
+    };
     if args.command.is_none() && !args.foreground {
         // Detaching and syslog are still to come (issue 11).
         eprintln!("vmt: the daemon runs only in the foreground for now: use -d");
@@ -36,7 +51,7 @@ fn main() -> ExitCode {
         }
     };
     let Some(command) = args.command else {
-        daemon(bd);
+        daemon(bd, config.unwrap_or_default());
         return ExitCode::SUCCESS;
     };
     let code = cli::run(
@@ -61,7 +76,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// `vmt -d`: the TCLO loop until a signal ends it.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn daemon(mut bd: guestrpc::x86::PortIo) {
+fn daemon(mut bd: guestrpc::x86::PortIo, config: vmt::config::Config) {
     use std::sync::atomic::Ordering;
     use vmt::daemon::{self, Daemon};
 
@@ -70,7 +85,13 @@ fn daemon(mut bd: guestrpc::x86::PortIo) {
         // async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let mut d = Daemon::new(vmt::sys::LinuxSystem::default());
+    let sys = vmt::sys::LinuxSystem {
+        halt: config.halt_command,
+        reboot: config.reboot_command,
+        log_level: config.log_level,
+        ..vmt::sys::LinuxSystem::default()
+    };
+    let mut d = Daemon::with_settings(sys, config.settings);
     eprintln!("vmt: started");
     daemon::run(&mut d, &mut bd, std::thread::sleep, || {
         STOP.load(Ordering::Relaxed)

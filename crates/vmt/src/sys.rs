@@ -45,6 +45,8 @@ pub struct LinuxSystem {
     pub reboot: Vec<String>,
     /// Where [`monotonic`](crate::daemon::System::monotonic) counts from.
     pub started: std::time::Instant,
+    /// Lines above this level are not logged.
+    pub log_level: crate::config::LogLevel,
 }
 
 impl Default for LinuxSystem {
@@ -53,6 +55,7 @@ impl Default for LinuxSystem {
             halt: vec!["poweroff".to_owned()],
             reboot: vec!["reboot".to_owned()],
             started: std::time::Instant::now(),
+            log_level: crate::config::LogLevel::Info,
         }
     }
 }
@@ -160,8 +163,10 @@ impl crate::daemon::System for LinuxSystem {
         }
     }
 
-    fn log(&mut self, line: &str) {
-        eprintln!("vmt: {line}");
+    fn log(&mut self, level: crate::config::LogLevel, line: &str) {
+        if level <= self.log_level {
+            eprintln!("vmt: {line}");
+        }
     }
 
     fn realtime_us(&mut self) -> i64 {

@@ -228,3 +228,70 @@ fn command_line() {
     assert!(parse(&["vmt", "info", "set", "k"]).is_err());
     assert!(parse(&["vmt", "rpc"]).is_err());
 }
+
+/// `vmt -n -f FILE`: `file:line: message` per error and exit 1, or
+/// `configuration OK`; flags override the file.
+#[test]
+fn configuration_file_and_flags() {
+    use clap::Parser;
+    use std::time::Duration;
+    use vmt::config::LogLevel;
+
+    let dir = std::env::temp_dir().join(format!("vmt-cli-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vmt.conf");
+    let f = file.to_str().unwrap();
+    let check = |args: &[&str]| {
+        let cli = cli::Cli::try_parse_from(args).unwrap();
+        let mut err = Vec::new();
+        let code = cli.check_config(&mut err);
+        (code, String::from_utf8(err).unwrap())
+    };
+
+    std::fs::write(&file, "poll_interval 2\nclock_sync_period x\nfoo bar\n").unwrap();
+    assert_eq!(
+        check(&["vmt", "-n", "-f", f]),
+        (
+            1,
+            format!(
+                "{f}:2: clock_sync_period: 'x' is not a number of seconds\n\
+                 {f}:3: unknown keyword 'foo'\n"
+            )
+        )
+    );
+    std::fs::write(
+        &file,
+        "# ok\nclock_sync_period 120\npoll_interval 2\nhalt_command /bin/true\n",
+    )
+    .unwrap();
+    assert_eq!(
+        check(&["vmt", "-n", "-f", f]),
+        (0, "configuration OK\n".into())
+    );
+    let missing = dir.join("nope.conf");
+    let (code, err) = check(&["vmt", "-n", "-f", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!("{}: ", missing.display())),
+        "{err}"
+    );
+
+    let c = cli::Cli::try_parse_from(["vmt", "-d", "-f", f]).unwrap();
+    let conf = c.config().unwrap();
+    assert_eq!(conf.settings.clock_sync_period, Duration::from_secs(120));
+    assert_eq!(conf.settings.poll_interval, Duration::from_secs(2));
+    assert_eq!(conf.halt_command, ["/bin/true"]);
+    assert_eq!(conf.log_level, LogLevel::Info);
+    let c = cli::Cli::try_parse_from(["vmt", "-d", "-f", f, "-p", "0", "-i", "0.5", "-v"]).unwrap();
+    let conf = c.config().unwrap();
+    assert_eq!(conf.settings.clock_sync_period, Duration::ZERO);
+    assert_eq!(conf.settings.poll_interval, Duration::from_millis(500));
+    assert_eq!(conf.log_level, LogLevel::Debug);
+    assert_eq!(conf.halt_command, ["/bin/true"], "from the file still");
+    // Bad flag values are usage errors.
+    assert!(cli::Cli::try_parse_from(["vmt", "-d", "-p", "-1"]).is_err());
+    assert!(cli::Cli::try_parse_from(["vmt", "-d", "-i", "0"]).is_err());
+    // The flags are the daemon's.
+    assert!(cli::Cli::try_parse_from(["vmt", "-n", "checkvm"]).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,6 +13,7 @@ use guestrpc::host::CommandStatus;
 use guestrpc::proto::{MAX_CHANNELS, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand};
 use vmt::clock::{Correction, Source};
+use vmt::config::LogLevel;
 use vmt::daemon::{
     self, Daemon, LastCorrection, Next, Power, Settings, System, OPEN_RETRY_INTERVAL, POLL_INTERVAL,
 };
@@ -24,6 +25,8 @@ struct FakeSystem {
     powered: Vec<Power>,
     power_fails: bool,
     log: Vec<String>,
+    /// Debug lines, apart.
+    debug: Vec<String>,
     /// The guest's wall clock, µs.
     clock_us: i64,
     /// The monotonic clock.
@@ -50,8 +53,12 @@ impl System for FakeSystem {
             Ok(())
         }
     }
-    fn log(&mut self, line: &str) {
-        self.log.push(line.to_owned());
+    fn log(&mut self, level: LogLevel, line: &str) {
+        if level == LogLevel::Debug {
+            self.debug.push(line.to_owned());
+        } else {
+            self.log.push(line.to_owned());
+        }
     }
     fn realtime_us(&mut self) -> i64 {
         self.clock_us
@@ -213,6 +220,10 @@ fn suspend_resume_power_on() {
     }
     assert_eq!(vm.tools.guest_state().hostname.as_deref(), Some("renamed"));
     assert_eq!(d.sys.log, ["suspending", "resumed"]);
+    assert_eq!(
+        d.sys.debug[d.sys.debug.len() - 3..],
+        ["tclo: OS_Suspend", "tclo: OS_Resume", "tclo: OS_PowerOn"]
+    );
     assert!(d.sys.powered.is_empty());
 }
 
@@ -536,4 +547,17 @@ fn clock_problems_are_logged_once() {
         command(&mut d, &mut vm, TcloCommand::Ping),
         CommandStatus::Acked("OK ".into())
     );
+}
+
+/// vmt.conf's poll_interval: the idle sleep.
+#[test]
+fn the_poll_interval_is_a_setting() {
+    let mut vm = FakeVm::new();
+    let settings = Settings {
+        poll_interval: Duration::from_millis(250),
+        ..Settings::default()
+    };
+    let mut d = Daemon::with_settings(guest(), settings);
+    assert_eq!(until_idle(&mut d, &mut vm), Duration::from_millis(250));
+    assert_eq!(d.tick(&mut vm), Next::Sleep(Duration::from_millis(250)));
 }
