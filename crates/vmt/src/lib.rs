@@ -7,8 +7,9 @@
 //! daemon's core, `vmt -d` ([`daemon`]): vmt(4)'s TCLO loop answering the
 //! host's power requests, the host name and first IPv4 address reported at
 //! start and after a resume, the clock kept in sync with the host's
-//! ([`clock`]). Still to come (issue 11): detaching and syslog, the
-//! configuration file, NIC and OS reports, netlink, `vmt status`.
+//! ([`clock`]), configured by `/etc/vmt.conf` and flags ([`config`]).
+//! Still to come (issue 11): detaching and syslog, NIC and OS reports,
+//! netlink, `vmt status`.
 //!
 //! The operations ([`ops`]) are generic over guestrpc's
 //! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them
