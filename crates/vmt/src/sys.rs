@@ -110,7 +110,20 @@ pub fn clock_status() -> Result<libc::c_int, String> {
     Ok(tx.status)
 }
 
-/// `clock_gettime(CLOCK_REALTIME)` in µs since the epoch.
+/// What is left of a singleshot slew, µs (adjtimex read only:
+/// `ADJ_OFFSET_SS_READ`).
+pub fn slew_left_us() -> Result<i64, String> {
+    // SAFETY: all-zero is a valid timex.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = libc::ADJ_OFFSET_SS_READ;
+    // SAFETY: tx is a valid timex.
+    if unsafe { libc::adjtimex(&mut tx) } < 0 {
+        return Err(format!("adjtimex: {}", std::io::Error::last_os_error()));
+    }
+    Ok(tx.offset)
+}
+
+/// `clock_gettime(CLOCK_REALTIME)`.
 fn realtime() -> libc::timespec {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -179,6 +192,10 @@ impl crate::daemon::System for LinuxSystem {
     }
 
     fn step_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        // A slew still under way would take the clock off again after the
+        // step: cancelled first (and without the right to, the step fails
+        // the same way).
+        singleshot(0)?;
         let now = realtime();
         let ns = i128::from(now.tv_sec) * 1_000_000_000
             + i128::from(now.tv_nsec)
@@ -196,8 +213,7 @@ impl crate::daemon::System for LinuxSystem {
                 std::io::Error::last_os_error()
             ));
         }
-        // A slew still under way would now take the clock off again.
-        singleshot(0)
+        Ok(())
     }
 
     fn slew_clock(&mut self, offset_us: i64) -> Result<(), String> {
@@ -298,6 +314,7 @@ mod tests {
         let a = sys.monotonic();
         assert!(sys.monotonic() >= a);
         clock_status().unwrap();
+        slew_left_us().unwrap();
         if let Some(k) = sys.time_keeper() {
             assert!(!k.is_empty());
         }
