@@ -295,3 +295,37 @@ fn configuration_file_and_flags() {
     assert!(cli::Cli::try_parse_from(["vmt", "-n", "checkvm"]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The real binary's `-n`: no root and no VM needed, errors on standard
+/// error, exit 1; and the daemon refuses to start on a bad file before it
+/// touches the backdoor.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn binary_checks_its_configuration() {
+    use std::process::Command as Cmd;
+    let dir = std::env::temp_dir().join(format!("vmt-bin-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vmt.conf");
+    let f = file.to_str().unwrap();
+    std::fs::write(&file, "log_level loud\n").unwrap();
+    for args in [&["-n", "-f", f][..], &["-d", "-f", f][..]] {
+        let out = Cmd::new(env!("CARGO_BIN_EXE_vmt"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("{f}:1: log_level: log level 'loud' is not one of error, info, debug\n")
+        );
+        assert!(out.stdout.is_empty());
+    }
+    std::fs::write(&file, "log_level error\n").unwrap();
+    let out = Cmd::new(env!("CARGO_BIN_EXE_vmt"))
+        .args(["-n", "-f", f])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "configuration OK\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
