@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod conn;
 mod net;
 mod state;
 mod vmproc;
@@ -289,6 +290,9 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    // Room for the connections vmd allows (see conn) and its VMs' files,
+    // whatever soft limit it was started with (systemd's is 1024).
+    let nofile = conn::raise_nofile();
     // Bind before detaching, so a socket in use is an error the caller sees.
     let (listener, reclaimed, ours) = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
         Ok(l) => l,
@@ -325,6 +329,10 @@ fn main() -> ExitCode {
     let extra = args.verbose;
     if reclaimed {
         tracing::info!("{}: removed a stale socket", args.socket.display());
+    }
+    match nofile {
+        Ok(n) => tracing::debug!("open files limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
     let set_verbose: Arc<dyn Fn(bool) + Send + Sync> = Arc::new(move |v| {
         let _ = handle.modify(|f| *f = level(v, extra));
@@ -382,7 +390,13 @@ async fn run(
         daemon: daemon.clone(),
         set_verbose,
     };
-    let router = api::router(app).into_make_service_with_connect_info::<auth::Peer>();
+    // Connections are counted and bounded per user, and timed while a
+    // request is read (conn); a request's body is read, within its own
+    // bound, before its handler runs.
+    let listener = conn::Listener::new(listener);
+    let router = api::router(app)
+        .layer(axum::middleware::from_fn(conn::read_body))
+        .into_make_service_with_connect_info::<auth::Peer>();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
     loop {
