@@ -465,3 +465,33 @@ fn slow_and_idle_clients_are_cut_off() {
     let a = read_answer(&idle);
     assert!(a.starts_with("HTTP/1.1 200 "), "{a}");
 }
+
+#[test]
+fn a_long_poll_is_not_cut_off() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let d = TestDaemon::start(&format!(
+        "vm \"tick\" {{\n\tkernel \"{}\"\n\tmemory 32M\n}}\n",
+        guest("ticker")
+    ));
+    d.wait_running("tick");
+    let s = UnixStream::connect(&d.sock).unwrap();
+    (&s).write_all(
+        b"GET /v1/vms/tick/wait HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    // Longer than the header timeout: only reading the request is timed.
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_secs(2));
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let early = (&s).read(&mut b);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the wait ended while the VM runs: {early:?}"
+    );
+    s.set_nonblocking(false).unwrap();
+    d.vmctl_ok(&["stop", "-f", "tick"]);
+    let (got, _) = read_to_close(&s);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+}
