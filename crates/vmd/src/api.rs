@@ -10,16 +10,14 @@ use api::v1::{
 };
 use api::vmproc::{Reply, Request};
 use axum::body::Bytes;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tokio::net::UnixListener;
 use utoipa::OpenApi;
 
 use crate::auth::{self, Peer};
@@ -29,24 +27,6 @@ use crate::state::{Daemon, Error};
 pub struct App {
     pub daemon: Arc<Daemon>,
     pub set_verbose: Arc<dyn Fn(bool) + Send + Sync>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
-            Ok(c) => Peer {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid().unwrap_or(0),
-            },
-            // Without credentials the peer gets no privileges at all.
-            Err(_) => Peer {
-                uid: u32::MAX,
-                gid: u32::MAX,
-                pid: 0,
-            },
-        }
-    }
 }
 
 impl IntoResponse for Error {
