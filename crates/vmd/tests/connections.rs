@@ -6,76 +6,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::Command;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-const USER: &str = "vmdtest";
 /// vmd's bounds (conn.rs): connections per user, header timeout.
 const PER_USER: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many idle connections the user opens.
 const FLOOD: usize = 1100;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no side effects.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Creates the system user `vmdtest` if it is missing; its (uid, gid).
-fn test_user() -> (u32, u32) {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if user_ids(USER).is_some() {
-            return;
-        }
-        let have_useradd = Command::new("useradd").arg("--help").output().is_ok();
-        if !have_useradd {
-            // Debian keeps useradd in `passwd`.
-            let mut c = Command::new("apt-get");
-            c.args(["install", "-y", "-q", "passwd"])
-                .env("DEBIAN_FRONTEND", "noninteractive");
-            let o = run_bounded(c, Duration::from_secs(300));
-            assert!(o.ok(), "apt-get install passwd: {o:?}");
-        }
-        let mut c = Command::new("useradd");
-        c.args(["-r", "-M", "-s", "/usr/sbin/nologin", USER]);
-        let o = run_bounded(c, Duration::from_secs(60));
-        // Another test process may have made it meanwhile.
-        assert!(o.ok() || user_ids(USER).is_some(), "useradd {USER}: {o:?}");
-    });
-    user_ids(USER).expect("the test user exists")
-}
-
-/// vmctl run as `uid`:`gid` against `d`, from a copy of its own in the
-/// test's directory (the build tree need not be open to the user).
-fn user_vmctl(d: &TestDaemon, uid: u32, gid: u32) -> impl Fn(&[&str]) -> Outcome + '_ {
-    let vmctl = d.dir.join("vmctl");
-    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
-    // Another thread's fork may hold the copy open for writing until its
-    // child execs: running it fails with ETXTBSY until then.
-    for _ in 0..200 {
-        match Command::new(&vmctl).arg("--version").output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            _ => break,
-        }
-    }
-    move |args: &[&str]| {
-        let mut c = Command::new(&vmctl);
-        c.arg("-s")
-            .arg(&d.sock)
-            .args(args)
-            .env_remove("VMD_SOCKET")
-            .stdin(std::process::Stdio::null());
-        std::os::unix::process::CommandExt::uid(&mut c, uid);
-        std::os::unix::process::CommandExt::gid(&mut c, gid);
-        run_bounded(c, Duration::from_secs(60))
-    }
-}
 
 /// What the flooding child reports, as 4 u32s: connections made,
 /// connections refused (readable at once), whether a refused one's answer

@@ -36,11 +36,6 @@ fn error_of(body: &str) -> String {
         .to_owned()
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no side effects.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn guestinfo_read_and_set_through_the_api_and_vmctl() {
     if !kvm_or_skip() {

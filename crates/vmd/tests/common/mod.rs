@@ -791,3 +791,69 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// The unprivileged user the permission and connection tests act as.
+pub const USER: &str = "vmdtest";
+
+/// Creates the system user `vmdtest` if it is missing; its (uid, gid).
+pub fn test_user() -> (u32, u32) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if user_ids(USER).is_some() {
+            return;
+        }
+        let useradd = |name: &str| {
+            let mut c = Command::new(name);
+            c.args(["-r", "-M", "-s", "/usr/sbin/nologin", USER]);
+            run_bounded(c, Duration::from_secs(60))
+        };
+        let have_useradd = Command::new("useradd").arg("--help").output().is_ok();
+        if !have_useradd {
+            // Debian keeps useradd in `passwd`.
+            let mut c = Command::new("apt-get");
+            c.args(["install", "-y", "-q", "passwd"])
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            let o = run_bounded(c, Duration::from_secs(300));
+            assert!(o.ok(), "apt-get install passwd: {o:?}");
+        }
+        let o = useradd("useradd");
+        // Another test process may have made it meanwhile.
+        assert!(o.ok() || user_ids(USER).is_some(), "useradd {USER}: {o:?}");
+    });
+    user_ids(USER).expect("the test user exists")
+}
+
+/// vmctl run as `uid`:`gid` against `d`. The user runs its own copy of
+/// vmctl: the build tree need not be open to it.
+pub fn user_vmctl(d: &TestDaemon, uid: u32, gid: u32) -> impl Fn(&[&str]) -> Outcome + '_ {
+    let vmctl = d.dir.join("vmctl");
+    std::fs::copy(vmctl_bin(), &vmctl).unwrap();
+    // Another test thread that forks while the copy is open for writing
+    // holds that descriptor until its child execs: running the copy fails
+    // with ETXTBSY until then (a few ms).
+    for _ in 0..200 {
+        match Command::new(&vmctl).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => break,
+        }
+    }
+    move |args: &[&str]| {
+        let mut c = Command::new(&vmctl);
+        c.arg("-s")
+            .arg(&d.sock)
+            .args(args)
+            .env_remove("VMD_SOCKET")
+            .stdin(std::process::Stdio::null());
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, gid);
+        run_bounded(c, Duration::from_secs(60))
+    }
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
