@@ -212,7 +212,9 @@ impl fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
-fn file_kind(ft: std::fs::FileType) -> &'static str {
+/// What a file that is not a regular one is, in words ("FIFO",
+/// "directory", ...): for messages that refuse it.
+pub fn file_kind(ft: std::fs::FileType) -> &'static str {
     if ft.is_dir() {
         "directory"
     } else if ft.is_fifo() {
@@ -221,6 +223,8 @@ fn file_kind(ft: std::fs::FileType) -> &'static str {
         "socket"
     } else if ft.is_char_device() {
         "character device"
+    } else if ft.is_block_device() {
+        "block device"
     } else if ft.is_symlink() {
         "symbolic link"
     } else {

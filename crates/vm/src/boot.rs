@@ -178,23 +178,9 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let not_regular = |ft: std::fs::FileType| {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = if ft.is_dir() {
-            "directory"
-        } else if ft.is_fifo() {
-            "FIFO"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_char_device() {
-            "character device"
-        } else if ft.is_block_device() {
-            "block device"
-        } else {
-            "special file"
-        };
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("is a {kind}, not a regular file"),
+            format!("is a {}, not a regular file", disk::file_kind(ft)),
         )
     };
     let ft = std::fs::metadata(path)?.file_type();
