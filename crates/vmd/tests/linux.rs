@@ -413,28 +413,9 @@ cat /tmp/vmtoolsd.log
     assert!(got.ends_with("value=set by the host"), "{got}");
 
     con.wait("VMD-TEST vmtoolsd", STEP);
-    let vm = d.wait_vm("lin", "hostname and IP from vmtoolsd", STEP, |v| {
-        v.hostname.is_some() && v.ip.is_some()
-    });
-    assert_eq!(vm.hostname.as_deref(), Some("fixture-guest"), "{vm:#?}");
-    assert_eq!(vm.ip.as_deref(), Some("100.64.1.3"), "{vm:#?}");
-    let pid = vm.pid.expect("a pid");
-
     // A graceful stop: OS_Halt to vmtoolsd, which runs the package's
     // poweroff-vm-default script, acknowledges, and runs `shutdown -h now`.
-    let mut stop = d.vmctl_cmd();
-    stop.args(["stop", "-w", "lin"]);
-    let o = run_bounded(stop, Duration::from_secs(300));
-    assert!(o.ok(), "vmctl stop: {o:?}\nvmd:\n{}", d.log());
-    let vm = d.vm("lin");
-    assert!(vm.pid.is_none() && vm.state != VmState::Running, "{vm:#?}");
-    assert_eq!(
-        vm.last_exit.as_deref(),
-        Some("halted by guest tools"),
-        "{vm:#?}\nvmd:\n{}",
-        d.log()
-    );
-    assert!(!process_exists(pid));
+    reported_then_halted_by_tools(&d, "vmtoolsd", "fixture-guest");
     con.wait("reboot: Power down", STEP);
 }
 
@@ -697,15 +678,22 @@ echo 'VMD-TEST still running'
     assert_eq!(unknown, "VMD-TEST unknown rc=1 vmt: Unknown command");
 
     con.wait("VMD-TEST vmt-daemon", STEP);
-    let vm = d.wait_vm("lin", "hostname and IP from vmt -d", STEP, |v| {
-        v.hostname.is_some() && v.ip.is_some()
-    });
-    assert_eq!(vm.hostname.as_deref(), Some("vmt-guest"), "{vm:#?}");
-    assert_eq!(vm.ip.as_deref(), Some("100.64.1.3"), "{vm:#?}");
-    let pid = vm.pid.expect("a pid");
-
     // A graceful stop: OS_Halt to vmt, which reports the state change,
     // acknowledges, and runs `poweroff`.
+    reported_then_halted_by_tools(&d, "vmt -d", "vmt-guest");
+    con.wait("vmt: halting", STEP);
+}
+
+/// VM `lin`'s guest tools (`tools`) report `hostname` and the local
+/// interface's guest address; `vmctl stop -w` then halts the guest through
+/// them ("halted by guest tools") and its VM process is gone.
+fn reported_then_halted_by_tools(d: &TestDaemon, tools: &str, hostname: &str) {
+    let vm = d.wait_vm("lin", &format!("hostname and IP from {tools}"), STEP, |v| {
+        v.hostname.is_some() && v.ip.is_some()
+    });
+    assert_eq!(vm.hostname.as_deref(), Some(hostname), "{vm:#?}");
+    assert_eq!(vm.ip.as_deref(), Some("100.64.1.3"), "{vm:#?}");
+    let pid = vm.pid.expect("a pid");
     let mut stop = d.vmctl_cmd();
     stop.args(["stop", "-w", "lin"]);
     let o = run_bounded(stop, Duration::from_secs(300));
@@ -719,5 +707,4 @@ echo 'VMD-TEST still running'
         d.log()
     );
     assert!(!process_exists(pid));
-    con.wait("vmt: halting", STEP);
 }
