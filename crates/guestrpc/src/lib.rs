@@ -17,11 +17,14 @@
 //! - [`guestinfo`]: `SetGuestInfo` keys and the NicInfo v3 XDR codec (§4).
 //! - [`client`]: the guest end (no allocation); [`x86`] its port I/O.
 //! - `host` (feature `alloc`): the channel table and the tools service.
+//! - `testing` (feature `testing`): a fake vCPU over the real host side, for
+//!   guestrpc's and vmt's tests.
 //!
 //! # Features
 //! `alloc` (default) enables the host side and the decoders that return owned
 //! values. A guest without an allocator uses `default-features = false` and
 //! still gets the client, the encoders (into caller buffers) and the constants.
+//! `testing` (tests only) adds the test doubles of `testing`.
 //!
 //! # Robustness
 //! Everything that reads guest-controlled data (the host side, the decoders)
@@ -54,6 +57,8 @@ pub mod guestinfo;
 pub mod host;
 pub mod proto;
 pub mod tclo;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

@@ -12,15 +12,13 @@
 
 #![cfg(feature = "alloc")]
 
-mod common;
-
-use common::FakePlatform;
 use guestrpc::backdoor::{cmd, Regs, MAGIC, PORT_HB, PORT_LB};
 use guestrpc::host::{self, Channels, Tools, MAX_GUESTINFO_BYTES, MAX_QUEUED_COMMANDS};
 use guestrpc::proto::{
     subcmd, FLAG_COOKIE, HB_EBX, MAX_CHANNELS, MAX_MESSAGE, PROTO_RPCI, PROTO_TCLO,
 };
 use guestrpc::tclo::TcloCommand;
+use guestrpc::testing::FakePlatform;
 use proptest::prelude::*;
 
 /// The bound the brief sets: every channel full in both directions.
@@ -106,7 +104,10 @@ impl Harness {
         Harness {
             channels: Channels::new(seed),
             tools: Tools::new(3000),
-            platform: FakePlatform { time_us: Some(1) },
+            platform: FakePlatform {
+                time_us: Some(1),
+                ..FakePlatform::default()
+            },
             now: 0,
             cookies: [(0, 0); MAX_CHANNELS],
         }

@@ -2,11 +2,8 @@
 
 #![cfg(feature = "alloc")]
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use common::{FakeVcpu, UNIX_TIME_US};
 use guestrpc::backdoor::{cmd, vmx_type, Regs, VERSION_MAGIC};
 use guestrpc::client::{self, rpci, tclo_poll, Backdoor, Channel, Error, TcloSession};
 use guestrpc::guestinfo::nicinfo::{IpEntry, NicEntry};
@@ -14,6 +11,7 @@ use guestrpc::guestinfo::{format_set_guest_info, format_set_guest_info_nics, Gue
 use guestrpc::host::{CommandStatus, StateChange};
 use guestrpc::proto::{subcmd, MAX_CHANNELS, MAX_MESSAGE, PROTO_RPCI, PROTO_TCLO};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
+use guestrpc::testing::{FakeVcpu, HOST_TIME_US};
 
 fn call(vm: &mut FakeVcpu, req: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -29,7 +27,7 @@ fn checkvm_and_probe() {
     );
     assert!(client::probe(&mut vm));
     let t = client::get_time_full(&mut vm).unwrap();
-    assert_eq!(u64::from(t.usecs) + t.secs * 1_000_000, UNIX_TIME_US);
+    assert_eq!(u64::from(t.usecs) + t.secs * 1_000_000, HOST_TIME_US);
     assert_eq!(t.max_lag_us, 1_000_000);
     vm.platform.time_us = None;
     assert_eq!(client::get_time_full(&mut vm), None);

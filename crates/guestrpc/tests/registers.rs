@@ -4,14 +4,12 @@
 
 #![cfg(feature = "alloc")]
 
-mod common;
-
-use common::{FakePlatform, FakeVcpu, TSC_HZ, UNIX_TIME_US};
 use guestrpc::backdoor::{
     cmd, handle_lb, vmx_type, LbAction, Regs, FAILURE, MAGIC, PORT_HB, PORT_LB,
 };
 use guestrpc::client::Backdoor;
 use guestrpc::proto::{subcmd, FLAG_COOKIE, HB_EBX, PROTO_RPCI, PROTO_TCLO};
+use guestrpc::testing::{FakePlatform, FakeVcpu, HOST_TIME_US, TSC_HZ};
 
 const GUARD: Regs = Regs {
     eax: MAGIC,
@@ -92,18 +90,18 @@ fn getversion() {
 fn gettimefull() {
     let mut vm = FakeVcpu::new();
     let r = lb(&mut vm, cmd::GETTIMEFULL, 0);
-    let secs = UNIX_TIME_US / 1_000_000;
+    let secs = HOST_TIME_US / 1_000_000;
     assert_eq!(r.eax, MAGIC, "success leaves EAX = magic");
     assert_eq!(r.esi, (secs >> 32) as u32);
     assert_eq!(r.edx, secs as u32);
-    assert_eq!(r.ebx, (UNIX_TIME_US % 1_000_000) as u32);
+    assert_eq!(r.ebx, (HOST_TIME_US % 1_000_000) as u32);
     assert_eq!(r.ecx, 1_000_000);
     assert_eq!(r.ebp, GUARD.ebp);
 
     let r = lb(&mut vm, cmd::GETTIME, 0);
     assert_eq!(
         (r.eax, r.ebx, r.ecx),
-        (secs as u32, (UNIX_TIME_US % 1_000_000) as u32, 1_000_000)
+        (secs as u32, (HOST_TIME_US % 1_000_000) as u32, 1_000_000)
     );
 
     vm.platform.time_us = None;
@@ -150,7 +148,10 @@ fn unknown_command_changes_only_eax() {
 
 #[test]
 fn wrong_magic_changes_only_eax() {
-    let p = FakePlatform { time_us: Some(1) };
+    let p = FakePlatform {
+        time_us: Some(1),
+        ..FakePlatform::default()
+    };
     for c in [cmd::GETVERSION, cmd::MESSAGE, cmd::GETTIMEFULL] {
         let before = Regs {
             eax: 0x1234_5678,

@@ -2,12 +2,10 @@
 //! (`guestrpc::host`) through a fake vCPU: what it prints, its exit
 //! status, and what the host ends up with.
 
-mod common;
-
-use common::{FakeVm, NoBackdoor};
 use guestrpc::backdoor::vmx_type;
 use guestrpc::client::{Backdoor, Channel};
 use guestrpc::proto::{MAX_CHANNELS, PROTO_RPCI, PROTO_TCLO};
+use guestrpc::testing::{FakeVcpu, NoBackdoor};
 use vmt::cli::{self, Command, Info};
 use vmt::detect::{self, Via, VMWARE_SIGNATURE};
 
@@ -45,7 +43,7 @@ fn set(key: &str, value: &str) -> Command {
 
 #[test]
 fn checkvm_prints_version_and_product() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let (code, out, err) = vmt(&mut vm, Command::Checkvm { product: false });
     assert_eq!(
         (code, out.as_str(), err.as_str()),
@@ -60,7 +58,7 @@ fn checkvm_prints_version_and_product() {
 
 #[test]
 fn detection_by_signature_or_backdoor() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let host = detect::host(Some(*VMWARE_SIGNATURE), &mut vm).unwrap();
     assert_eq!(host.via, Via::Cpuid);
     // PVM: user-space CPUID shows the host machine's KVM leaves.
@@ -88,7 +86,7 @@ fn not_a_vm_is_one_clear_line() {
 
 #[test]
 fn rpc_prints_the_reply_like_rpctool() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let (code, out, err) = vmt(&mut vm, rpc("info-set guestinfo.foo bar baz"));
     assert_eq!((code, out.as_str(), err.as_str()), (0, "\n", ""));
     let (code, out, err) = vmt(&mut vm, rpc("info-get guestinfo.foo"));
@@ -105,7 +103,7 @@ fn rpc_prints_the_reply_like_rpctool() {
 #[test]
 fn info_set_and_get_round_trip() {
     for lb_send in [false, true] {
-        let mut vm = FakeVm::new();
+        let mut vm = FakeVcpu::new();
         vm.lb_send = lb_send;
         let (code, out, err) = vmt(&mut vm, set("k", "v with spaces"));
         assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
@@ -138,7 +136,7 @@ fn info_set_and_get_round_trip() {
 
 #[test]
 fn missing_key_fails_with_the_hosts_words() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let (code, out, err) = vmt(&mut vm, get("nosuch"));
     assert_eq!(
         (code, out.as_str(), err.as_str()),
@@ -148,9 +146,9 @@ fn missing_key_fails_with_the_hosts_words() {
 
 #[test]
 fn bad_keys_are_refused_before_the_host_sees_them() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let host = detect::host(None, &mut vm).unwrap();
-    let before = vm.exits;
+    let before = vm.exits();
     for key in ["", "guestinfo.", "a b", "a\nb"] {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = cli::run(&set(key, "v"), &host, &mut vm, &mut out, &mut err);
@@ -168,14 +166,14 @@ fn bad_keys_are_refused_before_the_host_sees_them() {
         String::from_utf8(err).unwrap(),
         "vmt: info get a\\nb: bad key 'a\\nb': white space or control characters\n"
     );
-    assert_eq!(vm.exits, before);
+    assert_eq!(vm.exits(), before);
 }
 
 /// A host with every channel taken refuses OPEN (with and without the
 /// cookie flag): a clear error, exit 1, and nothing left behind.
 #[test]
 fn a_host_that_refuses_open() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let taken: Vec<Channel> = (0..MAX_CHANNELS)
         .map(|i| {
             let proto = if i % 2 == 0 { PROTO_RPCI } else { PROTO_TCLO };

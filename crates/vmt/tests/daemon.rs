@@ -2,16 +2,14 @@
 //! host's real state machine (`guestrpc::host`) through a fake vCPU, with
 //! a recording double of the guest system.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{FakeVm, HOST_TIME_US};
 use guestrpc::client::Channel;
 use guestrpc::host::CommandStatus;
 use guestrpc::proto::{MAX_CHANNELS, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand};
+use guestrpc::testing::{FakeVcpu, HOST_TIME_US};
 use vmt::clock::{Correction, Source};
 use vmt::config::LogLevel;
 use vmt::daemon::{
@@ -96,7 +94,7 @@ fn guest() -> FakeSystem {
 }
 
 /// Ticks until the daemon wants to sleep (at most 50 ticks); that sleep.
-fn until_idle(d: &mut Daemon<FakeSystem>, vm: &mut FakeVm) -> Duration {
+fn until_idle(d: &mut Daemon<FakeSystem>, vm: &mut FakeVcpu) -> Duration {
     for _ in 0..50 {
         if let Next::Sleep(t) = d.tick(vm) {
             return t;
@@ -107,8 +105,8 @@ fn until_idle(d: &mut Daemon<FakeSystem>, vm: &mut FakeVm) -> Duration {
 
 /// A daemon that has reported and answered the host's reset and
 /// Capabilities_Register.
-fn started() -> (Daemon<FakeSystem>, FakeVm) {
-    let mut vm = FakeVm::new();
+fn started() -> (Daemon<FakeSystem>, FakeVcpu) {
+    let mut vm = FakeVcpu::new();
     let mut d = Daemon::new(guest());
     d.report(&mut vm);
     assert_eq!(until_idle(&mut d, &mut vm), POLL_INTERVAL);
@@ -116,7 +114,11 @@ fn started() -> (Daemon<FakeSystem>, FakeVm) {
 }
 
 /// Queues `cmd`, lets the daemon run until idle; the command's status.
-fn command(d: &mut Daemon<FakeSystem>, vm: &mut FakeVm, cmd: TcloCommand<String>) -> CommandStatus {
+fn command(
+    d: &mut Daemon<FakeSystem>,
+    vm: &mut FakeVcpu,
+    cmd: TcloCommand<String>,
+) -> CommandStatus {
     let id = vm.tools.queue(cmd).unwrap();
     until_idle(d, vm);
     vm.tools.command_status(id).unwrap()
@@ -233,9 +235,9 @@ fn suspend_resume_power_on() {
 fn idle_polls_are_cheap_and_slow() {
     let (mut d, mut vm) = started();
     for _ in 0..5 {
-        let before = vm.exits;
+        let before = vm.exits();
         assert_eq!(d.tick(&mut vm), Next::Sleep(POLL_INTERVAL));
-        assert_eq!(vm.exits - before, 2);
+        assert_eq!(vm.exits() - before, 2);
     }
 }
 
@@ -280,7 +282,7 @@ fn channels_reset_by_the_host_are_reopened() {
 /// (never a busy loop), and recovery once channels free up.
 #[test]
 fn a_host_that_refuses_open() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let taken: Vec<Channel> = (0..MAX_CHANNELS)
         .map(|_| Channel::open(&mut vm, PROTO_RPCI).unwrap())
         .collect();
@@ -309,7 +311,7 @@ fn a_host_that_refuses_open() {
 /// poll, stops when told and closes its channels.
 #[test]
 fn run_sleeps_and_stops() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let mut d = Daemon::new(guest());
     let mut sleeps = Vec::new();
     let mut checks = 0;
@@ -337,7 +339,7 @@ const S: i64 = 1_000_000;
 /// stepped at start, by one hour, and the step is logged with its size.
 #[test]
 fn a_clock_an_hour_off_is_stepped_at_start() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let mut sys = guest();
     sys.clock_us -= 3600 * S;
     let mut d = Daemon::new(sys);
@@ -384,7 +386,7 @@ fn small_offsets_are_slewed_noise_left_alone() {
 /// the default would slew.
 #[test]
 fn the_step_threshold_is_a_setting() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let mut sys = guest();
     sys.clock_us += 200_000;
     let settings = Settings {
@@ -434,7 +436,7 @@ fn synced_after_resume_and_periodically() {
 /// clock_sync_period 0: no periodic syncs, but still after a resume.
 #[test]
 fn a_zero_period_disables_periodic_syncs() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let settings = Settings {
         clock_sync_period: Duration::ZERO,
         ..Settings::default()
@@ -486,7 +488,7 @@ fn never_fights_an_ntp_daemon() {
 /// A host without GETTIMEFULL: GETTIME (whole µs, 32-bit seconds) is used.
 #[test]
 fn gettime_is_the_fallback() {
-    struct NoFull(FakeVm);
+    struct NoFull(FakeVcpu);
     impl guestrpc::client::Backdoor for NoFull {
         fn lb(&mut self, regs: &mut guestrpc::Regs) {
             if regs.ecx & 0xffff == u32::from(guestrpc::backdoor::cmd::GETTIMEFULL) {
@@ -502,7 +504,7 @@ fn gettime_is_the_fallback() {
             self.0.hb_in(regs, buf)
         }
     }
-    let mut vm = NoFull(FakeVm::new());
+    let mut vm = NoFull(FakeVcpu::new());
     let mut sys = guest();
     sys.clock_us += 3 * S;
     let mut d = Daemon::new(sys);
@@ -552,7 +554,7 @@ fn clock_problems_are_logged_once() {
 /// vmt.conf's poll_interval: the idle sleep.
 #[test]
 fn the_poll_interval_is_a_setting() {
-    let mut vm = FakeVm::new();
+    let mut vm = FakeVcpu::new();
     let settings = Settings {
         poll_interval: Duration::from_millis(250),
         ..Settings::default()
