@@ -6,6 +6,7 @@ pub mod boot;
 pub mod coalesced;
 pub mod control;
 pub mod cpuid;
+pub mod creds;
 pub mod firmware;
 pub mod irq;
 pub mod layout;

@@ -103,6 +103,9 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// What the guest reads as the disk's serial (GET_ID), at most 20 bytes.
     pub serial: String,
+    /// Opened (with its base images) with this user's rights, not the
+    /// process's: the user named it (see [`crate::creds`]).
+    pub open_as: Option<crate::creds::Creds>,
 }
 
 impl DiskConfig {
@@ -119,6 +122,7 @@ impl DiskConfig {
             format,
             read_only,
             serial: format!("vmd-{h:016x}"),
+            open_as: None,
         }
     }
 }
@@ -490,8 +494,14 @@ fn build_pci(
     let mut next_bar = PCI_MMIO_START;
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
-        let image =
-            disk::open(&d.path, d.format, d.read_only).map_err(|e| VmError::Disk(e.to_string()))?;
+        let open = || disk::open(&d.path, d.format, d.read_only);
+        let image = match &d.open_as {
+            Some(user) => user
+                .run(open)
+                .map_err(|e| VmError::Disk(format!("{}: {e}", d.path.display())))?,
+            None => open(),
+        }
+        .map_err(|e| VmError::Disk(e.to_string()))?;
         let name = format!("disk{i} ({})", d.path.display());
         models.push(Box::new(Block::new(image, d.read_only, &d.serial, name)));
     }

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::auth::{self, Peer};
-use crate::state::{Daemon, Error};
+use crate::state::{Daemon, Error, UserFiles};
 
 #[derive(Clone)]
 pub struct App {
@@ -237,23 +237,48 @@ async fn start(
                         p.def.name
                     )));
                 }
+                // As in vm.conf: an instance has instances of its own only
+                // if its (usually inherited) `allow instance` says so.
+                if p.def.instance_of.is_some() && !p.def.allows(vmconf::InstanceOption::Instance) {
+                    return Err(Error::Forbidden(format!(
+                        "vm {}: is an instance and does not allow instance",
+                        p.def.name
+                    )));
+                }
                 check_instance_overrides(&p.def, &req)?;
                 p.def.clone()
             };
-            def.name = req.name.clone();
-            def.instance_of = Some(def.name.clone());
+            def.instance_of = Some(std::mem::replace(&mut def.name, req.name.clone()));
+            // It belongs to whoever starts it (vmd.8), not to its parent's
+            // owner: root's instances inherit the parent's owner.
+            if !peer.is_root() {
+                let user = auth::user_name(peer.uid).unwrap_or_else(|| peer.uid.to_string());
+                def.owner = Some(vmconf::Owner {
+                    user: Some(user),
+                    group: None,
+                });
+            }
             apply_overrides(&mut def, &req)?;
-            // The VM process opens disks as root: the user asking must be
-            // able to read and write the ones he names himself.
-            if !req.disks.is_empty() {
-                for disk in &def.disks {
-                    auth::may_access(&peer, &disk.path, true).map_err(Error::Forbidden)?;
+            // Every file the user names himself is opened by the VM
+            // process with his rights (`UserFiles`); looked at here first
+            // for a clear 403 before anything starts.
+            let files = user_files(&peer, &req);
+            if let Some(f) = &files {
+                let reads = [
+                    (f.kernel, &def.kernel),
+                    (f.initrd, &def.initrd),
+                    (f.cdrom, &def.cdrom),
+                ];
+                for path in reads.iter().filter(|r| r.0).filter_map(|r| r.1.as_deref()) {
+                    auth::may_access(&peer, path, false).map_err(Error::Forbidden)?;
+                }
+                if f.disks {
+                    for disk in &def.disks {
+                        auth::may_access(&peer, &disk.path, true).map_err(Error::Forbidden)?;
+                    }
                 }
             }
-            if let (Some(_), Some(iso)) = (&req.cdrom, &def.cdrom) {
-                auth::may_access(&peer, iso, false).map_err(Error::Forbidden)?;
-            }
-            d.add_adhoc(def)?
+            d.add_adhoc(def, files)?
         }
         (None, None) => {
             root_only(&peer, "starting a VM that is not configured")?;
@@ -266,7 +291,7 @@ async fn start(
             let mut def = vmconf::VmDef::new(req.name.clone());
             def.grace_secs = d.globals().grace_secs;
             apply_overrides(&mut def, &req)?;
-            d.add_adhoc(def)?
+            d.add_adhoc(def, None)?
         }
     };
     let started = d.start(id).await;
@@ -278,6 +303,20 @@ async fn start(
         }
     }
     Ok(Json(started?))
+}
+
+/// The files of an instance that `peer` names himself, unless he is root:
+/// the VM process opens them with his rights.
+fn user_files(peer: &Peer, req: &StartRequest) -> Option<UserFiles> {
+    let f = UserFiles {
+        uid: peer.uid,
+        gid: peer.gid,
+        kernel: req.kernel.is_some(),
+        initrd: req.initrd.is_some(),
+        disks: !req.disks.is_empty(),
+        cdrom: req.cdrom.is_some(),
+    };
+    (!peer.is_root() && (f.kernel || f.initrd || f.disks || f.cdrom)).then_some(f)
 }
 
 fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Error> {

@@ -170,7 +170,7 @@ pub fn may_access(peer: &Peer, path: &std::path::Path, write: bool) -> Result<()
 }
 
 /// Every group `uid` is a member of.
-fn user_groups(uid: u32) -> Vec<u32> {
+pub fn user_groups(uid: u32) -> Vec<u32> {
     let Some((name, gid)) = passwd_of(uid) else {
         return Vec::new();
     };

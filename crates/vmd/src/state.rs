@@ -39,6 +39,49 @@ pub struct Vm {
     pub interfaces: Vec<api::v1::InterfaceStatus>,
     /// Bumped on every state change; `wait` and `start` watch it.
     pub changed: watch::Sender<u64>,
+    /// Files an unprivileged user named for this VM (an instance he
+    /// started), which its process opens with his rights at every start.
+    pub user_files: Option<UserFiles>,
+}
+
+/// Which of a VM's files a user other than root named, and who he is:
+/// the VM process (root) opens them with his rights (`vmm --open-as`), so
+/// he reaches through the VM only what he could open himself, base images
+/// and directories on the way included, as OpenBSD's vmd checks them
+/// (`vm_checkaccess`) on descriptors it opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserFiles {
+    pub uid: u32,
+    pub gid: u32,
+    pub kernel: bool,
+    pub initrd: bool,
+    pub disks: bool,
+    pub cdrom: bool,
+}
+
+impl UserFiles {
+    /// vmm's `--open-as` and `--user-files` arguments: the user's groups
+    /// as they are now.
+    fn vmm_args(&self) -> [String; 2] {
+        let mut groups = auth::user_groups(self.uid);
+        groups.sort_unstable();
+        groups.dedup();
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        let which: Vec<&str> = [
+            (self.kernel, "kernel"),
+            (self.initrd, "initrd"),
+            (self.disks, "disks"),
+            (self.cdrom, "cdrom"),
+        ]
+        .iter()
+        .filter(|w| w.0)
+        .map(|w| w.1)
+        .collect();
+        [
+            format!("--open-as={}:{}:{}", self.uid, self.gid, groups.join(",")),
+            format!("--user-files={}", which.join(",")),
+        ]
+    }
 }
 
 /// The state of a VM without a process: `disable`d configured VMs show
@@ -66,6 +109,7 @@ impl Vm {
             disk_formats: Vec::new(),
             interfaces: Vec::new(),
             changed: watch::channel(0).0,
+            user_files: None,
         }
     }
 
@@ -299,18 +343,20 @@ impl Daemon {
     }
 
     /// Adds an ad-hoc VM (vmctl start with -b ...).
-    pub fn add_adhoc(&self, def: VmDef) -> Result<u32, Error> {
+    pub fn add_adhoc(&self, def: VmDef, user_files: Option<UserFiles>) -> Result<u32, Error> {
         let mut g = self.lock();
         if g.find(&def.name).is_some() {
             return Err(Error::Conflict(format!("vm {} already exists", def.name)));
         }
         let id = g.next_id;
         g.next_id += 1;
-        g.vms.insert(id, Vm::new(id, def, false));
+        let mut vm = Vm::new(id, def, false);
+        vm.user_files = user_files;
+        g.vms.insert(id, vm);
         Ok(id)
     }
 
-    fn vmm_args(def: &VmDef) -> Result<Vec<String>, String> {
+    fn vmm_args(def: &VmDef, user_files: Option<&UserFiles>) -> Result<Vec<String>, String> {
         if def.kernel.is_none() && def.disks.is_empty() && def.cdrom.is_none() {
             return Err(format!(
                 "vm {}: nothing to boot: give it a kernel, a disk or a cdrom",
@@ -365,6 +411,9 @@ impl Daemon {
         // boot nothing measurable here (33.27 M emulated instructions with
         // it, 33.39 M without) and no thread until a driver uses it.
         a.push("--rng".into());
+        if let Some(f) = user_files {
+            a.extend(f.vmm_args());
+        }
         // `--opt=VALUE`, one argument each: a vendor string may begin with
         // a `-` or hold spaces.
         let cpu = &def.cpu;
@@ -401,7 +450,8 @@ impl Daemon {
                     vm.def.name
                 )));
             }
-            let args = Self::vmm_args(&vm.def).map_err(Error::BadRequest)?;
+            let args =
+                Self::vmm_args(&vm.def, vm.user_files.as_ref()).map_err(Error::BadRequest)?;
             g.check_disks_free(id)?;
             let vm = g.vms.get_mut(&id).expect("looked up above");
             vm.disk_formats = args
@@ -832,7 +882,7 @@ mod tests {
     fn vmm_gets_the_cpu_model() {
         let mut def = VmDef::new("a");
         def.kernel = Some("/k".into());
-        let plain = Daemon::vmm_args(&def).unwrap();
+        let plain = Daemon::vmm_args(&def, None).unwrap();
         assert!(!plain.iter().any(|a| a.starts_with("--cpu")), "{plain:?}");
         def.cpu = vmconf::CpuModel {
             vendor: Some("-weird vendr".into()),
@@ -841,7 +891,7 @@ mod tests {
             stepping: Some(2),
             hide: vec!["cx16".into(), "xsave".into()],
         };
-        let a = Daemon::vmm_args(&def).unwrap();
+        let a = Daemon::vmm_args(&def, None).unwrap();
         assert_eq!(
             a[a.len() - 5..],
             [

@@ -10,6 +10,7 @@ mod power;
 mod serial_out;
 mod size;
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -159,9 +160,70 @@ struct Args {
     /// with it, the console pty's path goes there too.
     #[arg(long, value_name = "FD")]
     control_fd: Option<i32>,
+    /// Open the files `--user-files` lists with this user's rights
+    /// (`UID:GID[:GROUP,...]`) rather than the process's: the user named
+    /// them, and must not reach through the VM what he could not open
+    /// himself (vmd passes it for the files of an instance a user starts).
+    #[arg(long, value_name = "UID:GID[:GROUPS]", value_parser = vm::creds::Creds::parse,
+          requires = "user_files")]
+    open_as: Option<vm::creds::Creds>,
+    /// Which files `--open-as` applies to, comma separated: kernel,
+    /// initrd, disks (with their base images), cdrom.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LIST",
+        value_delimiter = ',',
+        requires = "open_as"
+    )]
+    user_files: Vec<UserFile>,
     /// More log output (repeat for debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum UserFile {
+    Kernel,
+    Initrd,
+    Disks,
+    Cdrom,
+}
+
+/// Opens the files `--user-files` names with `--open-as`'s rights. The
+/// kernel, initrd and ISO stay open in the returned list and are named by
+/// their descriptors from here on (`/proc/self/fd/N`: the same file
+/// whatever happens to its path; the kernel is read again at every guest
+/// reset); disks and their base images are opened later, with the same
+/// rights, by the VM's build.
+fn open_user_files(args: &mut Args) -> Result<Vec<std::fs::File>, String> {
+    let Some(user) = args.open_as.clone() else {
+        return Ok(Vec::new());
+    };
+    let mut held = Vec::new();
+    let wanted = args.user_files.clone();
+    let mut open = |path: &mut PathBuf, what: &str| -> Result<(), String> {
+        let file = user
+            .run(|| vm::boot::open_regular(path))
+            .and_then(|r| r)
+            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+        *path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        held.push(file);
+        Ok(())
+    };
+    for f in wanted {
+        match f {
+            UserFile::Kernel => args.kernel.as_mut().map_or(Ok(()), |k| open(k, "kernel"))?,
+            UserFile::Initrd => args.initrd.as_mut().map_or(Ok(()), |i| open(i, "initrd"))?,
+            UserFile::Cdrom => args.cdrom.as_mut().map_or(Ok(()), |c| open(c, "cdrom"))?,
+            UserFile::Disks => {
+                for d in &mut args.disks {
+                    d.open_as = Some(user.clone());
+                }
+            }
+        }
+    }
+    Ok(held)
 }
 
 /// `[ro:][raw:|qcow2:]PATH`: without a format the image's first bytes
@@ -355,7 +417,9 @@ fn stop_on_signals(sigs: libc::sigset_t, h: VmHandle, grace: Duration) {
     }
 }
 
-fn run(args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
+fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
+    // Held until the VM ends: its kernel, initrd and ISO by descriptor.
+    let _user_files = open_user_files(&mut args)?;
     let wanted = args.nets.iter().filter(|n| n.fd_from_control).count();
     let mut received = Vec::new();
     if wanted > 0 {
