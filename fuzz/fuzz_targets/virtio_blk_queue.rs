@@ -37,7 +37,8 @@
 
 #![no_main]
 
-use std::cell::RefCell;
+mod common;
+
 use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,11 +49,10 @@ use disk::DiskImage;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueState, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{Bytes, GuestAddress};
 
-/// Guest RAM: (start, length). A hole at 1-2 MiB; the last two regions
-/// touch, so a buffer may straddle them.
-const REGIONS: [(u64, u64); 3] = [(0, 1 << 20), (2 << 20, 512 << 10), (0x28_0000, 64 << 10)];
+use common::{overlaps, with_mem, In, Layout, Mem, F_INDIRECT, F_NEXT, F_WRITE, INDIRECT, REGIONS};
+
 /// Default ring placement (fits a 256-entry queue each).
 const DESC: u64 = 0x1000;
 const AVAIL: u64 = 0x2000;
@@ -61,8 +61,6 @@ const USED: u64 = 0x3000;
 const HEADERS: u64 = 0x10000;
 const HEADER_SLOTS: u64 = 8;
 const DISCARDS: u64 = 0x11000;
-/// Indirect tables: four in the first region, one in the second.
-const INDIRECT: [u64; 5] = [0x8000, 0x9000, 0xa000, 0xb000, (2 << 20) + 0x8000];
 /// Data buffers of the first region start here.
 const DATA: u64 = 0x20000;
 /// The queue sizes a driver may pick are powers of two up to the device's
@@ -73,169 +71,10 @@ const MAX_STEPS: u16 = 32;
 /// More disk operations than this in one input is a runaway device.
 const MAX_DISK_OPS: u64 = 1 << 20;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
-
-/// The input, read as a stream of numbers; zeroes once it runs out.
-struct In<'a>(&'a [u8]);
-
-impl In<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-    fn done(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// Guest memory and a shadow copy of it (what the harness knows it wrote).
-struct Mem {
-    gm: GuestMemory,
-    /// Host address and length of each region, in `REGIONS` order.
-    host: Vec<(*mut u8, usize)>,
-    shadow: Vec<Vec<u8>>,
-}
-
-impl Mem {
-    fn new() -> Mem {
-        let ranges: Vec<(GuestAddress, usize)> = REGIONS
-            .iter()
-            .map(|&(s, l)| (GuestAddress(s), l as usize))
-            .collect();
-        let gm = GuestMemory::from_ranges(&ranges).expect("guest memory");
-        let host = REGIONS
-            .iter()
-            .map(|&(s, l)| {
-                let r = gm.find_region(GuestAddress(s)).expect("region");
-                let p = r
-                    .get_host_address(MemoryRegionAddress(0))
-                    .expect("host address");
-                (p, l as usize)
-            })
-            .collect();
-        let shadow = REGIONS.iter().map(|&(_, l)| vec![0; l as usize]).collect();
-        Mem { gm, host, shadow }
-    }
-
-    fn guest(&self, i: usize) -> &mut [u8] {
-        let (p, l) = self.host[i];
-        // SAFETY: the region's mapping lives as long as `self.gm`; the
-        // device runs on this thread, never while this slice is used.
-        unsafe { std::slice::from_raw_parts_mut(p, l) }
-    }
-
-    fn clear(&mut self) {
-        for i in 0..REGIONS.len() {
-            self.guest(i).fill(0);
-            self.shadow[i].fill(0);
-        }
-    }
-
-    /// Writes `bytes` at guest address `addr` (and in the shadow); what
-    /// falls outside RAM is dropped.
-    fn write(&mut self, addr: u64, bytes: &[u8]) {
-        for (i, &(start, len)) in REGIONS.iter().enumerate() {
-            let lo = addr.max(start);
-            let hi = addr.saturating_add(bytes.len() as u64).min(start + len);
-            if lo >= hi {
-                continue;
-            }
-            let src = &bytes[(lo - addr) as usize..(hi - addr) as usize];
-            let off = (lo - start) as usize;
-            self.guest(i)[off..off + src.len()].copy_from_slice(src);
-            self.shadow[i][off..off + src.len()].copy_from_slice(src);
-        }
-    }
-
-    fn read_u16(&self, addr: u64) -> Option<u16> {
-        let mut b = [0u8; 2];
-        for (k, x) in b.iter_mut().enumerate() {
-            *x = self.read_u8(addr.checked_add(k as u64)?)?;
-        }
-        Some(u16::from_le_bytes(b))
-    }
-
-    fn read_u32(&self, addr: u64) -> Option<u32> {
-        let mut b = [0u8; 4];
-        for (k, x) in b.iter_mut().enumerate() {
-            *x = self.read_u8(addr.checked_add(k as u64)?)?;
-        }
-        Some(u32::from_le_bytes(b))
-    }
-
-    fn read_u8(&self, addr: u64) -> Option<u8> {
-        REGIONS
-            .iter()
-            .position(|&(s, l)| addr >= s && addr < s + l)
-            .map(|i| self.guest(i)[(addr - REGIONS[i].0) as usize])
-    }
-
-    /// Every guest byte that differs from the shadow must lie in one of
-    /// `allowed` (start, length); the shadow then takes the new contents.
-    /// (Whole slices compared at a time: the harness's own per-byte loops
-    /// would be instrumented and dominate the run.)
-    fn check_writes(&mut self, allowed: &[(u64, u64)], what: &str) {
-        for (i, &(start, len)) in REGIONS.iter().enumerate() {
-            let (p, l) = self.host[i];
-            // SAFETY: as in `guest`.
-            let g = unsafe { std::slice::from_raw_parts(p, l) };
-            let s = &mut self.shadow[i];
-            let end = start + len;
-            let mut iv: Vec<(usize, usize)> = allowed
-                .iter()
-                .filter_map(|&(a, n)| {
-                    let (lo, hi) = (a.max(start), a.saturating_add(n).min(end));
-                    (lo < hi).then(|| ((lo - start) as usize, (hi - start) as usize))
-                })
-                .collect();
-            iv.sort_unstable();
-            iv.push((l, l));
-            let mut pos = 0;
-            for &(a, b) in &iv {
-                if pos < a && g[pos..a] != s[pos..a] {
-                    let k = pos + (pos..a).position(|k| g[k] != s[k]).unwrap();
-                    panic!(
-                        "{what}: device wrote guest byte {:#x} ({:#04x} -> {:#04x}) outside \
-                         the used ring and the chains' writable buffers {allowed:x?}",
-                        start + k as u64,
-                        s[k],
-                        g[k]
-                    );
-                }
-                if pos < b {
-                    let a = a.max(pos);
-                    s[a..b].copy_from_slice(&g[a..b]);
-                    pos = b;
-                }
-            }
-        }
-    }
-}
-
 /// The disk's initial contents, made once.
 fn disk_bytes() -> &'static [u8] {
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BYTES.get_or_init(|| (0..1usize << 20).map(|i| (i * 31 ^ i >> 9) as u8).collect())
-}
-
-thread_local! {
-    static MEM: RefCell<Option<Mem>> = const { RefCell::new(None) };
 }
 
 /// An in-memory disk that checks how the device uses it.
@@ -332,22 +171,6 @@ impl Interrupt for TestInterrupt {
     }
     fn needs_reset(&self) {
         self.needs_reset.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Where the rings are, for choosing addresses near them.
-struct Layout {
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-}
-
-impl Layout {
-    /// The used ring with its trailing avail_event: all the device may
-    /// write outside the buffers.
-    fn used_range(&self) -> (u64, u64) {
-        (self.used, 4 + 8 * u64::from(self.size) + 2)
     }
 }
 
@@ -474,10 +297,6 @@ fn discard_range(inp: &mut In, capacity: u64) -> [u8; 16] {
     r[8..12].copy_from_slice(&num.to_le_bytes());
     r[12..16].copy_from_slice(&flags.to_le_bytes());
     r
-}
-
-fn overlaps((a, n): (u64, u64), (b, m): (u64, u64)) -> bool {
-    a < b.saturating_add(m) && b < a.saturating_add(n)
 }
 
 /// One chain as the device reads it: its device-writable (address,
@@ -886,11 +705,4 @@ fn run(data: &[u8], mem: &mut Mem) {
     let _ = disk;
 }
 
-fuzz_target!(|data: &[u8]| {
-    MEM.with(|m| {
-        let mut m = m.borrow_mut();
-        let mem = m.get_or_insert_with(Mem::new);
-        mem.clear();
-        run(data, mem);
-    });
-});
+fuzz_target!(|data: &[u8]| with_mem(|mem| run(data, mem)));
