@@ -68,9 +68,11 @@ fn quote_key(key: &str) -> String {
 }
 
 fn lookup(d: &Daemon, key: &str) -> Result<u32, Error> {
-    d.lock()
-        .find(key)
-        .ok_or_else(|| Error::NotFound(format!("vm {} not found", quote_key(key))))
+    d.lock().find(key).ok_or_else(|| no_vm(key))
+}
+
+fn no_vm(key: &str) -> Error {
+    Error::NotFound(format!("vm {} not found", quote_key(key)))
 }
 
 /// A name for a new VM or instance, checked by OpenBSD's rule
@@ -115,9 +117,13 @@ fn check_request_text(req: &StartRequest) -> Result<(), Error> {
 
 /// VM `key`, if `peer` may control it.
 fn controllable(d: &Daemon, peer: &Peer, key: &str) -> Result<u32, Error> {
-    let id = lookup(d, key)?;
+    // Looked up and checked under one lock: a reload in between could
+    // remove the VM.
     let g = d.lock();
-    let vm = &g.vms[&id];
+    let id = g.find(key).ok_or_else(|| no_vm(key))?;
+    let Some(vm) = g.vms.get(&id) else {
+        return Err(no_vm(key));
+    };
     if auth::may_control(peer, vm.def.owner.as_ref()) {
         Ok(id)
     } else {
@@ -211,7 +217,10 @@ async fn start(
             if overrides {
                 root_only(&peer, "changing a configured VM")?;
                 let mut g = d.lock();
-                let vm = g.vms.get_mut(&id).expect("found");
+                // Gone if a reload removed it since it was looked up.
+                let Some(vm) = g.vms.get_mut(&id) else {
+                    return Err(no_vm(&req.name));
+                };
                 if vm.running() {
                     return Err(Error::Conflict(format!(
                         "vm {} is already running",
@@ -226,10 +235,11 @@ async fn start(
             id
         }
         (None, Some(parent)) => {
-            let pid = lookup(d, parent)?;
             let mut def = {
                 let g = d.lock();
-                let p = &g.vms[&pid];
+                let Some(p) = g.find(parent).and_then(|pid| g.vms.get(&pid)) else {
+                    return Err(no_vm(parent));
+                };
                 let owner = p.def.instance_owner.as_ref().or(p.def.owner.as_ref());
                 if !auth::may_control(&peer, owner) {
                     return Err(Error::Forbidden(format!(
@@ -516,7 +526,12 @@ async fn stop(
     let req: StopRequest = body(&b)?;
     let d = &app.daemon;
     let id = controllable(d, &peer, &key)?;
-    let grace = d.lock().vms[&id].def.grace_secs;
+    let grace = d
+        .lock()
+        .vms
+        .get(&id)
+        .map(|vm| vm.def.grace_secs)
+        .ok_or_else(|| no_vm(&key))?;
     let stop = Request::Stop {
         force: req.force,
         grace_secs: grace,
