@@ -53,7 +53,7 @@ use std::sync::Arc;
 use devices::virtio::net::filter::{check_gso, Verdict, ETH_HLEN, MAX_GSO_FRAME};
 use devices::virtio::net::hdr::{self, Hdr};
 use devices::virtio::net::tap::Tap;
-use devices::virtio::net::{fuzz_process, NetConfig, NET_HDR_LEN};
+use devices::virtio::net::{fuzz_process, NetConfig, NetStats, NET_HDR_LEN};
 use devices::virtio::{GuestMemory, Interrupt};
 use libfuzzer_sys::fuzz_target;
 use netcfg::dhcp::DhcpServer;
@@ -519,6 +519,34 @@ fn check_tap_output(peer: &File, s: &Setup, sent: u64) {
     assert_eq!(n_msgs, sent, "frames on the tap against tx_frames");
 }
 
+/// One call of the device's passes (`fuzz_process`: TX, RX, TX, RX),
+/// then the check that it wrote guest memory only where it may: the used
+/// rings and the RX chains' writable buffers reachable before or after
+/// the call (anywhere, where that cannot be told). Returns what the call
+/// did, and what it was allowed to write (`None`: anything).
+#[allow(clippy::too_many_arguments)]
+fn call(
+    mem: &mut Mem,
+    l: &[Layout; 2],
+    rx: &mut Queue,
+    tx: &mut Queue,
+    s: &Setup,
+    tap: Tap,
+    irq: &Arc<TestInterrupt>,
+    what: &str,
+) -> (bool, Tap, Arc<NetStats>, Option<Vec<(u64, u64)>>) {
+    let used = [l[0].used_range(), l[1].used_range()];
+    let pre = reachable_writable(&mem.gm, &l[0], &used);
+    let (ok, tap, stats) = fuzz_process(&mem.gm, rx, tx, s.acked, tap, net_config(s), irq.clone());
+    let post = reachable_writable(&mem.gm, &l[0], &used);
+    let allowed = allowed(l, pre, post);
+    match &allowed {
+        Some(a) => mem.check_writes(a, what),
+        None => mem.check_writes(&[(0, u64::MAX)], what),
+    }
+    (ok, tap, stats, allowed)
+}
+
 fn run(data: &[u8], mem: &mut Mem) {
     let mut inp = In(data);
     let cfg = inp.u8();
@@ -763,22 +791,7 @@ fn run(data: &[u8], mem: &mut Mem) {
     ];
     read_only.extend(rx_chains.iter().filter_map(|c| c.1));
 
-    let pre = reachable_writable(&mem.gm, &l[0], &used);
-    let (ok, tap, stats) = fuzz_process(
-        &mem.gm,
-        &mut rx,
-        &mut tx,
-        s.acked,
-        tap,
-        net_config(&s),
-        irq.clone(),
-    );
-    let post = reachable_writable(&mem.gm, &l[0], &used);
-    let allowed1 = allowed(&l, pre, post);
-    match &allowed1 {
-        Some(a) => mem.check_writes(a, "first call"),
-        None => mem.check_writes(&[(0, u64::MAX)], "first call"),
-    }
+    let (ok, tap, stats, allowed1) = call(mem, &l, &mut rx, &mut tx, &s, tap, &irq, "first call");
     assert_eq!(
         !ok,
         irq.needs_reset.load(Ordering::Relaxed) > 0,
@@ -828,21 +841,7 @@ fn run(data: &[u8], mem: &mut Mem) {
     if ok {
         let again = tx.state();
         let avail = mem.read_u16(l[1].avail + 2).unwrap();
-        let pre = reachable_writable(&mem.gm, &l[0], &used);
-        let (ok2, _tap, stats2) = fuzz_process(
-            &mem.gm,
-            &mut rx,
-            &mut tx,
-            s.acked,
-            tap,
-            net_config(&s),
-            irq.clone(),
-        );
-        let post = reachable_writable(&mem.gm, &l[0], &used);
-        match allowed(&l, pre, post) {
-            Some(a) => mem.check_writes(&a, "second call"),
-            None => mem.check_writes(&[(0, u64::MAX)], "second call"),
-        }
+        let (ok2, _tap, stats2, _) = call(mem, &l, &mut rx, &mut tx, &s, tap, &irq, "second call");
         check_tap_output(&peer, &s, stats2.tx_frames.load(Ordering::Relaxed));
         if ok2 && !moving && avail == again.next_avail {
             assert_eq!(tx.next_used(), again.next_used, "completed nothing twice");
