@@ -39,6 +39,9 @@ pub struct Vm {
     pub interfaces: Vec<api::v1::InterfaceStatus>,
     /// Bumped on every state change; `wait` and `start` watch it.
     pub changed: watch::Sender<u64>,
+    /// It came up at least once (an ad-hoc VM that never did is removed
+    /// when its start fails).
+    pub has_run: bool,
     /// Files an unprivileged user named for this VM (an instance he
     /// started), which its process opens with his rights at every start.
     pub user_files: Option<UserFiles>,
@@ -109,6 +112,7 @@ impl Vm {
             disk_formats: Vec::new(),
             interfaces: Vec::new(),
             changed: watch::channel(0).0,
+            has_run: false,
             user_files: None,
         }
     }
@@ -433,8 +437,32 @@ impl Daemon {
     }
 
     /// Starts VM `id`'s process and waits until the VM is built (its
-    /// console exists) or the process failed.
+    /// console exists) or the process failed. A VM started ad hoc (or an
+    /// instance) whose first start fails is removed again, as OpenBSD's vmd
+    /// removes it: a failed request leaves nothing behind, and failures
+    /// cannot pile up in the daemon.
     pub async fn start(self: &Arc<Self>, id: u32) -> Result<VmStatus, Error> {
+        let r = self.start_process(id).await;
+        let mut g = self.lock();
+        match &r {
+            Ok(_) => {
+                if let Some(vm) = g.vms.get_mut(&id) {
+                    vm.has_run = true;
+                }
+            }
+            Err(_) => {
+                let never_ran = g.vms.get(&id).is_some_and(|vm| {
+                    !vm.configured && !vm.has_run && !vm.running() && vm.state != VmState::Starting
+                });
+                if never_ran {
+                    g.vms.remove(&id);
+                }
+            }
+        }
+        r
+    }
+
+    async fn start_process(self: &Arc<Self>, id: u32) -> Result<VmStatus, Error> {
         // Claim the VM under the lock (a second start sees it Starting),
         // then spawn the VM process without holding it: under a burst of
         // starts, spawns and status requests proceed in parallel.
