@@ -1066,6 +1066,33 @@ vm c { interface { switch t } }
     );
 }
 
+/// What a file says is quoted in messages, and those go to `vmd -n`'s terminal and
+/// vmd's log: a control character in them is written as an escape, so a message stays
+/// one line of visible characters (found by the `vmconf_parse` fuzz target: a raw
+/// U+0003 came back in `syntax error near "..."`).
+#[test]
+fn messages_escape_control_characters() {
+    assert_eq!(
+        err1("vm a {\n \u{3} \n}"),
+        "vm.conf:2: syntax error near \"\\x03\""
+    );
+    assert_eq!(
+        err1("switch s {\n interface br0\n group \"g\u{1b}[31m\r\u{202e}\"\n}\n"),
+        "vm.conf:3: invalid group name: g\\x1b[31m\\r\\u{202e}"
+    );
+    // Names shown with {:?} keep their own escapes; backslashes are left alone.
+    assert_eq!(
+        err1("switch \"\u{1b}\\\\\" {\n interface br0\n}\n"),
+        "vm.conf:1: invalid switch name \"\\u{1b}\\\\\""
+    );
+    let d = Diagnostic {
+        file: "a\nb".into(),
+        line: 0,
+        message: "x\u{85}".into(),
+    };
+    assert_eq!(d.to_string(), "a\\nb: x\\u{85}");
+}
+
 #[test]
 fn syntax_error_forms() {
     assert_eq!(

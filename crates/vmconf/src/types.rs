@@ -95,14 +95,55 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// `file:line: message` (`file: message` at line 0), always one line of visible
+/// characters: messages quote what the file says (`syntax error near "..."`, a bad
+/// group name, a path), which may hold control characters, and this is what `vmd -n`
+/// prints to a terminal and vmd writes to its log. Those characters are written as
+/// escapes, as the API's `text::printable` writes them: `\n`, `\t`, `\r`, `\xHH`
+/// for other C0 controls and DEL, `\u{H}` for C1 controls and the characters that
+/// reorder or hide text. Backslashes stay as they are.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (file, message) = (printable(&self.file), printable(&self.message));
         if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
+            write!(f, "{file}: {message}")
         } else {
-            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+            write!(f, "{file}:{}: {message}", self.line)
         }
     }
+}
+
+/// Whether `c` is written as an escape in a [`Diagnostic`]: a control character, a
+/// bidirectional embedding, override or isolate, an invisible mark or joiner, the line
+/// and paragraph separators, the byte order mark (the API's `text` module's set).
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unprintable) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !unprintable(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out.into()
 }
 
 impl std::error::Error for Diagnostic {}
