@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::median;
+use bench::{median, Vmd};
 
 /// P4 rounds (each: 100 of ours, then 100 QEMUs); the medians count.
 const P4_ROUNDS: usize = 5;
@@ -45,72 +45,9 @@ fn guest(env: &Env, name: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
-struct Vmd {
-    child: Child,
-    sock: PathBuf,
-    bin: PathBuf,
-}
-
-impl Vmd {
-    fn start(env: &Env, conf: &str) -> Vmd {
-        let cfg = env.dir.join("vm.conf");
-        std::fs::write(&cfg, conf).unwrap();
-        let sock = env.dir.join("vmd.sock");
-        let _ = std::fs::remove_file(&sock);
-        let child = Command::new(env.bin.join("vmd"))
-            .args(["-d", "-f"])
-            .arg(&cfg)
-            .arg("-s")
-            .arg(&sock)
-            .stderr(std::fs::File::create(env.dir.join("vmd.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| fail(&format!("vmd: {e}")));
-        let v = Vmd {
-            child,
-            sock,
-            bin: env.bin.clone(),
-        };
-        let t = Instant::now();
-        while !v.ctl(&["status"]).status.success() {
-            if t.elapsed() > Duration::from_secs(10) {
-                fail("vmd did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        v
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(self.bin.join("vmctl"))
-            .arg("-s")
-            .arg(&self.sock)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `GET /v1/vms` straight on the socket: the harness polls this while
-    /// guests start, and a vmctl process per poll would take CPU from them.
-    fn status(&self) -> Vec<serde_json::Value> {
-        use std::io::Write;
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.sock) else {
-            return Vec::new();
-        };
-        let _ = s.write_all(b"GET /v1/vms HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\n\r\n");
-        let mut resp = Vec::new();
-        let _ = s.read_to_end(&mut resp);
-        let text = String::from_utf8_lossy(&resp);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        serde_json::from_str(body).unwrap_or_default()
-    }
-}
-
-impl Drop for Vmd {
-    fn drop(&mut self) {
-        let _ = self.ctl(&["reset", "vms"]);
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+/// vmd with `conf`, its files in the benchmark's directory.
+fn vmd(env: &Env, conf: &str) -> Vmd {
+    Vmd::start(&env.bin, &env.dir, conf).unwrap_or_else(|e| fail(&e))
 }
 
 fn qemu_cmd(env: &Env, kernel: &str, cmdline: &str) -> Command {
@@ -236,7 +173,7 @@ fn main() {
 
     // P2
     if want("P2") {
-        let v = Vmd::start(
+        let v = vmd(
             &env,
             &format!("vm \"first\" {{\n disable\n kernel \"{first}\"\n memory 32M\n}}\n"),
         );
@@ -255,7 +192,7 @@ fn main() {
     // P3
     if want("P3") {
         let mem = 32u64 << 20;
-        let v = Vmd::start(&env, &format!("vm \"tick\" {{\n kernel \"{ticker}\"\n cmdline \"interval_ms=100\"\n memory 32M\n}}\n"));
+        let v = vmd(&env, &format!("vm \"tick\" {{\n kernel \"{ticker}\"\n cmdline \"interval_ms=100\"\n memory 32M\n}}\n"));
         let t = Instant::now();
         let pid = loop {
             let st = v.status();
@@ -300,7 +237,7 @@ fn main() {
         // varies by tens of percent with whatever else the machine does.
         let (mut ours_v, mut qemu_v) = (Vec::new(), Vec::new());
         for round in 0..P4_ROUNDS {
-            let v = Vmd::start(&env, &conf);
+            let v = vmd(&env, &conf);
             let t = Instant::now();
             let starts: Vec<_> = (0..n)
                 .map(|i| {
@@ -370,7 +307,7 @@ fn main() {
 
     // P6
     if want("P6") {
-        let v = Vmd::start(&env, &format!("vm \"web1\" {{\n disable\n kernel \"{tools}\"\n cmdline \"hostname=web1 poll_ms=1000\"\n memory 32M\n}}\n"));
+        let v = vmd(&env, &format!("vm \"web1\" {{\n disable\n kernel \"{tools}\"\n cmdline \"hostname=web1 poll_ms=1000\"\n memory 32M\n}}\n"));
         let mut times = Vec::new();
         for _ in 0..5 {
             let _ = v.ctl(&["start", "web1"]);
