@@ -25,7 +25,14 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(target_os = "linux")]
+pub mod detach;
 pub mod detect;
 pub mod ops;
+#[cfg(target_os = "linux")]
+pub mod power;
+pub mod status;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod sys;
+#[cfg(target_os = "linux")]
+pub mod syslog;
