@@ -15,7 +15,8 @@ use crate::ops;
 #[derive(Debug, Parser)]
 #[command(name = "vmt", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// Run the daemon in the foreground, logging to standard error.
+    /// Run the daemon in the foreground, logging to standard error
+    /// (without it, the daemon detaches and logs to syslog).
     #[arg(short = 'd')]
     pub foreground: bool,
     /// The configuration file [default: /etc/vmt.conf, if there is one].
@@ -59,6 +60,9 @@ pub enum Command {
     /// Read or write guestinfo.KEY.
     #[command(subcommand)]
     Info(Info),
+    /// Print what the running daemon last sent and did (its status file);
+    /// exit 1 if it does not run.
+    Status,
 }
 
 /// `vmt info ...`.
@@ -117,6 +121,57 @@ impl Cli {
     }
 }
 
+/// `vmt status`: the daemon's status file (`status_file`) on `out`, exit
+/// 0, when the daemon that wrote it still holds its pid file
+/// (`pid_file`). Otherwise a line on `err` and exit 1, the last status
+/// still printed when there is one (a daemon that was killed).
+pub fn status(
+    status_file: &std::path::Path,
+    pid_file: &std::path::Path,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let text = match std::fs::read_to_string(status_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = writeln!(
+                err,
+                "vmt: the daemon is not running (no {})",
+                status_file.display()
+            );
+            return EXIT_FAILURE;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "vmt: {}: {e}", status_file.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let pid = crate::status::pid_of(&text);
+    #[cfg(target_os = "linux")]
+    let holder = crate::detach::holder(pid_file);
+    #[cfg(not(target_os = "linux"))]
+    let holder: Option<u32> = {
+        let _ = pid_file;
+        None
+    };
+    let code = match (pid, holder) {
+        (Some(p), Some(h)) if p == h => 0,
+        (Some(p), _) => {
+            let _ = writeln!(
+                err,
+                "vmt: the daemon (pid {p}) is not running; its last status:"
+            );
+            EXIT_FAILURE
+        }
+        (None, _) => {
+            let _ = writeln!(err, "vmt: {}: no pid line", status_file.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let _ = out.write_all(text.as_bytes());
+    code
+}
+
 /// Runs `command` against the host found by `detect::host`; what it prints
 /// goes to `out`, errors (`vmt: ...`, one line) to `err`. Returns the exit
 /// status: 0, or [`EXIT_FAILURE`].
@@ -154,6 +209,14 @@ pub fn run(
             .map_err(|e| format!("info get {key}: {e}")),
         Command::Info(Info::Set { key, value }) => {
             ops::info_set(bd, key, value.as_bytes()).map_err(|e| format!("info set {key}: {e}"))
+        }
+        Command::Status => {
+            return status(
+                crate::status::STATUS_FILE.as_ref(),
+                crate::status::PID_FILE.as_ref(),
+                out,
+                err,
+            )
         }
     };
     match result {

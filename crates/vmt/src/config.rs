@@ -6,8 +6,9 @@
 //! | `clock_sync_period` | seconds, 0 = no periodic syncs | 60 |
 //! | `clock_step_threshold` | seconds (decimals allowed) | 1 |
 //! | `poll_interval` | seconds (decimals allowed), 0.01 to 60 | 1 |
-//! | `halt_command` | a command, words split at blanks | `poweroff` |
-//! | `reboot_command` | a command, words split at blanks | `reboot` |
+//! | `halt_command` | a command, words split at blanks | none: the init's way |
+//! | `reboot_command` | a command, words split at blanks | none: the init's way |
+//! | `power_timeout` | seconds, 0 = never forced | 60 |
 //! | `log_level` | `error`, `info` or `debug` | `info` |
 //!
 //! A keyword given twice, an unknown keyword, a missing or malformed value
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::clock;
-use crate::daemon::{Settings, POLL_INTERVAL};
+use crate::daemon::{Settings, POLL_INTERVAL, POWER_TIMEOUT};
 
 /// Where the daemon reads its configuration unless `-f` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/vmt.conf";
@@ -57,10 +58,11 @@ impl std::str::FromStr for LogLevel {
 pub struct Config {
     /// The daemon's timing and thresholds.
     pub settings: Settings,
-    /// Run on `OS_Halt`.
-    pub halt_command: Vec<String>,
-    /// Run on `OS_Reboot`.
-    pub reboot_command: Vec<String>,
+    /// Run on `OS_Halt`; `None`: the way the guest's init expects
+    /// ([`crate::power`]).
+    pub halt_command: Option<Vec<String>>,
+    /// Run on `OS_Reboot`; `None`: the init's way.
+    pub reboot_command: Option<Vec<String>>,
     /// How much it logs.
     pub log_level: LogLevel,
 }
@@ -69,8 +71,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             settings: Settings::default(),
-            halt_command: vec!["poweroff".to_owned()],
-            reboot_command: vec!["reboot".to_owned()],
+            halt_command: None,
+            reboot_command: None,
             log_level: LogLevel::Info,
         }
     }
@@ -148,12 +150,13 @@ pub fn parse_poll_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-const KEYWORDS: [&str; 6] = [
+const KEYWORDS: [&str; 7] = [
     "clock_sync_period",
     "clock_step_threshold",
     "poll_interval",
     "halt_command",
     "reboot_command",
+    "power_timeout",
     "log_level",
 ];
 
@@ -184,11 +187,11 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 continue;
             }
             ("halt_command", a) => {
-                config.halt_command = a.iter().map(|s| s.to_string()).collect();
+                config.halt_command = Some(a.iter().map(|s| s.to_string()).collect());
                 continue;
             }
             ("reboot_command", a) => {
-                config.reboot_command = a.iter().map(|s| s.to_string()).collect();
+                config.reboot_command = Some(a.iter().map(|s| s.to_string()).collect());
                 continue;
             }
             (_, [one]) => *one,
@@ -206,6 +209,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             "clock_sync_period" => parse_seconds(one).map(|d| s.clock_sync_period = d),
             "clock_step_threshold" => parse_seconds(one).map(|d| s.clock_step_threshold = d),
             "poll_interval" => parse_poll_interval(one).map(|d| s.poll_interval = d),
+            "power_timeout" => parse_seconds(one).map(|d| s.power_timeout = d),
             "log_level" => one.parse().map(|l| config.log_level = l),
             _ => unreachable!("every keyword is handled"),
         };
@@ -248,6 +252,7 @@ pub fn load(path: &Path, must_exist: bool) -> Result<Config, FileErrors> {
 // The defaults here and in the daemon are the same numbers.
 const _: () = assert!(POLL_INTERVAL.as_secs() == 1);
 const _: () = assert!(clock::DEFAULT_PERIOD.as_secs() == 60);
+const _: () = assert!(POWER_TIMEOUT.as_secs() == 60);
 
 #[cfg(test)]
 mod tests {
@@ -278,14 +283,19 @@ mod tests {
              \tpoll_interval\t0.5\n\
              halt_command /usr/local/sbin/halt-hook -p now\n\
              reboot_command /sbin/reboot\n\
+             power_timeout 120\n\
              log_level debug\n",
         )
         .unwrap();
         assert_eq!(c.settings.clock_sync_period, Duration::from_secs(300));
         assert_eq!(c.settings.clock_step_threshold, Duration::from_millis(250));
         assert_eq!(c.settings.poll_interval, Duration::from_millis(500));
-        assert_eq!(c.halt_command, ["/usr/local/sbin/halt-hook", "-p", "now"]);
-        assert_eq!(c.reboot_command, ["/sbin/reboot"]);
+        assert_eq!(
+            c.halt_command.unwrap(),
+            ["/usr/local/sbin/halt-hook", "-p", "now"]
+        );
+        assert_eq!(c.reboot_command.unwrap(), ["/sbin/reboot"]);
+        assert_eq!(c.settings.power_timeout, Duration::from_secs(120));
         assert_eq!(c.log_level, LogLevel::Debug);
         let c = parse("clock_sync_period 0\r\nlog_level error\r\n").unwrap();
         assert_eq!(c.settings.clock_sync_period, Duration::ZERO);

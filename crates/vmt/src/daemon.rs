@@ -14,7 +14,12 @@
 //! `OS_Halt` / `OS_Reboot` / `OS_PowerOn` / `OS_Suspend` / `OS_Resume` →
 //! RPCI `tools.os.statechange.status 1 <state>`, then `OK `; halt and
 //! reboot send that reply with one more round trip and then act through
-//! [`System::power`]; `OS_Resume` reports the guest again;
+//! [`System::power`] (the way the guest's init expects, see
+//! [`crate::power`], or the configured command), and when that fails, or
+//! the guest is still up [`Settings::power_timeout`] later, through
+//! [`System::force_power`] (sync and reboot(2)); a second halt or reboot
+//! while one is under way is refused as vmtoolsd refuses it;
+//! `OS_Resume` reports the guest again;
 //! `Set_Option broadcastIP 1` → `info-set guestinfo.ip <first IPv4>` and
 //! `OK `, or `ERROR Unable to find guest IP address`; anything else →
 //! `ERROR Unknown command`.
@@ -26,7 +31,12 @@
 //! [`System::time_keeper`] names an NTP daemon (or anything else keeping
 //! the kernel's clock) vmt says so once and leaves the clock alone.
 //!
-//! The system-facing parts (host name, addresses, power, clock, log) sit behind
+//! What the daemon last did (the channel's state, what it reported, the
+//! last clock sync, the last request, a power action under way) is kept
+//! in a [`Status`] and handed to [`System::publish`] whenever it changes:
+//! `vmt status` reads it from the file the real system writes.
+//!
+//! The system-facing parts (host name, addresses, power, clock, log, status) sit behind
 //! [`System`], so the tests run the loop against the host's state machine
 //! with a double; [`LinuxSystem`](crate::sys::LinuxSystem) is the real one.
 
@@ -37,6 +47,7 @@ use guestrpc::client::{Backdoor, Channel, Error, TcloSession};
 
 use crate::clock::{self, Correction};
 use crate::config::LogLevel;
+use crate::status::{ChannelState, ClockSync, Status};
 use guestrpc::guestinfo::{format_set_guest_info, GuestInfoKey};
 use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_NO_IP, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
@@ -47,6 +58,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Sleep after the host refused to open a channel (vmt's 15 s).
 pub const OPEN_RETRY_INTERVAL: Duration = Duration::from_secs(15);
+/// How long the guest may take to go down after a halt or reboot was
+/// asked of its init before the daemon forces it.
+pub const POWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// vmtoolsd's reply to a power request while one is under way.
+pub const REPLY_IN_PROGRESS: &[u8] = b"ERROR State change already in progress";
 /// Room for one TCLO command; longer ones are refused by the client, which
 /// then reopens the channel.
 const TCLO_BUF_LEN: usize = 4096;
@@ -76,8 +92,19 @@ pub trait System {
     fn hostname(&mut self) -> Option<String>;
     /// The first non-loopback IPv4 address (`guestinfo.ip`).
     fn first_ipv4(&mut self) -> Option<Ipv4Addr>;
-    /// Halts or reboots the guest; returns once the request is made.
-    fn power(&mut self, action: Power) -> Result<(), String>;
+    /// Starts halting or rebooting the guest, the configured way or the
+    /// way its init expects; returns once the request is made, with what
+    /// was done (`systemctl poweroff`), or why it could not be.
+    fn power(&mut self, action: Power) -> Result<String, String>;
+    /// Whether what [`System::power`] started has failed since (a command
+    /// that exited unsuccessfully): why. Asked on every tick while the
+    /// daemon waits for the guest to go down.
+    fn power_failed(&mut self) -> Option<String>;
+    /// The last resort: sync the file systems and power off or reboot at
+    /// once (reboot(2)). Returns only if that failed: why.
+    fn force_power(&mut self, action: Power) -> String;
+    /// The daemon's status changed: this is it now (`vmt status`).
+    fn publish(&mut self, status: &Status);
     /// One log line, at `level`.
     fn log(&mut self, level: LogLevel, line: &str);
     /// The guest's wall clock (`CLOCK_REALTIME`), µs since the Unix epoch.
@@ -103,6 +130,10 @@ pub struct Settings {
     pub clock_step_threshold: Duration,
     /// Sleep between polls while idle.
     pub poll_interval: Duration,
+    /// How long after a halt or reboot was asked the guest may still be
+    /// up before it is forced (sync and reboot(2)); zero: never forced
+    /// (but still when the request itself fails).
+    pub power_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -111,6 +142,7 @@ impl Default for Settings {
             clock_sync_period: clock::DEFAULT_PERIOD,
             clock_step_threshold: clock::DEFAULT_STEP_THRESHOLD,
             poll_interval: POLL_INTERVAL,
+            power_timeout: POWER_TIMEOUT,
         }
     }
 }
@@ -122,6 +154,30 @@ pub struct LastCorrection {
     pub correction: Correction,
     /// Where the host's time came from.
     pub source: clock::Source,
+}
+
+/// A halt or reboot under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    action: Power,
+    /// When it is forced ([`System::monotonic`]), if ever.
+    deadline: Option<Duration>,
+}
+
+fn doing(action: Power) -> &'static str {
+    match action {
+        Power::Halt => "halting",
+        Power::Reboot => "rebooting",
+    }
+}
+
+/// A duration for a log line: `60 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} s", d.as_secs_f64())
+    }
 }
 
 /// What the loop does after a tick.
@@ -153,6 +209,12 @@ pub struct Daemon<S> {
     clock_problem: Option<String>,
     /// The last clock sync's outcome.
     pub last_correction: Option<LastCorrection>,
+    /// The halt or reboot under way.
+    pending: Option<Pending>,
+    /// What [`System::publish`] gets.
+    pub status: Status,
+    /// What it got last.
+    published: Option<Status>,
 }
 
 impl<S: System> Daemon<S> {
@@ -175,7 +237,34 @@ impl<S: System> Daemon<S> {
             keeper: None,
             clock_problem: None,
             last_correction: None,
+            pending: None,
+            status: Status {
+                pid: std::process::id(),
+                ..Status::default()
+            },
+            published: None,
         }
+        .started()
+    }
+
+    fn started(mut self) -> Self {
+        let now = self.sys.realtime_us();
+        self.status.started_us = now;
+        self.status.channel_since_us = now;
+        self
+    }
+
+    /// Hands the status to [`System::publish`] if it changed since.
+    pub fn publish(&mut self) {
+        if self.published.as_ref() != Some(&self.status) {
+            self.sys.publish(&self.status);
+            self.published = Some(self.status.clone());
+        }
+    }
+
+    /// Whether a halt or reboot is under way.
+    pub fn powering(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The settings it runs with.
@@ -196,9 +285,10 @@ impl<S: System> Daemon<S> {
                     LogLevel::Info,
                     &format!("clock: {k} keeps the time; not syncing from the host"),
                 );
+                self.status.clock_note = Some(format!("{k} keeps the time"));
                 self.keeper = Some(k);
             }
-            return;
+            return self.publish();
         }
         if self.keeper.take().is_some() {
             self.sys.log(
@@ -230,9 +320,16 @@ impl<S: System> Daemon<S> {
             return self.clock_failed(format!("{what} by {size} failed: {e}"));
         }
         self.clock_problem = None;
+        self.status.clock_note = None;
         self.last_correction = Some(LastCorrection {
             correction,
             source: host.source,
+        });
+        self.status.clock = Some(ClockSync {
+            offset_us: offset,
+            correction,
+            source: host.source,
+            at_us: self.sys.realtime_us(),
         });
         match correction {
             Correction::None => {}
@@ -245,14 +342,17 @@ impl<S: System> Daemon<S> {
                 &format!("clock ({reason}): slewing by {size}"),
             ),
         }
+        self.publish();
     }
 
     fn clock_failed(&mut self, why: String) {
         let line = format!("clock: {why}");
         if self.clock_problem.as_deref() != Some(line.as_str()) {
             self.sys.log(LogLevel::Error, &line);
+            self.status.clock_note = Some(why);
             self.clock_problem = Some(line);
         }
+        self.publish();
     }
 
     /// Timed work, on an idle tick: the periodic clock sync.
@@ -275,7 +375,10 @@ impl<S: System> Daemon<S> {
             match format_set_guest_info(&mut buf, GuestInfoKey::DnsName, name.as_bytes()) {
                 Ok(req) => {
                     let req = req.to_vec();
-                    self.request(bd, &req);
+                    if self.request(bd, &req) {
+                        self.status.hostname = Some(name);
+                        self.status.reported_us = Some(self.sys.realtime_us());
+                    }
                 }
                 Err(e) => self
                     .sys
@@ -283,12 +386,30 @@ impl<S: System> Daemon<S> {
             }
         }
         if let Some(ip) = self.sys.first_ipv4() {
-            self.request(bd, format!("info-set guestinfo.ip {ip}").as_bytes());
+            self.send_ip(bd, ip);
         }
+        self.publish();
+    }
+
+    /// `info-set guestinfo.ip`; whether the host took it.
+    fn send_ip(&mut self, bd: &mut impl Backdoor, ip: Ipv4Addr) -> bool {
+        let ok = self.request(bd, format!("info-set guestinfo.ip {ip}").as_bytes());
+        if ok {
+            self.status.ip = Some(ip);
+            self.status.reported_us = Some(self.sys.realtime_us());
+        }
+        ok
     }
 
     /// One TCLO round trip and what it asked for.
     pub fn tick(&mut self, bd: &mut impl Backdoor) -> Next {
+        self.check_power();
+        let next = self.tick_inner(bd);
+        self.publish();
+        next
+    }
+
+    fn tick_inner(&mut self, bd: &mut impl Backdoor) -> Next {
         let cmd = match self.session.poll(bd, &mut self.tclo_buf) {
             Ok(None) => {
                 self.recovered();
@@ -300,6 +421,7 @@ impl<S: System> Daemon<S> {
         };
         self.recovered();
         self.sys.log(LogLevel::Debug, &format!("tclo: {cmd}"));
+        self.status.request = Some((cmd.to_string(), self.sys.realtime_us()));
         let (reply, power) = self.handle(bd, &cmd);
         self.session.set_reply(reply);
         if let Some(action) = power {
@@ -313,17 +435,62 @@ impl<S: System> Daemon<S> {
                     .log(LogLevel::Error, &format!("dropped command {c}")),
                 Err(e) => self.sys.log(LogLevel::Error, &format!("tclo: {e}")),
             }
-            let what = match action {
-                Power::Halt => "halting",
-                Power::Reboot => "rebooting",
-            };
-            self.sys.log(LogLevel::Info, what);
-            if let Err(e) = self.sys.power(action) {
-                self.sys
-                    .log(LogLevel::Error, &format!("{what} failed: {e}"));
-            }
+            self.start_power(action);
         }
         Next::Now
+    }
+
+    /// Halts or reboots through [`System::power`]; forces it at once when
+    /// that fails.
+    fn start_power(&mut self, action: Power) {
+        let what = doing(action);
+        match self.sys.power(action) {
+            Ok(how) => {
+                let line = format!("{what}: {how}");
+                self.sys.log(LogLevel::Info, &line);
+                self.status.power = Some((line, self.sys.realtime_us()));
+                let timeout = self.settings.power_timeout;
+                self.pending = Some(Pending {
+                    action,
+                    deadline: (!timeout.is_zero())
+                        .then(|| self.sys.monotonic().saturating_add(timeout)),
+                });
+            }
+            Err(e) => self.force(action, &format!("{what} failed: {e}")),
+        }
+    }
+
+    /// While a halt or reboot is under way: forces it when what was
+    /// started failed, or when the guest is still up at the deadline.
+    fn check_power(&mut self) {
+        let Some(p) = self.pending else { return };
+        let what = doing(p.action);
+        if let Some(e) = self.sys.power_failed() {
+            return self.force(p.action, &format!("{what} failed: {e}"));
+        }
+        if p.deadline.is_some_and(|d| self.sys.monotonic() >= d) {
+            let after = seconds(self.settings.power_timeout);
+            self.force(p.action, &format!("still up {after} after {what}"));
+        }
+    }
+
+    /// The last resort: sync and reboot(2) through
+    /// [`System::force_power`], which returns only when that failed (then
+    /// logged; the daemon goes on).
+    fn force(&mut self, action: Power, why: &str) {
+        self.pending = None;
+        self.sys.log(
+            LogLevel::Error,
+            &format!("{why}; last resort: sync and reboot(2)"),
+        );
+        self.status.power = Some((
+            format!("{}: sync and reboot(2), the last resort", doing(action)),
+            self.sys.realtime_us(),
+        ));
+        self.publish();
+        let e = self.sys.force_power(action);
+        self.sys
+            .log(LogLevel::Error, &format!("reboot(2) failed: {e}"));
     }
 
     /// Closes the channels (on exit).
@@ -338,6 +505,8 @@ impl<S: System> Daemon<S> {
         let line = format!("tclo: {e}");
         if self.problem.as_deref() != Some(line.as_str()) {
             self.sys.log(LogLevel::Error, &format!("{line}; retrying"));
+            self.status.channel = ChannelState::Failing(line.clone());
+            self.status.channel_since_us = self.sys.realtime_us();
             self.problem = Some(line);
         }
         Next::Sleep(if e == Error::OpenFailed {
@@ -351,6 +520,10 @@ impl<S: System> Daemon<S> {
         if self.problem.take().is_some() {
             self.sys.log(LogLevel::Info, "tclo: channel open again");
         }
+        if self.status.channel != ChannelState::Open {
+            self.status.channel = ChannelState::Open;
+            self.status.channel_since_us = self.sys.realtime_us();
+        }
     }
 
     /// Acts on one command: the reply, and the power action to take once
@@ -361,6 +534,9 @@ impl<S: System> Daemon<S> {
         cmd: &TcloCommand<String>,
     ) -> (&'static [u8], Option<Power>) {
         if let Some(state) = cmd.power_state() {
+            if self.pending.is_some() && matches!(state, PowerState::Halt | PowerState::Reboot) {
+                return (REPLY_IN_PROGRESS, None);
+            }
             self.request(
                 bd,
                 format!("tools.os.statechange.status 1 {}", state as u32).as_bytes(),
@@ -395,7 +571,7 @@ impl<S: System> Daemon<S> {
                 match self.sys.first_ipv4() {
                     Some(ip) => {
                         // vmt replies OK even when the RPCI fails.
-                        self.request(bd, format!("info-set guestinfo.ip {ip}").as_bytes());
+                        self.send_ip(bd, ip);
                         REPLY_OK
                     }
                     None => REPLY_NO_IP,
@@ -459,6 +635,7 @@ pub fn run<S: System>(
     mut sleep: impl FnMut(Duration),
     mut stop: impl FnMut() -> bool,
 ) {
+    d.publish();
     d.report(bd);
     d.sync_clock(bd, "start");
     while !stop() {

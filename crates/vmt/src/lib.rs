@@ -3,13 +3,15 @@
 //!
 //! Here so far: the command line for people and scripts, in the manner of
 //! open-vm-tools' `vmware-checkvm` and `vmware-rpctool` (`vmt checkvm`,
-//! `vmt rpc TEXT`, `vmt info get KEY`, `vmt info set KEY VALUE`), and the
-//! daemon's core, `vmt -d` ([`daemon`]): vmt(4)'s TCLO loop answering the
-//! host's power requests, the host name and first IPv4 address reported at
-//! start and after a resume, the clock kept in sync with the host's
-//! ([`clock`]), configured by `/etc/vmt.conf` and flags ([`config`]).
-//! Still to come (issue 11): detaching and syslog, NIC and OS reports,
-//! netlink, `vmt status`.
+//! `vmt rpc TEXT`, `vmt info get KEY`, `vmt info set KEY VALUE`,
+//! `vmt status`), and the daemon, `vmt` ([`daemon`]): vmt(4)'s TCLO loop
+//! answering the host's power requests the way the guest's init expects
+//! ([`power`]), the host name and first IPv4 address reported at start and
+//! after a resume, the clock kept in sync with the host's ([`clock`]),
+//! configured by `/etc/vmt.conf` and flags ([`config`]); detached, with a
+//! pid file and syslog ([`detach`], [`syslog`]), or in the foreground
+//! with `-d`; what it last did in a status file ([`status`]).
+//! Still to come (issue 11): NIC and OS reports, netlink.
 //!
 //! The operations ([`ops`]) are generic over guestrpc's
 //! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them

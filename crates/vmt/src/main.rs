@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmt::cli::{self, Cli};
+use vmt::cli::{self, Cli, Command};
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn main() -> ExitCode {
@@ -12,6 +12,15 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     if args.check {
         return ExitCode::from(args.check_config(&mut std::io::stderr().lock()));
+    }
+    if args.command == Some(Command::Status) {
+        // Neither root nor the backdoor: the daemon's files.
+        return ExitCode::from(cli::status(
+            vmt::status::STATUS_FILE.as_ref(),
+            vmt::status::PID_FILE.as_ref(),
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ));
     }
     // The daemon's configuration, checked before anything else is done.
     let config = if args.command.is_none() {
@@ -25,11 +34,6 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    if args.command.is_none() && !args.foreground {
-        // Detaching and syslog are still to come (issue 11).
-        eprintln!("vmt: the daemon runs only in the foreground for now: use -d");
-        return ExitCode::from(cli::EXIT_FAILURE);
-    }
     // The signature decides nothing on its own (see detect::host): it says
     // how the host was found, and names the hypervisor when it is not one.
     let signature = detect::cpuid_signature();
@@ -38,8 +42,9 @@ fn main() -> ExitCode {
         return ExitCode::from(cli::EXIT_FAILURE);
     }
     // SAFETY: ioperm above granted this process ports 0x5658..=0x565b, so
-    // the port instructions do not fault. Without a hypervisor the ports
-    // may belong to hardware: the only access before the host is known is
+    // the port instructions do not fault (the permission is inherited
+    // across the daemon's forks). Without a hypervisor the ports may
+    // belong to hardware: the only access before the host is known is
     // GETVERSION's one 4-byte read of 0x5658, the probe vmware-checkvm and
     // NetBSD's vmt(4) make too (see detect::host).
     let mut bd = unsafe { guestrpc::x86::PortIo::new() };
@@ -51,8 +56,7 @@ fn main() -> ExitCode {
         }
     };
     let Some(command) = args.command else {
-        daemon(bd, config.unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return daemon(bd, config.unwrap_or_default(), args.foreground);
     };
     let code = cli::run(
         &command,
@@ -74,29 +78,70 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// `vmt -d`: the TCLO loop until a signal ends it.
+/// The daemon: detached (syslog) unless `foreground` (standard error),
+/// holding the pid file, the TCLO loop until a signal ends it.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn daemon(mut bd: guestrpc::x86::PortIo, config: vmt::config::Config) {
+fn daemon(
+    mut bd: guestrpc::x86::PortIo,
+    config: vmt::config::Config,
+    foreground: bool,
+) -> ExitCode {
     use std::sync::atomic::Ordering;
     use vmt::daemon::{self, Daemon};
+    use vmt::detach::{self, PidFile};
+    use vmt::sys::{LinuxSystem, LogTarget};
 
+    let (log, ready) = if foreground {
+        (LogTarget::Stderr, None)
+    } else {
+        // Returns in the daemon only (the caller exits once it is ready).
+        match detach::detach() {
+            Ok(r) => (LogTarget::Syslog(vmt::syslog::Syslog::new("vmt")), Some(r)),
+            Err(e) => {
+                eprintln!("vmt: {e}");
+                return ExitCode::from(cli::EXIT_FAILURE);
+            }
+        }
+    };
+    let pid_file = match PidFile::acquire(vmt::status::PID_FILE.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            match ready {
+                Some(r) => r.fail(&e),
+                None => eprintln!("vmt: {e}"),
+            }
+            return ExitCode::from(cli::EXIT_FAILURE);
+        }
+    };
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let sys = vmt::sys::LinuxSystem {
-        halt: config.halt_command,
-        reboot: config.reboot_command,
-        log_level: config.log_level,
-        ..vmt::sys::LinuxSystem::default()
-    };
+    let status_file = std::path::PathBuf::from(vmt::status::STATUS_FILE);
+    let mut sys = LinuxSystem::default();
+    sys.halt = config.halt_command;
+    sys.reboot = config.reboot_command;
+    sys.log_level = config.log_level;
+    sys.log = log;
+    sys.status_file = Some(status_file.clone());
+    sys.may_reboot = true;
     let mut d = Daemon::with_settings(sys, config.settings);
-    eprintln!("vmt: started");
+    if let Some(r) = ready {
+        r.ok();
+    }
+    use vmt::daemon::System as _;
+    d.sys.log(
+        vmt::config::LogLevel::Info,
+        &format!("started (pid {})", std::process::id()),
+    );
     daemon::run(&mut d, &mut bd, std::thread::sleep, || {
         STOP.load(Ordering::Relaxed)
     });
-    eprintln!("vmt: exiting");
+    d.sys.log(vmt::config::LogLevel::Info, "exiting");
+    let _ = std::fs::remove_file(&status_file);
+    drop(pid_file);
+    ExitCode::SUCCESS
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]

@@ -34,29 +34,81 @@ pub fn ioperm_backdoor() -> Result<(), String> {
     ))
 }
 
+/// Where log lines go.
+#[derive(Debug)]
+pub enum LogTarget {
+    /// Standard error, `vmt: ` before each line (the foreground daemon).
+    Stderr,
+    /// Syslog (the detached daemon).
+    Syslog(crate::syslog::Syslog),
+}
+
 /// The real [`System`](crate::daemon::System): the kernel's host name and
-/// interface addresses, power commands run as programs, the kernel's
-/// clock, log lines on standard error.
-#[derive(Clone, Debug)]
+/// interface addresses, power through the init ([`crate::power`]) or the
+/// configured commands, the kernel's clock, log lines on standard error
+/// or to syslog, the status file.
+#[derive(Debug)]
 pub struct LinuxSystem {
-    /// The command run on `OS_Halt` (default `poweroff`).
-    pub halt: Vec<String>,
-    /// The command run on `OS_Reboot` (default `reboot`).
-    pub reboot: Vec<String>,
+    /// The command run on `OS_Halt`; `None`: the init's way.
+    pub halt: Option<Vec<String>>,
+    /// The command run on `OS_Reboot`; `None`: the init's way.
+    pub reboot: Option<Vec<String>>,
+    /// Where the init's files are looked for (`run/systemd/system`,
+    /// `run/initctl`): `/`.
+    pub root: std::path::PathBuf,
+    /// The init's pid (1).
+    pub init_pid: i32,
+    /// Whether the last resort may call reboot(2). Off unless the daemon
+    /// turns it on: tests use this type on the machine that runs them.
+    pub may_reboot: bool,
     /// Where [`monotonic`](crate::daemon::System::monotonic) counts from.
     pub started: std::time::Instant,
     /// Lines above this level are not logged.
     pub log_level: crate::config::LogLevel,
+    /// Where lines go.
+    pub log: LogTarget,
+    /// Where the status goes (`None`: nowhere).
+    pub status_file: Option<std::path::PathBuf>,
+    /// The power command running, with its name.
+    child: Option<(String, std::process::Child)>,
+    /// The status file could not be written (logged once).
+    status_failed: bool,
 }
 
 impl Default for LinuxSystem {
     fn default() -> Self {
         LinuxSystem {
-            halt: vec!["poweroff".to_owned()],
-            reboot: vec!["reboot".to_owned()],
+            halt: None,
+            reboot: None,
+            root: "/".into(),
+            init_pid: 1,
+            may_reboot: false,
             started: std::time::Instant::now(),
             log_level: crate::config::LogLevel::Info,
+            log: LogTarget::Stderr,
+            status_file: None,
+            child: None,
+            status_failed: false,
         }
+    }
+}
+
+impl LinuxSystem {
+    /// The way `action` is done here: the configured command, or the
+    /// init's way.
+    pub fn power_way(&self, action: crate::daemon::Power) -> crate::power::Way {
+        use crate::daemon::Power;
+        use crate::power;
+        let configured = match action {
+            Power::Halt => &self.halt,
+            Power::Reboot => &self.reboot,
+        };
+        if let Some(argv) = configured {
+            return power::Way::Command(argv.clone());
+        }
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{}", self.init_pid));
+        let init = power::detect(&self.root, &proc_dir);
+        power::way(&init, self.init_pid, action)
     }
 }
 
@@ -159,26 +211,60 @@ impl crate::daemon::System for LinuxSystem {
         first_ipv4()
     }
 
-    fn power(&mut self, action: crate::daemon::Power) -> Result<(), String> {
-        let argv = match action {
-            crate::daemon::Power::Halt => &self.halt,
-            crate::daemon::Power::Reboot => &self.reboot,
+    fn power(&mut self, action: crate::daemon::Power) -> Result<String, String> {
+        let way = self.power_way(action);
+        let how = way.to_string();
+        if let Some(child) = way.start()? {
+            let name = match &way {
+                crate::power::Way::Command(argv) => argv[0].clone(),
+                _ => how.clone(),
+            };
+            self.child = Some((name, child));
+        }
+        Ok(how)
+    }
+
+    fn power_failed(&mut self) -> Option<String> {
+        let (name, child) = self.child.as_mut()?;
+        let why = match child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(st)) if st.success() => None,
+            Ok(Some(st)) => Some(format!("{name}: {st}")),
+            Err(e) => Some(format!("{name}: {e}")),
         };
-        let (prog, args) = argv.split_first().ok_or("no command")?;
-        let status = std::process::Command::new(prog)
-            .args(args)
-            .status()
-            .map_err(|e| format!("{prog}: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("{prog}: {status}"))
+        self.child = None;
+        why
+    }
+
+    fn force_power(&mut self, action: crate::daemon::Power) -> String {
+        if !self.may_reboot {
+            return "not allowed here".to_owned();
+        }
+        crate::power::last_resort(action).to_string()
+    }
+
+    fn publish(&mut self, status: &crate::status::Status) {
+        let Some(path) = &self.status_file else {
+            return;
+        };
+        match crate::status::write_atomically(path, &status.render()) {
+            Ok(()) => self.status_failed = false,
+            Err(e) if !self.status_failed => {
+                let line = format!("{}: {e}", path.display());
+                self.status_failed = true;
+                self.log(crate::config::LogLevel::Error, &line);
+            }
+            Err(_) => {}
         }
     }
 
     fn log(&mut self, level: crate::config::LogLevel, line: &str) {
-        if level <= self.log_level {
-            eprintln!("vmt: {line}");
+        if level > self.log_level {
+            return;
+        }
+        match &mut self.log {
+            LogTarget::Stderr => eprintln!("vmt: {line}"),
+            LogTarget::Syslog(s) => s.log(level, line),
         }
     }
 
@@ -324,17 +410,100 @@ mod tests {
         assert!(!TIME_KEEPERS.contains(&own.trim_end()));
     }
 
+    /// Waits (at most 10 s) for the power command to end; its failure.
+    fn power_outcome(sys: &mut LinuxSystem) -> Option<String> {
+        use crate::daemon::System;
+        for _ in 0..1000 {
+            if let Some(e) = sys.power_failed() {
+                return Some(e);
+            }
+            sys.child.as_ref()?;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the power command did not end");
+    }
+
+    /// Configured commands are spawned, the daemon not blocked on them;
+    /// their failure shows up afterwards.
     #[test]
     fn power_commands_run_as_programs() {
         use crate::daemon::{Power, System};
         let mut sys = LinuxSystem {
-            halt: vec!["true".to_owned()],
-            reboot: vec!["false".to_owned()],
+            halt: Some(vec!["true".to_owned()]),
+            reboot: Some(vec!["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()]),
             ..LinuxSystem::default()
         };
-        assert_eq!(sys.power(Power::Halt), Ok(()));
-        assert!(sys.power(Power::Reboot).unwrap_err().starts_with("false: "));
-        sys.halt = vec!["/nonexistent/poweroff".to_owned()];
-        assert!(sys.power(Power::Halt).is_err());
+        assert_eq!(sys.power(Power::Halt), Ok("true".to_owned()));
+        assert_eq!(power_outcome(&mut sys), None);
+        assert_eq!(sys.power(Power::Reboot), Ok("sh -c exit 3".to_owned()));
+        assert_eq!(
+            power_outcome(&mut sys).as_deref(),
+            Some("sh: exit status: 3")
+        );
+        assert_eq!(sys.power_failed(), None, "reported once");
+        // A command that hangs does not hold the daemon up.
+        sys.halt = Some(vec!["sleep".to_owned(), "30".to_owned()]);
+        let t = std::time::Instant::now();
+        sys.power(Power::Halt).unwrap();
+        assert_eq!(sys.power_failed(), None);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        sys.child.take().unwrap().1.kill().unwrap();
+        sys.halt = Some(vec!["/nonexistent/poweroff".to_owned()]);
+        assert!(sys
+            .power(Power::Halt)
+            .unwrap_err()
+            .starts_with("/nonexistent/poweroff: "));
+        // And the last resort stays off outside the daemon.
+        assert_eq!(sys.force_power(Power::Halt), "not allowed here");
+    }
+
+    /// Without a configured command, the init decides (here a fake root
+    /// with systemd's directory: `systemctl`, whose start is not tried).
+    #[test]
+    fn the_init_decides_without_a_command() {
+        use crate::daemon::Power;
+        use crate::power::Way;
+        let root = std::env::temp_dir().join(format!("vmt-sys-root-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("run/systemd/system")).unwrap();
+        let sys = LinuxSystem {
+            root: root.clone(),
+            ..LinuxSystem::default()
+        };
+        assert_eq!(
+            sys.power_way(Power::Reboot),
+            Way::Command(vec!["systemctl".into(), "reboot".into()])
+        );
+        let sys = LinuxSystem {
+            root: root.clone(),
+            reboot: Some(vec!["/sbin/my-reboot".into()]),
+            ..LinuxSystem::default()
+        };
+        assert_eq!(
+            sys.power_way(Power::Reboot),
+            Way::Command(vec!["/sbin/my-reboot".into()])
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_status_file_is_written() {
+        use crate::daemon::System;
+        let dir = std::env::temp_dir().join(format!("vmt-sys-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vmt.status");
+        let mut sys = LinuxSystem {
+            status_file: Some(path.clone()),
+            ..LinuxSystem::default()
+        };
+        let st = crate::status::Status {
+            pid: 7,
+            ..Default::default()
+        };
+        sys.publish(&st);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), st.render());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A directory gone: logged once, no panic.
+        sys.publish(&st);
+        assert!(sys.status_failed);
     }
 }

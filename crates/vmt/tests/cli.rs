@@ -278,14 +278,22 @@ fn configuration_file_and_flags() {
     let conf = c.config().unwrap();
     assert_eq!(conf.settings.clock_sync_period, Duration::from_secs(120));
     assert_eq!(conf.settings.poll_interval, Duration::from_secs(2));
-    assert_eq!(conf.halt_command, ["/bin/true"]);
+    assert_eq!(
+        conf.halt_command.as_deref(),
+        Some(&["/bin/true".to_owned()][..])
+    );
+    assert_eq!(conf.reboot_command, None, "the init's way");
     assert_eq!(conf.log_level, LogLevel::Info);
     let c = cli::Cli::try_parse_from(["vmt", "-d", "-f", f, "-p", "0", "-i", "0.5", "-v"]).unwrap();
     let conf = c.config().unwrap();
     assert_eq!(conf.settings.clock_sync_period, Duration::ZERO);
     assert_eq!(conf.settings.poll_interval, Duration::from_millis(500));
     assert_eq!(conf.log_level, LogLevel::Debug);
-    assert_eq!(conf.halt_command, ["/bin/true"], "from the file still");
+    assert_eq!(
+        conf.halt_command.as_deref(),
+        Some(&["/bin/true".to_owned()][..]),
+        "from the file still"
+    );
     // Bad flag values are usage errors.
     assert!(cli::Cli::try_parse_from(["vmt", "-d", "-p", "-1"]).is_err());
     assert!(cli::Cli::try_parse_from(["vmt", "-d", "-i", "0"]).is_err());

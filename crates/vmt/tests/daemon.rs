@@ -13,8 +13,10 @@ use guestrpc::testing::{FakeVcpu, HOST_TIME_US};
 use vmt::clock::{Correction, Source};
 use vmt::config::LogLevel;
 use vmt::daemon::{
-    self, Daemon, LastCorrection, Next, Power, Settings, System, OPEN_RETRY_INTERVAL, POLL_INTERVAL,
+    self, Daemon, LastCorrection, Next, Power, Settings, System, OPEN_RETRY_INTERVAL,
+    POLL_INTERVAL, POWER_TIMEOUT,
 };
+use vmt::status::{ChannelState, Status};
 
 #[derive(Default)]
 struct FakeSystem {
@@ -22,6 +24,12 @@ struct FakeSystem {
     ip: Option<Ipv4Addr>,
     powered: Vec<Power>,
     power_fails: bool,
+    /// What `power_failed` says next (a command that failed later).
+    fails_later: Option<String>,
+    /// Last resorts taken.
+    forced: Vec<Power>,
+    /// Every status published.
+    published: Vec<Status>,
     log: Vec<String>,
     /// Debug lines, apart.
     debug: Vec<String>,
@@ -43,13 +51,23 @@ impl System for FakeSystem {
     fn first_ipv4(&mut self) -> Option<Ipv4Addr> {
         self.ip
     }
-    fn power(&mut self, action: Power) -> Result<(), String> {
+    fn power(&mut self, action: Power) -> Result<String, String> {
         self.powered.push(action);
         if self.power_fails {
             Err("exit status: 1".to_owned())
         } else {
-            Ok(())
+            Ok("the test's way".to_owned())
         }
+    }
+    fn power_failed(&mut self) -> Option<String> {
+        self.fails_later.take()
+    }
+    fn force_power(&mut self, action: Power) -> String {
+        self.forced.push(action);
+        "not in a test".to_owned()
+    }
+    fn publish(&mut self, status: &Status) {
+        self.published.push(status.clone());
     }
     fn log(&mut self, level: LogLevel, line: &str) {
         if level == LogLevel::Debug {
@@ -190,13 +208,102 @@ fn halt_and_reboot_report_then_act() {
         assert_eq!(change.power_state(), Some(state));
         assert_eq!(d.sys.powered, [power]);
     }
-    // A power command that fails is logged; the loop goes on.
+    // A power request that cannot be made: the last resort at once,
+    // logged; when even that fails the loop goes on.
     let (mut d, mut vm) = started();
     d.sys.power_fails = true;
     command(&mut d, &mut vm, TcloCommand::OsHalt);
-    assert_eq!(d.sys.log, ["halting", "halting failed: exit status: 1"]);
+    assert_eq!(
+        d.sys.log,
+        [
+            "halting failed: exit status: 1; last resort: sync and reboot(2)",
+            "reboot(2) failed: not in a test"
+        ]
+    );
+    assert_eq!(d.sys.forced, [Power::Halt]);
     assert_eq!(
         command(&mut d, &mut vm, TcloCommand::Ping),
+        CommandStatus::Acked("OK ".into())
+    );
+}
+
+/// A guest still up `power_timeout` after the request is forced down;
+/// not a moment before.
+#[test]
+fn a_guest_still_up_is_forced_after_the_timeout() {
+    let (mut d, mut vm) = started();
+    command(&mut d, &mut vm, TcloCommand::OsReboot);
+    assert_eq!(d.sys.log, ["rebooting: the test's way"]);
+    assert!(d.powering());
+    d.sys.mono += POWER_TIMEOUT - Duration::from_millis(1);
+    until_idle(&mut d, &mut vm);
+    assert!(d.sys.forced.is_empty());
+    d.sys.mono += Duration::from_millis(1);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.forced, [Power::Reboot]);
+    assert_eq!(
+        d.sys.log[1..],
+        [
+            "still up 60 s after rebooting; last resort: sync and reboot(2)",
+            "reboot(2) failed: not in a test"
+        ]
+    );
+    assert!(!d.powering());
+    // Once: the daemon goes on answering.
+    d.sys.mono += POWER_TIMEOUT * 2;
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.forced.len(), 1);
+}
+
+/// A power command that fails after it started (exit status 1): the last
+/// resort on the next tick, without waiting for the timeout.
+#[test]
+fn a_command_that_fails_later_is_followed_by_the_last_resort() {
+    let (mut d, mut vm) = started();
+    command(&mut d, &mut vm, TcloCommand::OsHalt);
+    d.sys.fails_later = Some("poweroff: exit status: 1".to_owned());
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.forced, [Power::Halt]);
+    assert_eq!(
+        d.sys.log[1],
+        "halting failed: poweroff: exit status: 1; last resort: sync and reboot(2)"
+    );
+}
+
+/// power_timeout 0: the request is trusted; nothing forced however long
+/// the guest stays up.
+#[test]
+fn a_zero_power_timeout_never_forces() {
+    let mut vm = FakeVcpu::new();
+    let settings = Settings {
+        power_timeout: Duration::ZERO,
+        ..Settings::default()
+    };
+    let mut d = Daemon::with_settings(guest(), settings);
+    until_idle(&mut d, &mut vm);
+    command(&mut d, &mut vm, TcloCommand::OsHalt);
+    d.sys.mono += Duration::from_secs(86_400);
+    until_idle(&mut d, &mut vm);
+    assert!(d.sys.forced.is_empty());
+    assert!(d.powering());
+}
+
+/// A second halt or reboot while one is under way is refused as vmtoolsd
+/// refuses it, and starts nothing.
+#[test]
+fn one_power_request_at_a_time() {
+    let (mut d, mut vm) = started();
+    command(&mut d, &mut vm, TcloCommand::OsHalt);
+    for cmd in [TcloCommand::OsHalt, TcloCommand::OsReboot] {
+        assert_eq!(
+            command(&mut d, &mut vm, cmd),
+            CommandStatus::Failed("ERROR State change already in progress".into())
+        );
+    }
+    assert_eq!(d.sys.powered, [Power::Halt]);
+    // Other requests are still answered.
+    assert_eq!(
+        command(&mut d, &mut vm, TcloCommand::OsSuspend),
         CommandStatus::Acked("OK ".into())
     );
 }
@@ -562,4 +669,110 @@ fn the_poll_interval_is_a_setting() {
     let mut d = Daemon::with_settings(guest(), settings);
     assert_eq!(until_idle(&mut d, &mut vm), Duration::from_millis(250));
     assert_eq!(d.tick(&mut vm), Next::Sleep(Duration::from_millis(250)));
+}
+
+/// What `vmt status` shows: the daemon publishes its status when it
+/// changes (never on a plain idle poll): the channel's state, the host
+/// name and address it sent, the last clock sync, the last request, a
+/// power action under way.
+#[test]
+fn the_status_follows_what_the_daemon_does() {
+    let mut vm = FakeVcpu::new();
+    let mut sys = guest();
+    sys.clock_us -= 3600 * S;
+    let mut d = Daemon::new(sys);
+    d.publish();
+    let first = d.sys.published.last().unwrap().clone();
+    assert_eq!(first.pid, std::process::id());
+    assert_eq!(first.channel, ChannelState::Starting);
+    assert_eq!(first.hostname, None);
+    d.report(&mut vm);
+    d.sync_clock(&mut vm, "start");
+    until_idle(&mut d, &mut vm);
+    let st = d.sys.published.last().unwrap().clone();
+    assert_eq!(st.channel, ChannelState::Open);
+    assert_eq!(st.hostname.as_deref(), Some("guest1"));
+    assert_eq!(st.ip, Some(Ipv4Addr::new(192, 0, 2, 10)));
+    assert!(st.reported_us.is_some());
+    let c = st.clock.unwrap();
+    assert_eq!(
+        (c.offset_us, c.correction, c.source),
+        (3600 * S, Correction::Step(3600 * S), Source::GetTimeFull)
+    );
+    assert_eq!(
+        st.request.as_ref().map(|r| r.0.as_str()),
+        Some("Capabilities_Register")
+    );
+    let text = st.render();
+    for line in [
+        "channel open\n",
+        "hostname guest1\n",
+        "ip 192.0.2.10\n",
+        "clock stepped by +3600.000000 s\n",
+        "clock_source GETTIMEFULL\n",
+        "request Capabilities_Register\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    // Idle polls change nothing: nothing published.
+    let n = d.sys.published.len();
+    for _ in 0..5 {
+        d.tick(&mut vm);
+    }
+    assert_eq!(d.sys.published.len(), n);
+
+    // The host drops the channels: failing, then open again.
+    vm.channels.reset(&mut vm.tools);
+    d.tick(&mut vm);
+    assert_eq!(
+        d.sys.published.last().unwrap().channel,
+        ChannelState::Failing("tclo: GuestRPC send failed".into())
+    );
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.published.last().unwrap().channel, ChannelState::Open);
+
+    // A new address, sent on the host's broadcastIP.
+    d.sys.ip = Some(Ipv4Addr::new(192, 0, 2, 99));
+    command(
+        &mut d,
+        &mut vm,
+        TcloCommand::SetOption("broadcastIP".into(), "1".into()),
+    );
+    assert_eq!(
+        d.sys.published.last().unwrap().ip,
+        Some(Ipv4Addr::new(192, 0, 2, 99))
+    );
+
+    // An NTP daemon: the clock's note says so.
+    d.sys.keeper = Some("chronyd (pid 321)".into());
+    d.sync_clock(&mut vm, "periodic");
+    assert_eq!(
+        d.sys.published.last().unwrap().clock_note.as_deref(),
+        Some("chronyd (pid 321) keeps the time")
+    );
+
+    // A halt under way.
+    command(&mut d, &mut vm, TcloCommand::OsHalt);
+    let st = d.sys.published.last().unwrap();
+    assert_eq!(st.request.as_ref().unwrap().0, "OS_Halt");
+    assert_eq!(st.power.as_ref().unwrap().0, "halting: the test's way");
+}
+
+/// The host refuses every RPCI: nothing is recorded as sent.
+#[test]
+fn the_status_has_only_what_the_host_took() {
+    let mut vm = FakeVcpu::new();
+    let taken: Vec<Channel> = (0..MAX_CHANNELS)
+        .map(|_| Channel::open(&mut vm, PROTO_RPCI).unwrap())
+        .collect();
+    let mut d = Daemon::new(guest());
+    d.report(&mut vm);
+    d.tick(&mut vm);
+    let st = d.sys.published.last().unwrap();
+    assert_eq!((st.hostname.as_deref(), st.ip), (None, None));
+    assert_eq!(
+        st.channel,
+        ChannelState::Failing("tclo: cannot open a GuestRPC channel".into())
+    );
+    drop(taken);
 }
