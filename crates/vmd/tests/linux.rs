@@ -543,41 +543,63 @@ poweroff -f
 }
 
 /// Our own guest tools (`vmt`, issue 11) in real Linux under vmd, on a
-/// local interface (vmd in a network namespace of the test's): `vmt
-/// checkvm` finds the backdoor (through GETVERSION: user-space CPUID here
-/// shows the host machine's leaves), `vmt info set` reaches vmd's API,
-/// `vmt info get` reads what `vmctl guestinfo` set, and a missing key and
-/// an unknown request fail with the host's words. Then the daemon, `vmt
-/// -d`: `vmctl status` shows the hostname and DHCP address it reports,
-/// and `vmctl stop` halts the guest through it ("halted by guest tools").
-/// The binary goes into the busybox image with its library closure.
+/// local interface (vmd in a network namespace of the test's), the guest
+/// run by busybox's init as a small distribution would be. `vmt checkvm`
+/// finds the backdoor (through GETVERSION: user-space CPUID here shows
+/// the host machine's leaves), `vmt info set` reaches vmd's API, `vmt info
+/// get` reads what `vmctl guestinfo` set, and a missing key and an unknown
+/// request fail with the host's words. Then the daemon, started by its
+/// init script (crates/vmt/dist/vmt.init): it detaches, logs to syslog
+/// (busybox syslogd, writing to the console), `vmt status` shows the
+/// channel open and what it reported; `vmctl status` shows the hostname
+/// and DHCP address, and `vmctl stop` halts the guest through it ("halted
+/// by guest tools") the way busybox init expects: SIGUSR2 to PID 1, which
+/// runs the inittab's shutdown action (the init script's stop) and powers
+/// off. The binary is the static build (`cargo static`), copied alone:
+/// the image has no shared libraries.
 #[test]
 fn vmt_talks_to_our_backdoor() {
-    /// Builds `vmt` in this test's profile and target directory (the tests
-    /// of one crate cannot ask cargo for another's binaries) and writes a
-    /// stripped copy: a debug build's debug information would cost the
-    /// guest seconds of emulated unpacking.
+    /// Builds the static `vmt` (as crates/vmt's `cargo static` alias does,
+    /// in this test's profile and target directory: the tests of one crate
+    /// cannot ask cargo for another's binaries) and writes a stripped
+    /// copy: a debug build's debug information would cost the guest
+    /// seconds of emulated unpacking.
     fn vmt_binary() -> std::path::PathBuf {
+        const TARGET: &str = "x86_64-unknown-linux-gnu";
         let exe = std::env::current_exe().unwrap();
         let mut dir = exe.parent().unwrap().to_path_buf();
         if dir.file_name().is_some_and(|n| n == "deps") {
             dir.pop();
         }
+        let profile = dir.file_name().unwrap().to_owned();
         let target = dir.parent().unwrap();
         let mut build =
             std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         build
-            .args(["build", "-p", "vmt", "--bin", "vmt", "--target-dir"])
+            .args([
+                "rustc",
+                "-p",
+                "vmt",
+                "--bin",
+                "vmt",
+                "--target",
+                TARGET,
+                "--target-dir",
+            ])
             .arg(target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.file_name().is_some_and(|n| n == "release") {
+        if profile == "release" {
             build.arg("--release");
         }
+        build.args(["--", "-C", "target-feature=+crt-static"]);
         let o = run_bounded(build, Duration::from_secs(600));
-        assert!(o.ok(), "cargo build -p vmt: {o:?}");
+        assert!(o.ok(), "cargo rustc -p vmt (static): {o:?}");
         let stripped = fresh_dir().join("vmt");
         let mut strip = std::process::Command::new("strip");
-        strip.arg("-o").arg(&stripped).arg(dir.join("vmt"));
+        strip
+            .arg("-o")
+            .arg(&stripped)
+            .arg(target.join(TARGET).join(&profile).join("vmt"));
         let o = run_bounded(strip, STEP);
         assert!(o.ok(), "strip vmt: {o:?}");
         stripped
@@ -589,11 +611,19 @@ fn vmt_talks_to_our_backdoor() {
     let Some(ns) = Netns::new("vmt") else {
         return;
     };
-    // vmt -d halts the guest with `poweroff`, which busybox's would ask
-    // of init; this /init is a script, so a stand-in powers off directly.
+    // /init (a script, PID 1) hands over to busybox's init, which runs
+    // syslogd, the test (once) and, at shutdown, vmt's init script.
     let init = "\
 hostname vmt-guest
 echo \"VMD-TEST init uptime=$(cut -d' ' -f1 /proc/uptime)\"
+exec /sbin/init
+";
+    let inittab = "\
+::sysinit:/sbin/syslogd -O /dev/console
+::once:/etc/rc.test
+::shutdown:/etc/init.d/vmt stop
+";
+    let test = "#!/bin/sh
 cat > /tmp/dhcp.sh <<'SCRIPT'
 #!/bin/sh
 case \"$1\" in
@@ -604,9 +634,6 @@ chmod +x /tmp/dhcp.sh
 ip link set eth0 up
 udhcpc -i eth0 -n -q -f -t 20 -T 3 -s /tmp/dhcp.sh > /dev/null 2>&1
 echo \"VMD-TEST udhcpc rc=$?\"
-rm -f /bin/poweroff
-printf '#!/bin/sh\\nexec busybox poweroff -f\\n' > /bin/poweroff
-chmod +x /bin/poweroff
 out=$(vmt checkvm 2>&1); rc=$?
 echo \"VMD-TEST checkvm rc=$rc $out\"
 out=$(vmt checkvm -p 2>&1); rc=$?
@@ -624,15 +651,28 @@ out=$(vmt info get nosuchkey 2>&1); rc=$?
 echo \"VMD-TEST missing rc=$rc $out\"
 out=$(vmt rpc 'no-such-request' 2>&1); rc=$?
 echo \"VMD-TEST unknown rc=$rc $out\"
-vmt -d &
-echo \"VMD-TEST vmt-daemon pid=$!\"
+out=$(/etc/init.d/vmt start 2>&1); rc=$?
+echo \"VMD-TEST vmt-start rc=$rc $out\"
+out=$(/etc/init.d/vmt status 2>&1); rc=$?
+echo \"VMD-TEST service rc=$rc $out\"
+i=0
+while [ $i -lt 120 ] && ! vmt status 2>/dev/null | grep -q '^ip '; do
+    i=$((i + 1))
+    sleep 1
+done
+vmt status 2>&1 | sed 's/^/VMD-TEST status /'
+echo 'VMD-TEST status done'
 sleep 600
 echo 'VMD-TEST still running'
 ";
     let mut image = images::busybox(init).expect("busybox image");
     let vmt = vmt_binary();
+    let init_script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmt/dist/vmt.init");
     image
-        .binary_with_libs("/usr/bin/vmt", &vmt, &[] as &[&std::path::Path])
+        .copy("/usr/sbin/vmt", &vmt)
+        .and_then(|i| i.copy("/etc/init.d/vmt", &init_script))
+        .and_then(|i| i.file("/etc/inittab", inittab, 0o644))
+        .and_then(|i| i.file("/etc/rc.test", test, 0o755))
         .expect("vmt in the image");
     // The image holds its own copy.
     let _ = std::fs::remove_dir_all(vmt.parent().unwrap());
@@ -677,11 +717,49 @@ echo 'VMD-TEST still running'
     let unknown = con.wait("VMD-TEST unknown", STEP);
     assert_eq!(unknown, "VMD-TEST unknown rc=1 vmt: Unknown command");
 
-    con.wait("VMD-TEST vmt-daemon", STEP);
+    // The daemon, detached by its init script.
+    let started = con.wait("VMD-TEST vmt-start", STEP);
+    assert!(
+        started.starts_with("VMD-TEST vmt-start rc=0 vmt started (pid "),
+        "{started}"
+    );
+    let service = con.wait("VMD-TEST service", STEP);
+    assert!(
+        service.starts_with("VMD-TEST service rc=0 vmt is running (pid "),
+        "{service}"
+    );
+    // `vmt status`: the channel, and what the host took.
+    for (key, value) in [
+        ("channel", "open"),
+        ("hostname", "vmt-guest"),
+        ("ip", "100.64.1.3"),
+    ] {
+        let line = con.wait(&format!("VMD-TEST status {key} "), STEP);
+        assert_eq!(line, format!("VMD-TEST status {key} {value}"));
+    }
+    con.wait("VMD-TEST status done", STEP);
+
     // A graceful stop: OS_Halt to vmt, which reports the state change,
-    // acknowledges, and runs `poweroff`.
-    reported_then_halted_by_tools(&d, "vmt -d", "vmt-guest");
-    con.wait("vmt: halting", STEP);
+    // acknowledges, and signals busybox init.
+    reported_then_halted_by_tools(&d, "vmt", "vmt-guest");
+    let console = con.seen_so_far().to_owned();
+    let at = |needle: &str| {
+        console
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} on the console:\n{console}"))
+    };
+    // syslog (busybox syslogd): LOG_DAEMON, tagged vmt[pid].
+    at("daemon.info vmt[");
+    at("]: started (pid ");
+    let halting = at("]: halting: SIGUSR2 to pid 1 (busybox init)");
+    let stopped = at("vmt stopped");
+    let poweroff = at("Requesting system poweroff");
+    assert!(halting < stopped && stopped < poweroff, "{console}");
+    for l in console.lines().filter(|l| {
+        l.contains("vmt[") || l.contains("VMD-TEST status") || l.contains("vmt stopped")
+    }) {
+        eprintln!("lin: {}", l.trim_end());
+    }
 }
 
 /// VM `lin`'s guest tools (`tools`) report `hostname` and the local
