@@ -18,9 +18,26 @@
 //! | `POST /v1/log` | `LogRequest` | `Message` |
 //! | `GET /openapi.json` | | the OpenAPI document |
 //!
-//! `{id}` is a VM's number or name. Errors are 4xx/5xx with an [`Error`]
-//! body: 400 malformed request, 403 not permitted, 404 no such VM, 409
-//! conflicts with the VM's state (already running, ...).
+//! `{id}` is a VM's number or name. Every error is answered with an
+//! [`Error`] body (JSON, `{"error": "..."}`), whatever refused the request,
+//! and the OpenAPI document lists each status an endpoint can give:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 400 | the request does not fit the document: not JSON, a field of the wrong type or missing, a value outside the bounds or pattern the schema gives (VM names, paths, vCPUs, ...) |
+//! | 403 | not permitted to this user (root, or the VM's owner) |
+//! | 404 | no such VM (the path's `{id}`, a start's all-digits `name` or its `instance_of`), no such guestinfo variable, no such endpoint |
+//! | 405 | the path has no such method (the `Allow` header lists those it has) |
+//! | 409 | conflicts with the VM's state: already running, not running, a disk in use, no guest tools |
+//! | 413 | the body is over 2 MiB |
+//! | 422 | the request fits the schema, but what it names cannot be used: a file that is not there or not a regular file, a switch that is not configured, more memory than the host has, a CPU model that cannot exist, interfaces that cannot be set up, a guestinfo variable too long for its key |
+//! | 500 | vmd itself failed |
+//! | 502 | the VM process failed: it ended before its VM was built (a kernel it cannot load, ...), did not come up within 60 s, or did not answer |
+//! | 503 | the control socket has too many connections (see vmd.8) |
+//!
+//! `GET /v1/vms/{id}/wait` is a long poll: it answers when the VM is not
+//! running (at once if it is not), however long that takes; the control
+//! socket does not time it out.
 
 use std::collections::BTreeMap;
 
@@ -119,39 +136,69 @@ pub struct StartRequest {
     /// instance. A new name follows OpenBSD's rule (vmconf's
     /// `check_vm_name`): 1 to 63 ASCII letters, digits, `.`, `-` and `_`,
     /// starting with a letter or digit, not digits only; any other is a
-    /// 400.
+    /// 400. A name of digits only is a VM's number: a 404 if there is no
+    /// such VM.
     #[schema(
         min_length = 1,
         max_length = 63,
         pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
     )]
     pub name: String,
-    /// Kernel to boot (`-b`).
+    /// Kernel to boot (`-b`): an absolute path on vmd's host, with no
+    /// control character (as are `initrd`, `cdrom` and `disks`); one that
+    /// is not there or not a regular file is a 422.
+    #[schema(pattern = "^/[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub kernel: Option<String>,
+    /// Initial ramdisk: an absolute path, as `kernel`.
+    #[schema(pattern = "^/[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub initrd: Option<String>,
+    /// The kernel command line: any text without a NUL.
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub cmdline: Option<String>,
-    /// Bytes (`-m`).
+    /// Bytes (`-m`), rounded up to a whole MiB; at least 2 MiB, and more
+    /// than the host has is a 422.
+    #[serde(default, deserialize_with = "integer")]
+    #[schema(minimum = 2097152)]
     pub memory: Option<u64>,
-    /// vCPUs.
+    /// vCPUs, 1 to 254.
+    #[serde(default, deserialize_with = "integer")]
+    #[schema(minimum = 1, maximum = 254)]
     pub cpus: Option<u32>,
-    /// Disk images (`-d`).
+    /// Disk images (`-d`), at most 4: absolute paths, each with an
+    /// optional `raw:` or `qcow2:` in front to say its format. One that is
+    /// not there, or neither a regular file nor a block device, is a 422.
     #[serde(default)]
+    #[schema(max_items = 4)]
     pub disks: Vec<String>,
-    /// CD-ROM image (`-r`).
+    /// CD-ROM image (`-r`): an absolute path, as `kernel`.
+    #[schema(pattern = "^/[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub cdrom: Option<String>,
     /// Device the BIOS boots first (`-B`): `disk` or `cdrom`.
     #[serde(default)]
+    #[schema(pattern = "^(disk|cdrom)$")]
     pub boot_device: Option<String>,
     /// Network interfaces (`-i`): at least this many, counting `-L`'s
-    /// and `-n`'s; the others are taps on no switch.
+    /// and `-n`'s; the others are taps on no switch. At most 4; more
+    /// than 4 counting `local_interface` and `switches` is a 422.
+    #[serde(default, deserialize_with = "integer")]
+    #[schema(maximum = 4)]
     pub interfaces: Option<u32>,
     /// A local interface (`-L`), the first one.
     #[serde(default)]
     pub local_interface: bool,
-    /// An interface on each of these switches (`-n`), after the local one.
+    /// An interface on each of these switches (`-n`), after the local
+    /// one: at most 4, each a switch of the configuration (a 422
+    /// otherwise), named without a control character.
     #[serde(default)]
+    #[schema(max_items = 4)]
     pub switches: Vec<String>,
-    /// Start as an instance of this configured VM (`-t`).
+    /// Start as an instance of this configured VM (`-t`), named by its
+    /// name or number; a 404 if there is none.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
     pub instance_of: Option<String>,
     /// The CPU the guest is shown (`--cpu-vendor`, `--cpu-family`, ...);
     /// what is not given stays as configured, or the host's.
@@ -159,26 +206,65 @@ pub struct StartRequest {
     pub cpu: Option<CpuRequest>,
 }
 
+/// An optional integer field, taken as JSON Schema takes an integer: a
+/// number without a fractional part, written `4` or `4.0` (clients whose
+/// numbers are all floats send the latter). Anything else, or one outside
+/// `T`'s range, is an error (a 400).
+fn integer<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        // Below 2^64 and whole; `as` is exact for such a float.
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+            .map(|f| f as u64)
+    });
+    let out_of_range = || {
+        D::Error::custom(format!(
+            "invalid value: {n}, expected a whole number in range"
+        ))
+    };
+    let whole = whole.ok_or_else(out_of_range)?;
+    T::try_from(whole).map(Some).map_err(|_| out_of_range())
+}
+
 /// What CPUID tells a guest about its CPU: vm.conf's `cpu` statement.
 /// Changing it for an instance needs the parent's `allow instance boot`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CpuRequest {
-    /// `intel`, `amd`, or a vendor string of 12 printable ASCII
-    /// characters, e.g. `GenuineIntel` (CPUID leaf 0).
-    #[schema(example = "intel")]
+    /// `intel`, `amd` (in any case), or a vendor string of 12 printable
+    /// ASCII characters, e.g. `GenuineIntel` (CPUID leaf 0).
+    #[schema(
+        example = "intel",
+        pattern = "^([Ii][Nn][Tt][Ee][Ll]|[Aa][Mm][Dd]|[ -~]{12})$"
+    )]
     pub vendor: Option<String>,
     /// Family, 1 to 270 (CPUID leaf 1).
+    #[serde(deserialize_with = "integer")]
     #[schema(minimum = 1, maximum = 270, example = 6)]
     pub family: Option<u32>,
     /// Model, 0 to 255.
+    #[serde(deserialize_with = "integer")]
     #[schema(minimum = 0, maximum = 255, example = 44)]
     pub model: Option<u32>,
     /// Stepping, 0 to 15.
+    #[serde(deserialize_with = "integer")]
     #[schema(minimum = 0, maximum = 15)]
     pub stepping: Option<u32>,
     /// Features to hide, by their Linux `/proc/cpuinfo` names (`cx16`,
-    /// `xsave`, ...); replaces the configured list (empty: hide none).
+    /// `xsave`, ...; the document lists them); replaces the configured
+    /// list (empty: hide none).
+    ///
+    /// A family and model that no CPU of the vendor can have together
+    /// (model 16 and up only in family 6 and from 15 on, from 15 on for
+    /// AMD) is a 422.
     pub hide: Option<Vec<String>>,
 }
 
@@ -265,6 +351,9 @@ pub type Guestinfo = BTreeMap<String, String>;
 /// clear a variable, and the guest reads it back empty (`"1 "`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GuestinfoValue {
+    /// Any text without a NUL. With its key at most 65516 bytes
+    /// ([`GUESTINFO_MAX_KEY_VALUE`]): a longer pair is a 422.
+    #[schema(pattern = "^[^\\u0000]*$", max_length = 65515)]
     pub value: String,
 }
 
@@ -335,6 +424,25 @@ pub fn guestinfo_key(key: &str) -> Result<&str, String> {
         return Err("guestinfo key may not start with guestinfo.guestinfo.".into());
     }
     Ok(key)
+}
+
+/// The most characters a guestinfo key named in a path (`{key}` of
+/// `/v1/vms/{id}/guestinfo/{key}`, with any `guestinfo.` prefix) may have:
+/// percent-encoded, 4096 characters of any kind fit the 64 KiB that vmd's
+/// HTTP server takes for a request target, so every key within this bound
+/// can be named. A guest may set longer ones; they show in the listing.
+pub const GUESTINFO_MAX_PATH_KEY: usize = 4096;
+
+/// [`guestinfo_key`] for a key named in a path: also at most
+/// [`GUESTINFO_MAX_PATH_KEY`] characters.
+pub fn guestinfo_path_key(key: &str) -> Result<&str, String> {
+    if key.chars().nth(GUESTINFO_MAX_PATH_KEY).is_some() {
+        return Err(format!(
+            "guestinfo key is too long: {} characters, at most {GUESTINFO_MAX_PATH_KEY} in a path",
+            key.chars().count()
+        ));
+    }
+    guestinfo_key(key)
 }
 
 /// Checks a value to set for `key` (already through [`guestinfo_key`]);
@@ -411,6 +519,44 @@ mod tests {
             guestinfo_key(&longer).unwrap_err(),
             "guestinfo key is too long: 65517 bytes, at most 65516"
         );
+    }
+
+    #[test]
+    fn integers_as_json_schema_takes_them() {
+        let req: StartRequest = serde_json::from_str(
+            r#"{"name":"a","memory":4592323.0,"cpus":2,"cpu":{"model":44.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.memory, Some(4592323));
+        assert_eq!(req.cpus, Some(2));
+        assert_eq!(req.cpu.unwrap().model, Some(44));
+        let req: StartRequest = serde_json::from_str(r#"{"name":"a","cpus":null}"#).unwrap();
+        assert_eq!((req.memory, req.cpus), (None, None));
+        for bad in [
+            r#"{"name":"a","cpus":1.5}"#,
+            r#"{"name":"a","cpus":-1}"#,
+            r#"{"name":"a","cpus":4294967296}"#,
+            r#"{"name":"a","memory":1e30}"#,
+            r#"{"name":"a","memory":"1"}"#,
+        ] {
+            assert!(serde_json::from_str::<StartRequest>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn guestinfo_path_keys() {
+        // Four bytes a character, the most UTF-8 takes.
+        let most = "\u{1F600}".repeat(GUESTINFO_MAX_PATH_KEY);
+        assert_eq!(guestinfo_path_key(&most), Ok(most.as_str()));
+        // Percent-encoded, the longest key fits hyper's request target
+        // (under 64 KiB with the rest of the path).
+        assert!(most.len() * 3 + "/v1/vms/x/guestinfo/".len() < 65534);
+        let over = format!("{most}e");
+        assert_eq!(
+            guestinfo_path_key(&over).unwrap_err(),
+            "guestinfo key is too long: 4097 characters, at most 4096 in a path"
+        );
+        assert!(guestinfo_path_key("a b").is_err());
     }
 
     #[test]

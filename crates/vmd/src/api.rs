@@ -23,6 +23,10 @@ use utoipa::OpenApi;
 use crate::auth::{self, Peer};
 use crate::state::{Daemon, Error, UserFiles};
 
+/// The most vCPUs a VM may have (the VM process's `vm::MAX_VCPUS`: xAPIC
+/// ids 0 to 254 in its MADT).
+const MAX_VCPUS: u32 = 254;
+
 #[derive(Clone)]
 pub struct App {
     pub daemon: Arc<Daemon>,
@@ -36,6 +40,8 @@ impl IntoResponse for Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::VmProcess(_) => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -67,6 +73,12 @@ fn quote_key(key: &str) -> String {
     api::text::shorten(key, vmconf::MAX_VM_NAME_LEN)
 }
 
+/// A path a client gave, for a message: escaped, and cut only where no
+/// path goes on.
+fn quote_path(path: &str) -> String {
+    api::text::shorten(path, 4096)
+}
+
 fn lookup(d: &Daemon, key: &str) -> Result<u32, Error> {
     d.lock().find(key).ok_or_else(|| no_vm(key))
 }
@@ -87,32 +99,221 @@ fn check_new_name(name: &str) -> Result<(), Error> {
     })
 }
 
-/// Paths and switch names of a start request: text that ends up in
-/// messages, logs and `vmctl status`, so never with a control character
-/// (a newline would forge a log line, an ESC reach a terminal). The
-/// kernel command line is the guest's business and may carry anything
-/// but a NUL.
-fn check_request_text(req: &StartRequest) -> Result<(), Error> {
+/// A VM named in a start request (`name`, `instance_of`): a number (an
+/// existing VM's) or a name by OpenBSD's rule; the document's pattern
+/// says the same. What is neither is a 400.
+fn check_vm_key(what: &str, key: &str) -> Result<(), Error> {
+    let number = !key.is_empty()
+        && key.len() <= vmconf::MAX_VM_NAME_LEN
+        && key.bytes().all(|b| b.is_ascii_digit());
+    if number {
+        return Ok(());
+    }
+    vmconf::check_vm_name(key).map_err(|why| {
+        Error::BadRequest(format!(
+            "invalid {what} {}: {why}",
+            vmconf::quote_vm_name(key)
+        ))
+    })
+}
+
+/// A path of a start request (`kernel`, `initrd`, `cdrom`, a disk without
+/// its format prefix): absolute, for vmd does not share the client's
+/// working directory, and without a control character, for it ends up in
+/// messages, logs and `vmctl status` (a newline would forge a log line,
+/// an ESC reach a terminal).
+fn check_path(what: &str, path: &str) -> Result<(), Error> {
+    // An empty path would reach the VM process as an empty argument.
+    if path.is_empty() {
+        return Err(Error::BadRequest(format!("{what}: an empty path")));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(Error::BadRequest(format!(
+            "{what} {}: contains a control character",
+            quote_key(path)
+        )));
+    }
+    if !path.starts_with('/') {
+        return Err(Error::BadRequest(format!(
+            "{what} {}: not an absolute path",
+            quote_key(path)
+        )));
+    }
+    Ok(())
+}
+
+/// A disk of a start request: its path and the format a `raw:` or
+/// `qcow2:` in front of it names (vmctl's prefixes).
+fn split_disk(spec: &str) -> (Option<vmconf::DiskFormat>, &str) {
+    if let Some(rest) = spec.strip_prefix("raw:") {
+        (Some(vmconf::DiskFormat::Raw), rest)
+    } else if let Some(rest) = spec.strip_prefix("qcow2:") {
+        (Some(vmconf::DiskFormat::Qcow2), rest)
+    } else {
+        (None, spec)
+    }
+}
+
+/// Everything the document's schema says of a start request, checked:
+/// what breaks it is a 400, before anything is looked up, so that a
+/// request the schema allows is never refused as malformed. What depends
+/// on the host (files, switches, memory) is [`check_usable`]'s.
+fn check_start_request(req: &StartRequest) -> Result<(), Error> {
+    check_vm_key("vm name", &req.name)?;
+    if let Some(parent) = &req.instance_of {
+        check_vm_key("instance_of", parent)?;
+    }
     let paths = [
         ("kernel", req.kernel.as_deref()),
         ("initrd", req.initrd.as_deref()),
         ("cdrom", req.cdrom.as_deref()),
     ];
-    let disks = req.disks.iter().map(|d| ("disk", Some(d.as_str())));
-    let switches = req.switches.iter().map(|s| ("switch", Some(s.as_str())));
-    for (what, text) in paths.into_iter().chain(disks).chain(switches) {
-        // An empty path would reach the VM process as an empty argument.
-        if text == Some("") {
-            return Err(Error::BadRequest(format!("{what}: an empty path")));
+    for (what, path) in paths {
+        if let Some(p) = path {
+            check_path(what, p)?;
         }
-        if let Some(t) = text.filter(|t| t.chars().any(char::is_control)) {
+    }
+    if req.disks.len() > vmconf::MAX_DISKS {
+        return Err(Error::BadRequest(format!(
+            "{} disks: at most {} per VM",
+            req.disks.len(),
+            vmconf::MAX_DISKS
+        )));
+    }
+    for d in &req.disks {
+        check_path("disk", split_disk(d).1)?;
+    }
+    // The kernel command line is the guest's business and may carry
+    // anything but a NUL (it could not be passed on).
+    if req.cmdline.as_deref().is_some_and(|c| c.contains('\0')) {
+        return Err(Error::BadRequest("cmdline: contains a NUL".into()));
+    }
+    if let Some(m) = req.memory {
+        if m < vmconf::MIN_MEMORY {
             return Err(Error::BadRequest(format!(
-                "{what} {}: contains a control character",
-                quote_key(t)
+                "memory {m} is below the 2M minimum"
+            )));
+        }
+    }
+    if let Some(c) = req.cpus {
+        if c == 0 || c > MAX_VCPUS {
+            return Err(Error::BadRequest(format!(
+                "{c} vCPUs: must be 1 to {MAX_VCPUS}"
+            )));
+        }
+    }
+    if let Some(b) = &req.boot_device {
+        if b != "disk" && b != "cdrom" {
+            return Err(Error::BadRequest(format!(
+                "boot device {}: must be disk or cdrom",
+                quote_key(b)
+            )));
+        }
+    }
+    let n = req.interfaces.unwrap_or(0) as usize;
+    if n > vmconf::MAX_INTERFACES || req.switches.len() > vmconf::MAX_INTERFACES {
+        return Err(Error::BadRequest(format!(
+            "{} interfaces: at most {} per VM",
+            n.max(req.switches.len()),
+            vmconf::MAX_INTERFACES
+        )));
+    }
+    for sw in &req.switches {
+        if sw.is_empty() {
+            return Err(Error::BadRequest("switch: an empty name".into()));
+        }
+        if sw.chars().any(char::is_control) {
+            return Err(Error::BadRequest(format!(
+                "switch {}: contains a control character",
+                quote_key(sw)
+            )));
+        }
+    }
+    if let Some(cpu) = &req.cpu {
+        cpu_model(&vmconf::CpuModel::default(), cpu).or_else(|e| match e {
+            // A family and model that do not go together fit the schema.
+            Error::Unprocessable(_) => Ok(Default::default()),
+            e => Err(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// What a start request names on the host, looked at before anything
+/// starts: the files it names are there and of the right kind, its
+/// switches are configured, its memory is not more than the host has.
+/// The request fits the schema by now; this is a 422.
+fn check_usable(d: &Daemon, req: &StartRequest) -> Result<(), Error> {
+    let files = [
+        ("kernel", req.kernel.as_deref()),
+        ("initrd", req.initrd.as_deref()),
+        ("cdrom", req.cdrom.as_deref()),
+    ];
+    let disks = req.disks.iter().map(|d| ("disk", Some(split_disk(d).1)));
+    for (what, path) in files.into_iter().chain(disks) {
+        let Some(path) = path else { continue };
+        let md = std::fs::metadata(path).map_err(|e| {
+            Error::Unprocessable(format!("{what} {}: {}", quote_path(path), os_error(&e)))
+        })?;
+        use std::os::unix::fs::FileTypeExt;
+        let ft = md.file_type();
+        if !(ft.is_file() || (what == "disk" && ft.is_block_device())) {
+            return Err(Error::Unprocessable(format!(
+                "{what} {}: is a {}, not a {}",
+                quote_path(path),
+                disk::file_kind(ft),
+                // As the VM process says it.
+                if what == "disk" {
+                    "disk image"
+                } else {
+                    "regular file"
+                }
+            )));
+        }
+    }
+    {
+        let g = d.lock();
+        for sw in &req.switches {
+            if !g.switches.iter().any(|s| &s.name == sw) {
+                return Err(Error::Unprocessable(format!(
+                    "switch {}: not in the configuration",
+                    quote_key(sw)
+                )));
+            }
+        }
+    }
+    if let Some(m) = req.memory {
+        let host = host_memory();
+        // Compared as the VM process will, rounded up to a whole MiB.
+        if m > host || m.next_multiple_of(1 << 20) > host {
+            return Err(Error::Unprocessable(format!(
+                "memory {}M is more than this host has ({}M in all)",
+                m.div_ceil(1 << 20),
+                host >> 20
             )));
         }
     }
     Ok(())
+}
+
+/// The host's RAM in bytes, as the VM process counts it when it refuses
+/// a VM larger than that.
+fn host_memory() -> u64 {
+    // SAFETY: sysinfo only writes the struct we pass.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return u64::MAX;
+    }
+    (si.totalram as u64).saturating_mul(u64::from(si.mem_unit))
+}
+
+/// An I/O error's text without Rust's " (os error N)".
+fn os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
 }
 
 /// VM `key`, if `peer` may control it.
@@ -154,27 +355,31 @@ fn expect_ok(r: Reply) -> Result<(), Error> {
     match r {
         Reply::Ok => Ok(()),
         Reply::Error { message } => Err(Error::Conflict(message)),
-        other => Err(Error::Internal(format!(
-            "unexpected answer from the VM process: {other:?}"
-        ))),
+        other => Err(unexpected(other)),
     }
 }
 
-#[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmStatus])))]
+#[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmStatus], description = "every VM, in number order")))]
 async fn list(State(app): State<App>) -> Json<Vec<VmStatus>> {
     Json(app.daemon.lock().vms.values().map(|v| v.status()).collect())
 }
 
 #[utoipa::path(get, path = "/v1/vms/{id}", params(("id" = String, Path, description = "VM number or name")),
-    responses((status = 200, body = VmStatus), (status = 404, body = api::v1::Error)))]
+    responses((status = 200, body = VmStatus, description = "the VM"), (status = 400, body = api::v1::Error, description = "the path does not decode (`%FF`)"), (status = 404, body = api::v1::Error, description = "no such VM")))]
 async fn show(State(app): State<App>, Path(key): Path<String>) -> ApiResult<VmStatus> {
     let id = lookup(&app.daemon, &key)?;
     Ok(Json(status_of(&app.daemon, id)?))
 }
 
 #[utoipa::path(post, path = "/v1/vms", request_body = StartRequest,
-    responses((status = 200, body = VmStatus), (status = 400, body = api::v1::Error),
-              (status = 403, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+    responses((status = 200, body = VmStatus, description = "the VM, built and running"),
+              (status = 400, body = api::v1::Error, description = "the request does not fit this document"),
+              (status = 403, body = api::v1::Error, description = "not permitted: another user's VM, changing a configured VM (root only), an ad-hoc VM (root only), an instance its parent does not allow, a file the user may not read"),
+              (status = 404, body = api::v1::Error, description = "no VM of that number, no VM `instance_of` names, or no such VM and no kernel to start one"),
+              (status = 409, body = api::v1::Error, description = "already running, already exists (an instance's name), or a disk in use"),
+              (status = 422, body = api::v1::Error, description = "a file, switch, memory size or CPU model the request names cannot be used"),
+              (status = 500, body = api::v1::Error, description = "vmd could not run the VM process"),
+              (status = 502, body = api::v1::Error, description = "the VM process ended before its VM was built (the message says why) or did not come up within 60 s")))]
 async fn start(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -182,9 +387,7 @@ async fn start(
 ) -> ApiResult<VmStatus> {
     let req: StartRequest = body(&b)?;
     let d = &app.daemon;
-    if req.name.is_empty() {
-        return Err(Error::BadRequest("a VM name is needed".into()));
-    }
+    check_start_request(&req)?;
     let overrides = req.kernel.is_some()
         || req.initrd.is_some()
         || req.cmdline.is_some()
@@ -199,12 +402,17 @@ async fn start(
         || req.cpu.is_some();
     // The guard must not live through the match: the arms lock again.
     let existing = d.lock().find(&req.name);
-    // A VM that exists is named by its name or number; a new one gets a
-    // name only if it is a good one, before anything else is looked at.
+    // A VM that exists is named by its name or number; a number names
+    // no new VM.
     if existing.is_none() {
+        if req.name.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::NotFound(format!(
+                "vm {} not found (a new VM's name is not all digits)",
+                req.name
+            )));
+        }
         check_new_name(&req.name)?;
     }
-    check_request_text(&req)?;
     // A configured VM changed for this start, and what it was before: a
     // start that fails puts it back, so a rejected request changes nothing.
     let mut changed: Option<(vmconf::VmDef, vmconf::VmDef)> = None;
@@ -216,6 +424,7 @@ async fn start(
             let id = controllable(d, &peer, &id.to_string())?;
             if overrides {
                 root_only(&peer, "changing a configured VM")?;
+                check_usable(d, &req)?;
                 let mut g = d.lock();
                 // Gone if a reload removed it since it was looked up.
                 let Some(vm) = g.vms.get_mut(&id) else {
@@ -288,19 +497,21 @@ async fn start(
                     }
                 }
             }
+            check_usable(d, &req)?;
             d.add_adhoc(def, files)?
         }
         (None, None) => {
             root_only(&peer, "starting a VM that is not configured")?;
             if req.kernel.is_none() {
-                return Err(Error::BadRequest(format!(
-                    "vm {} is not configured; give a kernel to boot (-b)",
+                return Err(Error::NotFound(format!(
+                    "vm {} not found; to start one that is not configured, give a kernel to boot (-b)",
                     req.name
                 )));
             }
             let mut def = vmconf::VmDef::new(req.name.clone());
             def.grace_secs = d.globals().grace_secs;
             apply_overrides(&mut def, &req)?;
+            check_usable(d, &req)?;
             d.add_adhoc(def, None)?
         }
     };
@@ -339,43 +550,24 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
     if let Some(c) = &req.cmdline {
         def.cmdline = Some(c.clone());
     }
+    // Memory is at most what the host has by now (check_usable), far
+    // from overflowing when rounded up.
     if let Some(m) = req.memory {
-        if m < 2 << 20 {
-            return Err(Error::BadRequest(format!(
-                "memory {m} is below the 2M minimum"
-            )));
-        }
         def.memory = m.next_multiple_of(1 << 20);
     }
     if let Some(c) = req.cpus {
-        if c == 0 || c > 254 {
-            return Err(Error::BadRequest(format!("{c} vCPUs: must be 1 to 254")));
-        }
         def.cpus = c;
     }
     if let Some(cpu) = &req.cpu {
-        def.cpu = cpu_model(&def.cpu, cpu).map_err(Error::BadRequest)?;
+        def.cpu = cpu_model(&def.cpu, cpu)?;
     }
     if !req.disks.is_empty() {
-        if req.disks.len() > vmconf::MAX_DISKS {
-            return Err(Error::BadRequest(format!(
-                "{} disks: at most {} per VM",
-                req.disks.len(),
-                vmconf::MAX_DISKS
-            )));
-        }
         // vmctl's `raw:` and `qcow2:` prefixes say the format.
         def.disks = req
             .disks
             .iter()
             .map(|p| {
-                let (format, path) = if let Some(rest) = p.strip_prefix("raw:") {
-                    (Some(vmconf::DiskFormat::Raw), rest)
-                } else if let Some(rest) = p.strip_prefix("qcow2:") {
-                    (Some(vmconf::DiskFormat::Qcow2), rest)
-                } else {
-                    (None, p.as_str())
-                };
+                let (format, path) = split_disk(p);
                 vmconf::Disk {
                     path: path.into(),
                     format,
@@ -385,14 +577,8 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
     }
     if let Some(b) = &req.boot_device {
         def.boot_device = Some(match b.as_str() {
-            "disk" => vmconf::BootDevice::Disk,
             "cdrom" => vmconf::BootDevice::Cdrom,
-            other => {
-                return Err(Error::BadRequest(format!(
-                    "boot device {}: must be disk or cdrom",
-                    quote_key(other)
-                )))
-            }
+            _ => vmconf::BootDevice::Disk,
         });
     }
     if let Some(iso) = &req.cdrom {
@@ -406,12 +592,14 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
 
 /// vmctl's `-L`, `-n` and `-i` as interfaces, the way OpenBSD's vmctl
 /// builds them: the local interface first, then one per switch, then taps
-/// on no switch up to the `-i` count.
+/// on no switch up to the `-i` count. Each count is within bounds
+/// (`check_start_request`); a local interface and as many switches as
+/// allowed are one too many, which the schema cannot say: a 422.
 fn interfaces(req: &StartRequest) -> Result<Vec<vmconf::Interface>, Error> {
     let named = req.switches.len() + usize::from(req.local_interface);
     let count = named.max(req.interfaces.unwrap_or(0) as usize);
     if count > vmconf::MAX_INTERFACES {
-        return Err(Error::BadRequest(format!(
+        return Err(Error::Unprocessable(format!(
             "{count} interfaces: at most {} per VM",
             vmconf::MAX_INTERFACES
         )));
@@ -434,16 +622,19 @@ fn interfaces(req: &StartRequest) -> Result<Vec<vmconf::Interface>, Error> {
 }
 
 /// `base` with a start request's `cpu` on it, checked as vm.conf's `cpu`
-/// statement is (the same rules, from `cpumodel`), with the same messages.
-fn cpu_model(base: &vmconf::CpuModel, req: &CpuRequest) -> Result<vmconf::CpuModel, String> {
+/// statement is (the same rules, from `cpumodel`), with the same messages:
+/// a field out of its bounds is a 400, a family and model that do not go
+/// together (which the schema cannot say) a 422.
+fn cpu_model(base: &vmconf::CpuModel, req: &CpuRequest) -> Result<vmconf::CpuModel, Error> {
     let mut cpu = base.clone();
     if let Some(v) = &req.vendor {
-        let parsed =
-            cpumodel::parse_vendor(v).map_err(|e| format!("invalid cpu vendor: {v:?} ({e})"))?;
+        let parsed = cpumodel::parse_vendor(v).map_err(|e| {
+            Error::BadRequest(format!("invalid cpu vendor: {} ({e})", quote_key(v)))
+        })?;
         cpu.vendor = Some(cpumodel::vendor_str(&parsed));
     }
     let number = |n: Option<u32>, what: &str, check: fn(u32) -> Result<u32, String>| {
-        n.map(|n| check(n).map_err(|e| format!("invalid cpu {what}: {n} ({e})")))
+        n.map(|n| check(n).map_err(|e| Error::BadRequest(format!("invalid cpu {what}: {n} ({e})"))))
             .transpose()
     };
     if let Some(f) = number(req.family, "family", cpumodel::check_family)? {
@@ -459,11 +650,11 @@ fn cpu_model(base: &vmconf::CpuModel, req: &CpuRequest) -> Result<vmconf::CpuMod
         cpu.hide.clear();
         for name in names {
             if cpumodel::feature(name).is_none() {
-                return Err(format!(
+                return Err(Error::BadRequest(format!(
                     "unknown cpu feature: {} (known: {})",
                     quote_key(name),
                     cpumodel::feature_names()
-                ));
+                )));
             }
             if !cpu.hide.contains(name) {
                 cpu.hide.push(name.clone());
@@ -475,7 +666,7 @@ fn cpu_model(base: &vmconf::CpuModel, req: &CpuRequest) -> Result<vmconf::CpuMod
             .vendor
             .as_deref()
             .and_then(|v| cpumodel::parse_vendor(v).ok());
-        cpumodel::check_signature(vendor.as_ref(), family, model)?;
+        cpumodel::check_signature(vendor.as_ref(), family, model).map_err(Error::Unprocessable)?;
     }
     Ok(cpu)
 }
@@ -515,8 +706,9 @@ fn check_instance_overrides(parent: &vmconf::VmDef, req: &StartRequest) -> Resul
 
 #[utoipa::path(post, path = "/v1/vms/{id}/stop", request_body = StopRequest,
     params(("id" = String, Path, description = "VM number or name")),
-    responses((status = 200, body = VmStatus), (status = 403, body = api::v1::Error),
-              (status = 404, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+    responses((status = 200, body = VmStatus, description = "the VM, stopping (stopped with `wait`)"),
+              (status = 400, body = api::v1::Error, description = "the body or path does not fit this document"), (status = 403, body = api::v1::Error, description = "not permitted (root, or the VM's owner)"), (status = 404, body = api::v1::Error, description = "no such VM"),
+              (status = 409, body = api::v1::Error, description = "the VM is not running, or its process refused"), (status = 502, body = api::v1::Error, description = "the VM process failed or did not answer")))]
 async fn stop(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -539,7 +731,7 @@ async fn stop(
     let r = match d.request(id, stop).await {
         // It ended before it could answer (-f powers off at once; or the
         // guest was going down anyway): stopped, as asked.
-        Err(Error::Internal(m)) if m == crate::vmproc::EXITED => Reply::Ok,
+        Err(Error::VmProcess(m)) if m == crate::vmproc::EXITED => Reply::Ok,
         r => r?,
     };
     expect_ok(r)?;
@@ -560,7 +752,7 @@ async fn pause_or_resume(app: &App, peer: &Peer, key: &str, pause: bool) -> ApiR
     } else {
         Request::Resume
     };
-    expect_ok(d.request(id, req).await?)?;
+    expect_ok(vm_request(d, id, req).await?)?;
     d.set_state(
         id,
         if pause {
@@ -573,7 +765,8 @@ async fn pause_or_resume(app: &App, peer: &Peer, key: &str, pause: bool) -> ApiR
 }
 
 #[utoipa::path(post, path = "/v1/vms/{id}/pause", params(("id" = String, Path, description = "VM number or name")),
-    responses((status = 200, body = VmStatus), (status = 403, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+    responses((status = 200, body = VmStatus, description = "the VM, paused"), (status = 400, body = api::v1::Error, description = "the path does not decode (`%FF`)"), (status = 403, body = api::v1::Error, description = "not permitted (root, or the VM's owner)"), (status = 404, body = api::v1::Error, description = "no such VM"),
+              (status = 409, body = api::v1::Error, description = "the VM is not running, or already paused"), (status = 502, body = api::v1::Error, description = "the VM process failed or did not answer")))]
 async fn pause(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -583,7 +776,8 @@ async fn pause(
 }
 
 #[utoipa::path(post, path = "/v1/vms/{id}/unpause", params(("id" = String, Path, description = "VM number or name")),
-    responses((status = 200, body = VmStatus), (status = 403, body = api::v1::Error), (status = 409, body = api::v1::Error)))]
+    responses((status = 200, body = VmStatus, description = "the VM, running"), (status = 400, body = api::v1::Error, description = "the path does not decode (`%FF`)"), (status = 403, body = api::v1::Error, description = "not permitted (root, or the VM's owner)"), (status = 404, body = api::v1::Error, description = "no such VM"),
+              (status = 409, body = api::v1::Error, description = "the VM is not running, or not paused"), (status = 502, body = api::v1::Error, description = "the VM process failed or did not answer")))]
 async fn unpause(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -592,8 +786,15 @@ async fn unpause(
     pause_or_resume(&app, &peer, &key, false).await
 }
 
+/// A long poll: waits until the VM is not running (`vmctl wait`).
+///
+/// The answer comes when the VM's process has ended, at once if it is not
+/// running, however long that takes: the control socket times out idle
+/// connections and slow requests, never an answer being waited for. A
+/// client that gives up closes the connection.
 #[utoipa::path(get, path = "/v1/vms/{id}/wait", params(("id" = String, Path, description = "VM number or name")),
-    responses((status = 200, body = VmStatus), (status = 404, body = api::v1::Error)))]
+    responses((status = 200, body = VmStatus, description = "the VM, no longer running"), (status = 400, body = api::v1::Error, description = "the path does not decode (`%FF`)"),
+              (status = 404, body = api::v1::Error, description = "no such VM, or it was removed (by a reload) while waited for")))]
 async fn wait(State(app): State<App>, Path(key): Path<String>) -> ApiResult<VmStatus> {
     let id = lookup(&app.daemon, &key)?;
     Ok(Json(app.daemon.wait_stopped(id).await?))
@@ -618,14 +819,15 @@ fn guestinfo_path(
         .map_err(|e| Error::BadRequest(format!("bad path: {}", e.body_text())))
 }
 
-/// Asks VM `id`'s process. One that ends before it answers was "not
-/// running", the same 409 as one that was not running at all.
-async fn guestinfo_request(d: &Daemon, id: u32, req: Request) -> Result<Reply, Error> {
+/// Asks VM `id`'s process. One that ends before it answers (its guest
+/// powered off meanwhile, say) was "not running", the same 409 as one
+/// that was not running at all.
+async fn vm_request(d: &Daemon, id: u32, req: Request) -> Result<Reply, Error> {
     match d.request(id, req).await {
-        Err(Error::Internal(m)) if m == crate::vmproc::EXITED => {
+        Err(Error::VmProcess(m)) if m == crate::vmproc::EXITED => {
             let name = d.lock().vms.get(&id).map(|v| v.def.name.clone());
             Err(Error::Conflict(format!(
-                "vm {} is not running",
+                "vm {} is not running: its process exited",
                 name.unwrap_or_else(|| id.to_string())
             )))
         }
@@ -634,7 +836,7 @@ async fn guestinfo_request(d: &Daemon, id: u32, req: Request) -> Result<Reply, E
 }
 
 fn unexpected(r: Reply) -> Error {
-    Error::Internal(format!("unexpected answer from the VM process: {r:?}"))
+    Error::VmProcess(format!("unexpected answer from the VM process: {r:?}"))
 }
 
 /// All guestinfo variables of a running VM. Keys are without the
@@ -645,8 +847,8 @@ fn unexpected(r: Reply) -> Error {
     params(("id" = String, Path, description = "VM number or name")),
     responses((status = 200, body = std::collections::BTreeMap<String, String>,
                description = "key (without `guestinfo.`) -> value"),
-              (status = 403, body = api::v1::Error), (status = 404, body = api::v1::Error),
-              (status = 409, body = api::v1::Error, description = "not running, or no guest tools channel")))]
+              (status = 400, body = api::v1::Error, description = "the path does not decode (`%FF`)"), (status = 403, body = api::v1::Error, description = "not permitted (root, or the VM's owner)"), (status = 404, body = api::v1::Error, description = "no such VM"),
+              (status = 409, body = api::v1::Error, description = "not running, or no guest tools channel"), (status = 502, body = api::v1::Error, description = "the VM process failed or did not answer")))]
 async fn guestinfo_list(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -654,7 +856,7 @@ async fn guestinfo_list(
 ) -> ApiResult<Guestinfo> {
     let d = &app.daemon;
     let id = guestinfo_vm(d, &peer, &key)?;
-    match guestinfo_request(d, id, Request::GuestinfoList).await? {
+    match vm_request(d, id, Request::GuestinfoList).await? {
         Reply::Guestinfo { vars } => Ok(Json(vars)),
         Reply::Error { message } => Err(Error::Conflict(message)),
         other => Err(unexpected(other)),
@@ -665,11 +867,13 @@ async fn guestinfo_list(
 /// prefix given is removed); 404 when the variable is not set.
 #[utoipa::path(get, path = "/v1/vms/{id}/guestinfo/{key}",
     params(("id" = String, Path, description = "VM number or name"),
-           ("key" = String, Path, description = "variable name, without `guestinfo.`")),
-    responses((status = 200, body = GuestinfoValue), (status = 400, body = api::v1::Error),
-              (status = 403, body = api::v1::Error),
+           ("key" = String, Path, description = "variable name, without `guestinfo.` (a prefix given is removed); at most 4096 characters, none of them a control character, a space or `/`",
+            min_length = 1, max_length = 4096,
+            pattern = "^(?!guestinfo\\.$)(?!guestinfo\\.guestinfo\\.)[^\\u0000-\\u001f\\u007f-\\u009f /]+$")),
+    responses((status = 200, body = GuestinfoValue, description = "the variable's value"),
+              (status = 400, body = api::v1::Error, description = "the key or path does not fit this document"), (status = 403, body = api::v1::Error, description = "not permitted (root, or the VM's owner)"),
               (status = 404, body = api::v1::Error, description = "no such VM, or the variable is not set"),
-              (status = 409, body = api::v1::Error)))]
+              (status = 409, body = api::v1::Error, description = "not running, or no guest tools channel"), (status = 502, body = api::v1::Error, description = "the VM process failed or did not answer")))]
 async fn guestinfo_get(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -678,9 +882,9 @@ async fn guestinfo_get(
     let (vm, key) = guestinfo_path(path)?;
     let d = &app.daemon;
     let id = guestinfo_vm(d, &peer, &vm)?;
-    let key = api::v1::guestinfo_key(&key).map_err(Error::BadRequest)?;
+    let key = api::v1::guestinfo_path_key(&key).map_err(Error::BadRequest)?;
     let req = Request::GuestinfoGet { key: key.into() };
-    match guestinfo_request(d, id, req).await? {
+    match vm_request(d, id, req).await? {
         Reply::GuestinfoValue { value: Some(value) } => Ok(Json(GuestinfoValue { value })),
         Reply::GuestinfoValue { value: None } => {
             let name = d.lock().vms.get(&id).map(|v| v.def.name.clone());
@@ -702,11 +906,13 @@ async fn guestinfo_get(
 /// store holds at most 128 variables and 1 MiB (409 beyond that).
 #[utoipa::path(put, path = "/v1/vms/{id}/guestinfo/{key}", request_body = GuestinfoValue,
     params(("id" = String, Path, description = "VM number or name"),
-           ("key" = String, Path, description = "variable name, without `guestinfo.`")),
+           ("key" = String, Path, description = "variable name, without `guestinfo.` (a prefix given is removed); at most 4096 characters, none of them a control character, a space or `/`",
+            min_length = 1, max_length = 4096,
+            pattern = "^(?!guestinfo\\.$)(?!guestinfo\\.guestinfo\\.)[^\\u0000-\\u001f\\u007f-\\u009f /]+$")),
     responses((status = 200, body = GuestinfoValue, description = "the value now set"),
-              (status = 400, body = api::v1::Error), (status = 403, body = api::v1::Error),
-              (status = 404, body = api::v1::Error),
-              (status = 409, body = api::v1::Error, description = "not running, no guest tools channel, or the store is full")))]
+              (status = 400, body = api::v1::Error, description = "the key, body or path does not fit this document"), (status = 403, body = api::v1::Error, description = "not permitted (root, or the VM's owner)"), (status = 404, body = api::v1::Error, description = "no such VM"),
+              (status = 409, body = api::v1::Error, description = "not running, no guest tools channel, or the store is full"),
+              (status = 422, body = api::v1::Error, description = "key and value together are over 65516 bytes"), (status = 502, body = api::v1::Error, description = "the VM process failed or did not answer")))]
 async fn guestinfo_set(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -716,16 +922,34 @@ async fn guestinfo_set(
     let (vm, key) = guestinfo_path(path)?;
     let d = &app.daemon;
     let id = guestinfo_vm(d, &peer, &vm)?;
-    let key = api::v1::guestinfo_key(&key).map_err(Error::BadRequest)?;
+    let key = api::v1::guestinfo_path_key(&key).map_err(Error::BadRequest)?;
     // No defaults here: an empty body is not an empty value.
     let req: GuestinfoValue = serde_json::from_slice(&b)
         .map_err(|e| Error::BadRequest(format!("bad request body: {e}")))?;
-    api::v1::check_guestinfo_value(key, &req.value).map_err(Error::BadRequest)?;
+    // The schema says no NUL and at most GUESTINFO_MAX_KEY_VALUE - 1
+    // characters; key and value too long together is beyond it.
+    if req.value.contains('\0') {
+        return Err(Error::BadRequest(
+            "guestinfo value may not contain a NUL character".into(),
+        ));
+    }
+    if req
+        .value
+        .chars()
+        .nth(api::v1::GUESTINFO_MAX_KEY_VALUE - 1)
+        .is_some()
+    {
+        return Err(Error::BadRequest(format!(
+            "guestinfo value is too long: more than {} characters",
+            api::v1::GUESTINFO_MAX_KEY_VALUE - 1
+        )));
+    }
+    api::v1::check_guestinfo_value(key, &req.value).map_err(Error::Unprocessable)?;
     let set = Request::GuestinfoSet {
         key: key.into(),
         value: req.value.clone(),
     };
-    expect_ok(guestinfo_request(d, id, set).await?)?;
+    expect_ok(vm_request(d, id, set).await?)?;
     Ok(Json(req))
 }
 
@@ -768,9 +992,10 @@ async fn reset_switches(d: &Arc<Daemon>) -> Result<String, Error> {
     let opts = vmconf::Options {
         macros: d.macros.clone(),
     };
+    // The daemon's own file has errors: nothing the request could change.
     let cfg = vmconf::parse_file(&d.config_path, &opts).map_err(|diags| {
         let lines: Vec<String> = diags.iter().map(|e| e.to_string()).collect();
-        Error::BadRequest(lines.join("\n"))
+        Error::Conflict(lines.join("\n"))
     })?;
     let n = cfg.switches.iter().filter(|s| s.enabled).count();
     d.lock().switches = cfg.switches.clone();
@@ -778,7 +1003,7 @@ async fn reset_switches(d: &Arc<Daemon>) -> Result<String, Error> {
     if errors.is_empty() {
         Ok(format!("reset {n} switches"))
     } else {
-        Err(Error::BadRequest(errors.join("; ")))
+        Err(Error::Internal(errors.join("; ")))
     }
 }
 
@@ -809,7 +1034,9 @@ pub fn reload(d: &Arc<Daemon>) -> ConfigResult {
     r
 }
 
-#[utoipa::path(post, path = "/v1/config/load", request_body = LoadRequest, responses((status = 200, body = ConfigResult)))]
+#[utoipa::path(post, path = "/v1/config/load", request_body = LoadRequest,
+    responses((status = 200, body = ConfigResult, description = "loaded, or the file's errors (then nothing changed)"),
+              (status = 400, body = api::v1::Error, description = "the request does not fit this document"), (status = 403, body = api::v1::Error, description = "not root")))]
 async fn load(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -824,7 +1051,9 @@ async fn load(
     )))
 }
 
-#[utoipa::path(post, path = "/v1/config/reload", responses((status = 200, body = ConfigResult)))]
+#[utoipa::path(post, path = "/v1/config/reload",
+    responses((status = 200, body = ConfigResult, description = "reloaded, or the file's errors (then nothing changed)"),
+              (status = 403, body = api::v1::Error, description = "not root")))]
 async fn reload_handler(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -833,7 +1062,10 @@ async fn reload_handler(
     Ok(Json(reload(&app.daemon)))
 }
 
-#[utoipa::path(post, path = "/v1/reset", request_body = ResetRequest, responses((status = 200, body = Message)))]
+#[utoipa::path(post, path = "/v1/reset", request_body = ResetRequest,
+    responses((status = 200, body = Message, description = "what was reset"), (status = 400, body = api::v1::Error, description = "the request does not fit this document"), (status = 403, body = api::v1::Error, description = "not root"),
+              (status = 409, body = api::v1::Error, description = "switches: the configuration file has errors (each `file:line: message`)"),
+              (status = 500, body = api::v1::Error, description = "switches: a bridge could not be set up")))]
 async fn reset(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -880,7 +1112,8 @@ async fn reset(
     Ok(Json(Message { message }))
 }
 
-#[utoipa::path(post, path = "/v1/log", request_body = LogRequest, responses((status = 200, body = Message)))]
+#[utoipa::path(post, path = "/v1/log", request_body = LogRequest,
+    responses((status = 200, body = Message, description = "the level now"), (status = 400, body = api::v1::Error, description = "the request does not fit this document"), (status = 403, body = api::v1::Error, description = "not root")))]
 async fn log_level(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -938,12 +1171,113 @@ async fn log_level(
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The OpenAPI document vmd serves: [`ApiDoc`] with the bounds that come
+/// from vmd's own rules (vmconf's, cpumodel's) written into its schemas,
+/// so that the document refuses what the handlers refuse.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+    let no_control = "[^\\u0000-\\u001f\\u007f-\\u009f]";
+    let set = |doc: &mut serde_json::Value, at: &str, value: serde_json::Value| {
+        let slot = doc
+            .pointer_mut(at)
+            .unwrap_or_else(|| panic!("the document has {at}"));
+        *slot = value;
+    };
+    let start = "/components/schemas/StartRequest/properties";
+    set(
+        &mut doc,
+        &format!("{start}/memory/minimum"),
+        vmconf::MIN_MEMORY.into(),
+    );
+    set(&mut doc, &format!("{start}/cpus/maximum"), MAX_VCPUS.into());
+    set(
+        &mut doc,
+        &format!("{start}/disks/maxItems"),
+        vmconf::MAX_DISKS.into(),
+    );
+    set(
+        &mut doc,
+        &format!("{start}/disks/items"),
+        serde_json::json!({
+            "type": "string",
+            "pattern": format!("^((raw|qcow2):)?/{no_control}*$"),
+        }),
+    );
+    set(
+        &mut doc,
+        &format!("{start}/switches/maxItems"),
+        vmconf::MAX_INTERFACES.into(),
+    );
+    set(
+        &mut doc,
+        &format!("{start}/switches/items"),
+        serde_json::json!({"type": "string", "pattern": format!("^{no_control}+$")}),
+    );
+    set(
+        &mut doc,
+        &format!("{start}/interfaces/maximum"),
+        vmconf::MAX_INTERFACES.into(),
+    );
+    let features: Vec<&str> = cpumodel::FEATURES.iter().map(|f| f.name).collect();
+    set(
+        &mut doc,
+        "/components/schemas/CpuRequest/properties/hide/items",
+        serde_json::json!({"type": "string", "enum": features}),
+    );
+    let cpu = "/components/schemas/CpuRequest/properties";
+    for (what, min, max) in [
+        ("family", cpumodel::FAMILY_MIN, cpumodel::FAMILY_MAX),
+        ("model", 0, cpumodel::MODEL_MAX),
+        ("stepping", 0, cpumodel::STEPPING_MAX),
+    ] {
+        set(&mut doc, &format!("{cpu}/{what}/minimum"), min.into());
+        set(&mut doc, &format!("{cpu}/{what}/maximum"), max.into());
+    }
+    doc
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(document).clone())
 }
 
 async fn not_found() -> Error {
     Error::NotFound("no such endpoint; see /openapi.json".into())
+}
+
+/// Middleware: every error is answered with an `api::v1::Error` body.
+/// What axum answers by itself comes as plain text or nothing (a 405 for
+/// a method a path does not have, a 400 for a path that does not decode);
+/// its text becomes the message, and its headers stay.
+async fn json_errors(resp: Response) -> Response {
+    use axum::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let mut error = text.trim().to_owned();
+    if error.is_empty() {
+        error = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // axum adds `Allow` after this layer.
+        error = "method not allowed (the Allow header lists this path's)".into();
+    }
+    let body = serde_json::to_vec(&api::v1::Error { error }).expect("serialises");
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 pub fn router(app: App) -> Router {
@@ -965,5 +1299,6 @@ pub fn router(app: App) -> Router {
         .route("/v1/log", post(log_level))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(app)
 }

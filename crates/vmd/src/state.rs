@@ -248,6 +248,13 @@ pub enum Error {
     Forbidden(String),
     Conflict(String),
     BadRequest(String),
+    /// The request fits the API's schema, but what it names cannot be
+    /// used: a file that is not there, a switch that is not configured,
+    /// interfaces that cannot be set up (422).
+    Unprocessable(String),
+    /// The VM process failed: it ended before its VM was built, did not
+    /// come up, or did not answer (502).
+    VmProcess(String),
     Internal(String),
 }
 
@@ -258,6 +265,8 @@ impl Error {
             | Error::Forbidden(m)
             | Error::Conflict(m)
             | Error::BadRequest(m)
+            | Error::Unprocessable(m)
+            | Error::VmProcess(m)
             | Error::Internal(m) => m,
         }
     }
@@ -479,7 +488,7 @@ impl Daemon {
                 )));
             }
             let args =
-                Self::vmm_args(&vm.def, vm.user_files.as_ref()).map_err(Error::BadRequest)?;
+                Self::vmm_args(&vm.def, vm.user_files.as_ref()).map_err(Error::Unprocessable)?;
             g.check_disks_free(id)?;
             let vm = g.vms.get_mut(&id).expect("looked up above");
             vm.disk_formats = args
@@ -523,7 +532,7 @@ impl Daemon {
                         vm.last_exit = Some(why.clone());
                         vm.bump();
                     }
-                    return Err(Error::BadRequest(why));
+                    return Err(Error::Unprocessable(why));
                 }
             }
         }
@@ -568,7 +577,7 @@ impl Daemon {
                         VmState::Starting => {}
                         VmState::Stopped | VmState::Disabled => {
                             let why = vm.last_exit.clone().unwrap_or_else(|| "exited".into());
-                            return Err(Error::BadRequest(format!("vm {}: {why}", vm.def.name)));
+                            return Err(Error::VmProcess(format!("vm {}: {why}", vm.def.name)));
                         }
                         _ => return Ok(vm.status()),
                     }
@@ -590,7 +599,7 @@ impl Daemon {
                 if let Some(p) = self.lock().vms.get(&id).and_then(|v| v.proc.as_ref()) {
                     p.kill(format!("killed: {why}"));
                 }
-                Err(Error::Internal(why))
+                Err(Error::VmProcess(why))
             }
         }
     }
@@ -619,13 +628,13 @@ impl Daemon {
                 .request_within(&req, STOP_ANSWER)
                 .await
                 .map_err(|e| match e.as_str() {
-                    vmproc::NO_ANSWER => Error::Internal(format!(
+                    vmproc::NO_ANSWER => Error::VmProcess(format!(
                         "{e} within {} s: a forced stop (vmctl stop -f) kills it",
                         STOP_ANSWER.as_secs()
                     )),
-                    _ => Error::Internal(e),
+                    _ => Error::VmProcess(e),
                 }),
-            _ => proc.request(&req).await.map_err(Error::Internal),
+            _ => proc.request(&req).await.map_err(Error::VmProcess),
         }
     }
 
@@ -664,14 +673,14 @@ impl Daemon {
                 if self.wait_gone(id, proc, reap).await {
                     Ok(api::vmproc::Reply::Ok)
                 } else {
-                    Err(Error::Internal(format!(
+                    Err(Error::VmProcess(format!(
                         "the VM process (pid {}) did not answer and has not ended {} s after SIGKILL",
                         proc.pid,
                         reap.as_secs()
                     )))
                 }
             }
-            Err(e) => Err(Error::Internal(e)),
+            Err(e) => Err(Error::VmProcess(e)),
         }
     }
 

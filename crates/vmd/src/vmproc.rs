@@ -88,6 +88,17 @@ impl VmProc {
                 .ok_or(EXITED)?
                 .push_back(tx);
             match tokio::time::timeout_at(deadline, w.write_all(&line)).await {
+                // Its end of the socket is closed: it is exiting (a guest
+                // that powered off as the request came), as when it ends
+                // before answering.
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    return Err(EXITED.into())
+                }
                 Ok(r) => r.map_err(|e| format!("VM process: {e}"))?,
                 Err(_) => {
                     // Part of the line may be in the socket: what follows
