@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use guestrpc::backdoor::{cmd, vmx_type, Regs, VERSION_MAGIC};
 use guestrpc::client::{self, rpci, tclo_poll, Backdoor, Channel, Error, TcloSession};
 use guestrpc::guestinfo::nicinfo::{IpEntry, NicEntry};
-use guestrpc::guestinfo::{format_set_guest_info, format_set_guest_info_nics, GuestInfoKey};
+use guestrpc::guestinfo::{
+    format_set_guest_info, format_set_guest_info_nics, format_set_guest_info_os, GuestInfoKey,
+};
 use guestrpc::host::{CommandStatus, StateChange};
 use guestrpc::proto::{subcmd, MAX_CHANNELS, MAX_MESSAGE, PROTO_RPCI, PROTO_TCLO};
 use guestrpc::tclo::{PowerState, TcloCommand, REPLY_OK, REPLY_RESET, REPLY_UNKNOWN};
@@ -208,6 +210,35 @@ fn set_guest_info_reaches_guest_state() {
         Some("OpenBSD 7.5 GENERIC.MP/amd64")
     );
     assert_eq!(st.uptime.map(|u| u.secs()), Some(123));
+
+    // Modern vmtoolsd's key 11 (binary, NULs inside) carries both names.
+    let req = format_set_guest_info_os(
+        &mut buf,
+        b"debian12-64",
+        b"Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)",
+        b"bitness='64' familyName='Linux' prettyName='Debian GNU/Linux 12 (bookworm)'",
+    )
+    .unwrap()
+    .to_vec();
+    assert_eq!(call(&mut vm, &req), b"1 ");
+    let st = vm.tools.guest_state();
+    assert_eq!(st.os_name.as_deref(), Some("debian12-64"));
+    assert_eq!(
+        st.os_full_name.as_deref(),
+        Some("Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)")
+    );
+    assert_eq!(
+        st.os_detailed.as_deref(),
+        Some("bitness='64' familyName='Linux' prettyName='Debian GNU/Linux 12 (bookworm)'")
+    );
+    // One of another version is acknowledged and ignored.
+    let mut other = req.clone();
+    other["SetGuestInfo  11 ".len()] = 2;
+    assert_eq!(call(&mut vm, &other), b"1 ");
+    assert_eq!(
+        vm.tools.guest_state().os_name.as_deref(),
+        Some("debian12-64")
+    );
 
     let lo = [IpEntry {
         addr: IpAddr::V4(Ipv4Addr::LOCALHOST),

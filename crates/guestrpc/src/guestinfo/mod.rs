@@ -1,7 +1,9 @@
 //! What the guest tells the host about itself: the `SetGuestInfo` RPCI
-//! (§4) and, in [`nicinfo`], the XDR NIC list it carries for key 10.
+//! (§4) and, in [`nicinfo`], the XDR NIC list it carries for key 10, in
+//! [`osinfo`] the detailed OS report of key 11.
 
 pub mod nicinfo;
+pub mod osinfo;
 
 use core::fmt::Write;
 
@@ -36,7 +38,7 @@ pub enum GuestInfoKey {
     IpAddressV2 = 9,
     /// NIC list, XDR version 3 (binary; see [`nicinfo`]).
     IpAddressV3 = 10,
-    /// Detailed OS information.
+    /// Detailed OS information (binary; see [`osinfo`]).
     OsDetailed = 11,
 }
 
@@ -59,10 +61,14 @@ impl GuestInfoKey {
         })
     }
 
-    /// Whether the value is binary XDR, which contains NULs and so must not
-    /// be cut at the first one like the text values are.
+    /// Whether the value is binary (XDR, or key 11's C struct), which
+    /// contains NULs and so must not be cut at the first one like the text
+    /// values are.
     pub fn is_binary(self) -> bool {
-        matches!(self, GuestInfoKey::IpAddressV2 | GuestInfoKey::IpAddressV3)
+        matches!(
+            self,
+            GuestInfoKey::IpAddressV2 | GuestInfoKey::IpAddressV3 | GuestInfoKey::OsDetailed
+        )
     }
 }
 
@@ -86,14 +92,39 @@ pub fn format_set_guest_info<'a>(
 }
 
 /// Formats the key-10 request, `"SetGuestInfo  10 "` followed by the NicInfo
-/// v3 XDR of `nics`, into `buf`.
+/// v3 XDR of `nics` (no address status, as OpenBSD's vmt(4)), into `buf`.
 pub fn format_set_guest_info_nics<'a>(
     buf: &'a mut [u8],
     nics: &[nicinfo::NicEntry<'_>],
-) -> Result<&'a [u8], BufferTooSmall> {
+) -> Result<&'a [u8], nicinfo::EncodeError> {
+    format_set_guest_info_nics_with(buf, nics, nicinfo::AddressStatus::Absent)
+}
+
+/// [`format_set_guest_info_nics`] with the address entries' status as
+/// `status` says (vmtoolsd's: [`nicinfo::AddressStatus::Vmtoolsd`]).
+pub fn format_set_guest_info_nics_with<'a>(
+    buf: &'a mut [u8],
+    nics: &[nicinfo::NicEntry<'_>],
+    status: nicinfo::AddressStatus,
+) -> Result<&'a [u8], nicinfo::EncodeError> {
     let mut w = SliceWriter::new(buf);
     write_header(&mut w, GuestInfoKey::IpAddressV3)?;
-    let n = nicinfo::encode_v3(w.spare(), nics)?;
+    let n = nicinfo::encode_v3_with(w.spare(), nics, status)?;
+    w.advance(n)?;
+    Ok(w.into_written())
+}
+
+/// Formats the key-11 request, `"SetGuestInfo  11 "` followed by the
+/// detailed OS report ([`osinfo`]), into `buf`.
+pub fn format_set_guest_info_os<'a>(
+    buf: &'a mut [u8],
+    short_name: &[u8],
+    full_name: &[u8],
+    detailed: &[u8],
+) -> Result<&'a [u8], BufferTooSmall> {
+    let mut w = SliceWriter::new(buf);
+    write_header(&mut w, GuestInfoKey::OsDetailed)?;
+    let n = osinfo::encode_os_detailed(w.spare(), short_name, full_name, detailed)?;
     w.advance(n)?;
     Ok(w.into_written())
 }
@@ -120,6 +151,7 @@ mod tests {
         }
         assert_eq!(GuestInfoKey::from_u32(12), None);
         assert!(GuestInfoKey::IpAddressV3.is_binary());
+        assert!(GuestInfoKey::OsDetailed.is_binary());
         assert!(!GuestInfoKey::DnsName.is_binary());
     }
 }

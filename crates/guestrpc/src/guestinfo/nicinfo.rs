@@ -1,22 +1,16 @@
 //! NicInfo version 3: the guest's NICs and addresses as XDR, the value of
-//! `SetGuestInfo  10` (OpenBSD vmt and vmtoolsd send it).
+//! `SetGuestInfo  10` (INFO_IPADDRESS_V3; OpenBSD vmt and vmtoolsd send it).
 //!
 //! # Layout
-//! From open-vm-tools' `lib/guestRpc/nicInfo.x`, written from memory of that
-//! file and of OpenBSD vmt.c's hand-built copy of it (the sources were not at
-//! hand). Encoder and decoder below agree with each other and with this
-//! listing; the points marked (?) are the ones most likely to differ from
-//! the real schema, and only the decoder's handling of *optional per-NIC
-//! data* depends on them: a guest that sends none (OpenBSD, Linux vmtoolsd,
-//! which report DNS/WINS/DHCP at the top level, after the NICs) decodes
-//! whatever they are.
+//! From open-vm-tools' `lib/guestRpc/nicinfo.x` (checked against it; the
+//! limits are its constants):
 //!
 //! ```text
 //! union GuestNicProto switch (NicInfoVersion ver) {   // ver = 3
-//!    case NIC_INFO_V3: NicInfoV3 *nicsV3;             // optional: bool, then the struct
+//!    case NIC_INFO_V3: NicInfoV3 *nicInfoV3;          // optional: bool, then the struct
 //! };
 //! struct NicInfoV3 {
-//!    GuestNicV3          nics<16>;
+//!    GuestNicV3          nics<16>;                    // NICINFO_MAX_NICS
 //!    InetCidrRouteEntry  routes<100>;                 // not decoded
 //!    DnsConfigInfo      *dnsConfigInfo;               // not decoded
 //!    WinsConfigInfo     *winsConfigInfo;              // not decoded
@@ -24,8 +18,8 @@
 //!    DhcpConfigInfo     *dhcpConfigInfov6;            // not decoded
 //! };
 //! struct GuestNicV3 {
-//!    string              macAddress<19>;              // "aa:bb:cc:dd:ee:ff"
-//!    IpAddressEntry      ips<2048>;
+//!    string              macAddress<18>;              // NICINFO_MAC_LEN: "aa:bb:cc:dd:ee:ff"
+//!    IpAddressEntry      ips<2048>;                   // NICINFO_MAX_IPS
 //!    DnsConfigInfo      *dnsConfigInfo;
 //!    WinsConfigInfo     *winsConfigInfo;
 //!    DhcpConfigInfo     *dhcpConfigInfov4;
@@ -39,21 +33,23 @@
 //! };
 //! struct TypedIpAddress {
 //!    InetAddressType     ipAddressAddrType;           // 1 = IPv4, 2 = IPv6
-//!    opaque              ipAddressAddr<255>;          // network byte order (?)
+//!    opaque              ipAddressAddr<255>;          // network byte order
 //! };
-//! struct DnsConfigInfo {                              // (?)
-//!    string             *hostName<255>;
-//!    string             *domainName<255>;
-//!    TypedIpAddress      serverList<>;
-//!    string              searchSuffixes<><255>;
+//! struct DnsConfigInfo {
+//!    DnsHostname        *hostName;                    // string<255>
+//!    DnsHostname        *domainName;
+//!    TypedIpAddress      serverList<16>;
+//!    DnsHostname         searchSuffixes<10>;
 //! };
-//! struct WinsConfigInfo { TypedIpAddress primary; TypedIpAddress secondary; };  // (?)
-//! struct DhcpConfigInfo { bool enabled; string dhcpSettings<>; };               // (?)
+//! struct WinsConfigInfo { TypedIpAddress primary; TypedIpAddress secondary; };
+//! struct DhcpConfigInfo { bool enabled; string dhcpSettings<16384>; };
 //! ```
 //!
-//! The decoder accepts somewhat larger limits than the schema (a MAC up to 64
-//! bytes) so that a guest is not refused over a limit we may have misremembered;
-//! memory stays bounded by the 64 KiB message either way.
+//! The encoder keeps to the schema's limits (a real XDR decoder, VMware's,
+//! rejects the whole report over one MAC string of 19 characters); the
+//! decoder accepts somewhat larger ones (a MAC up to 64 bytes, longer
+//! lists) so that a guest is not refused over a limit it got wrong; memory
+//! stays bounded by the 64 KiB message either way.
 
 use core::net::IpAddr;
 
@@ -66,10 +62,17 @@ pub const NIC_INFO_V3: u32 = 3;
 pub const IAT_IPV4: u32 = 1;
 /// `InetAddressType` of an IPv6 address (16 bytes).
 pub const IAT_IPV6: u32 = 2;
+/// `IpAddressStatus` "preferred": vmtoolsd's default for IPv4 addresses.
+pub const IAS_PREFERRED: u32 = 1;
+/// `IpAddressStatus` "unknown": vmtoolsd's default for IPv6 addresses.
+pub const IAS_UNKNOWN: u32 = 5;
 /// Most NICs in one report (`NICINFO_MAX_NICS`).
 pub const MAX_NICS: u32 = 16;
 /// Most addresses per NIC (`NICINFO_MAX_IPS`).
 pub const MAX_IPS: u32 = 2048;
+/// Longest MAC string in a report (`NICINFO_MAC_LEN`; vmtoolsd's
+/// `aa:bb:cc:dd:ee:ff` has 17).
+pub const NICINFO_MAC_LEN: usize = 18;
 /// Longest MAC string the decoder accepts.
 pub const MAX_MAC_LEN: u32 = 64;
 /// Longest address opaque (`InetAddress<255>`).
@@ -87,37 +90,106 @@ pub struct IpEntry {
 /// One NIC to encode: borrowed, so a guest can build the report on its stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NicEntry<'a> {
-    /// MAC as `aa:bb:cc:dd:ee:ff`.
+    /// MAC as `aa:bb:cc:dd:ee:ff` (at most [`NICINFO_MAC_LEN`] bytes).
     pub mac: &'a str,
     /// Its addresses.
     pub addrs: &'a [IpEntry],
 }
 
+/// Why a report could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The caller's buffer is too small.
+    BufferTooSmall,
+    /// A MAC string longer than [`NICINFO_MAC_LEN`]: VMware's decoder would
+    /// refuse the whole report.
+    MacTooLong,
+    /// More than [`MAX_NICS`] NICs.
+    TooManyNics,
+    /// More than [`MAX_IPS`] addresses on one NIC.
+    TooManyAddrs,
+}
+
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            EncodeError::BufferTooSmall => "buffer too small",
+            EncodeError::MacTooLong => "MAC string longer than 18 characters",
+            EncodeError::TooManyNics => "more than 16 NICs",
+            EncodeError::TooManyAddrs => "more than 2048 addresses on a NIC",
+        })
+    }
+}
+
+impl From<BufferTooSmall> for EncodeError {
+    fn from(_: BufferTooSmall) -> Self {
+        EncodeError::BufferTooSmall
+    }
+}
+
+/// What goes into each address entry's optional fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AddressStatus {
+    /// Neither origin nor status, as OpenBSD's vmt(4) sends them.
+    #[default]
+    Absent,
+    /// No origin, and the status vmtoolsd gives an address it has no better
+    /// knowledge of: [`IAS_PREFERRED`] for IPv4, [`IAS_UNKNOWN`] for IPv6
+    /// (open-vm-tools `GuestInfoAddIpAddress`).
+    Vmtoolsd,
+}
+
 /// Encodes `GuestNicProto { ver: 3, nicsV3: Some(NicInfoV3 { nics, .. }) }`
 /// into `buf` and returns its length. No routes, no DNS/WINS/DHCP data, and
 /// no address origin or status: all optional, as in OpenBSD's report.
-pub fn encode_v3(buf: &mut [u8], nics: &[NicEntry<'_>]) -> Result<usize, BufferTooSmall> {
+pub fn encode_v3(buf: &mut [u8], nics: &[NicEntry<'_>]) -> Result<usize, EncodeError> {
+    encode_v3_with(buf, nics, AddressStatus::Absent)
+}
+
+/// [`encode_v3`] with the address entries' status as `status` says.
+pub fn encode_v3_with(
+    buf: &mut [u8],
+    nics: &[NicEntry<'_>],
+    status: AddressStatus,
+) -> Result<usize, EncodeError> {
+    if nics.len() > MAX_NICS as usize {
+        return Err(EncodeError::TooManyNics);
+    }
     let mut w = Writer::new(buf);
     w.u32(NIC_INFO_V3)?;
     w.bool(true)?;
-    w.u32(u32::try_from(nics.len()).map_err(|_| BufferTooSmall)?)?;
+    w.u32(nics.len() as u32)?;
     for nic in nics {
+        if nic.mac.len() > NICINFO_MAC_LEN {
+            return Err(EncodeError::MacTooLong);
+        }
+        if nic.addrs.len() > MAX_IPS as usize {
+            return Err(EncodeError::TooManyAddrs);
+        }
         w.opaque(nic.mac.as_bytes())?;
-        w.u32(u32::try_from(nic.addrs.len()).map_err(|_| BufferTooSmall)?)?;
+        w.u32(nic.addrs.len() as u32)?;
         for a in nic.addrs {
-            match a.addr {
+            let default_status = match a.addr {
                 IpAddr::V4(v4) => {
                     w.u32(IAT_IPV4)?;
                     w.opaque(&v4.octets())?;
+                    IAS_PREFERRED
                 }
                 IpAddr::V6(v6) => {
                     w.u32(IAT_IPV6)?;
                     w.opaque(&v6.octets())?;
+                    IAS_UNKNOWN
                 }
-            }
+            };
             w.u32(u32::from(a.prefix_len))?;
             w.bool(false)?; // ipAddressOrigin
-            w.bool(false)?; // ipAddressStatus
+            match status {
+                AddressStatus::Absent => w.bool(false)?,
+                AddressStatus::Vmtoolsd => {
+                    w.bool(true)?;
+                    w.u32(default_status)?;
+                }
+            }
         }
         for _ in 0..4 {
             w.bool(false)?; // dnsConfigInfo, winsConfigInfo, dhcpConfigInfov4/v6
@@ -295,7 +367,10 @@ mod tests {
                 "cut {cut}"
             );
         }
-        assert_eq!(encode_v3(&mut buf[..n - 1], &nics), Err(BufferTooSmall));
+        assert_eq!(
+            encode_v3(&mut buf[..n - 1], &nics),
+            Err(EncodeError::BufferTooSmall)
+        );
     }
 
     #[test]
@@ -370,5 +445,79 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
         );
         assert_eq!(nics[0].addrs[0].prefix_len, 8);
+    }
+
+    /// The schema's limits hold on the encoding side: a MAC string of 19
+    /// characters (which VMware's decoder refuses, and the whole report
+    /// with it), a 17th NIC, a 2049th address.
+    #[test]
+    fn the_encoder_keeps_to_the_schema() {
+        let mut buf = vec![0u8; 1 << 17];
+        let long = [NicEntry {
+            mac: "00:11:22:33:44:55:6",
+            addrs: &[],
+        }];
+        assert_eq!(encode_v3(&mut buf, &long), Err(EncodeError::MacTooLong));
+        let at_limit = [NicEntry {
+            mac: "00:11:22:33:44:55:",
+            addrs: &[],
+        }];
+        let n = encode_v3(&mut buf, &at_limit).unwrap();
+        assert_eq!(decode_v3(&buf[..n]).unwrap()[0].mac.len(), NICINFO_MAC_LEN);
+        let nic = NicEntry {
+            mac: "00:11:22:33:44:55",
+            addrs: &[],
+        };
+        assert_eq!(
+            encode_v3(&mut buf, &[nic; 17]),
+            Err(EncodeError::TooManyNics)
+        );
+        assert!(encode_v3(&mut buf, &[nic; 16]).is_ok());
+        let one = IpEntry {
+            addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            prefix_len: 8,
+        };
+        let many = vec![one; MAX_IPS as usize + 1];
+        let nic = NicEntry {
+            mac: "00:11:22:33:44:55",
+            addrs: &many,
+        };
+        assert_eq!(encode_v3(&mut buf, &[nic]), Err(EncodeError::TooManyAddrs));
+        let nic = NicEntry {
+            mac: "00:11:22:33:44:55",
+            addrs: &many[1..],
+        };
+        assert!(encode_v3(&mut buf, &[nic]).is_ok());
+    }
+
+    /// vmtoolsd's entries: no origin, status "preferred" for IPv4 and
+    /// "unknown" for IPv6; the decoder reads them as any other.
+    #[test]
+    fn vmtoolsd_address_status() {
+        let (a, _) = sample();
+        let mut buf = [0u8; 512];
+        let nics = [NicEntry {
+            mac: "00:11:22:33:44:55",
+            addrs: &a,
+        }];
+        let n = encode_v3_with(&mut buf, &nics, AddressStatus::Vmtoolsd).unwrap();
+        let bare = encode_v3(&mut [0u8; 512], &nics).unwrap();
+        assert_eq!(n, bare + 8, "one status word and its flag more per address");
+        let words: Vec<u32> = buf[..n]
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        // version, present, 1 NIC, its MAC (1 + 5 words), 2 addresses;
+        // the IPv4 entry: type, length, address, prefix, origin absent,
+        // status present.
+        assert_eq!(&words[..4], &[3, 1, 1, 17]);
+        assert_eq!(words[9], 2);
+        assert_eq!(
+            &words[10..17],
+            &[1, 4, 0x0a00_0005, 24, 0, 1, IAS_PREFERRED]
+        );
+        assert_eq!(&words[17..19], &[2, 16]);
+        assert_eq!(&words[23..27], &[128, 0, 1, IAS_UNKNOWN]);
+        assert_eq!(decode_v3(&buf[..n]).unwrap()[0].addrs, a);
     }
 }

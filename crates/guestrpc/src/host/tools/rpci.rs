@@ -4,7 +4,8 @@
 //! - the command name ends at the first space;
 //! - text requests are cut at the first NUL (vmtoolsd sends its NUL, OpenBSD
 //!   hostctl a whole NUL-padded 4 KiB buffer);
-//! - `SetGuestInfo  9|10` keep their raw bytes: their value is binary XDR.
+//! - `SetGuestInfo  9|10|11` keep their raw bytes: their value is binary
+//!   (XDR; key 11 vmtoolsd's detailed OS header).
 //!
 //! Replies are `"1 "` + payload or `"0 "` + reason. `SetGuestInfo` must get
 //! exactly `"1 "`: vmtoolsd counts the call as failed if anything follows.
@@ -16,6 +17,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use super::state::{StateChange, Uptime};
 use super::Tools;
 use crate::guestinfo::nicinfo::{decode_v3, Nic};
+use crate::guestinfo::osinfo::decode_os_detailed;
 use crate::guestinfo::{GuestInfoKey, SET_GUEST_INFO};
 use crate::proto::{RPCI_ERR, RPCI_OK, RPCI_UNKNOWN_COMMAND};
 use crate::text::{parse_u32, parse_u64, skip_spaces, split_word, trim, until_nul};
@@ -176,6 +178,21 @@ impl Tools {
             }
             Some(GuestInfoKey::OsNameFull) => self.state.os_full_name = text_field(value),
             Some(GuestInfoKey::OsName) => self.state.os_name = text_field(value),
+            // Modern vmtoolsd's one OS report: the names of keys 6 and 5
+            // in a header, then the detailed data. Not understood: ignored,
+            // as before.
+            Some(GuestInfoKey::OsDetailed) => {
+                if let Some(d) = decode_os_detailed(value) {
+                    let some = |s: String| (!s.trim().is_empty()).then_some(s);
+                    if let Some(n) = some(d.short_name) {
+                        self.state.os_name = Some(n);
+                    }
+                    if let Some(n) = some(d.full_name) {
+                        self.state.os_full_name = Some(n);
+                    }
+                    self.state.os_detailed = some(d.detailed);
+                }
+            }
             Some(GuestInfoKey::Uptime) => {
                 if let Some(centis) = parse_u64(value) {
                     self.state.uptime = Some(Uptime {

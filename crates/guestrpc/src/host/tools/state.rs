@@ -66,10 +66,12 @@ pub struct GuestState {
     /// The last NicInfo report when it did not decode (kept for debugging;
     /// cleared by one that does).
     pub nicinfo_raw: Option<Vec<u8>>,
-    /// `SetGuestInfo  6`.
+    /// `SetGuestInfo  6`, or the short name of `SetGuestInfo  11`.
     pub os_name: Option<String>,
-    /// `SetGuestInfo  5`.
+    /// `SetGuestInfo  5`, or the full name of `SetGuestInfo  11`.
     pub os_full_name: Option<String>,
+    /// The detailed data (`name='value'` pairs) of `SetGuestInfo  11`.
+    pub os_detailed: Option<String>,
     /// `SetGuestInfo  7`.
     pub uptime: Option<Uptime>,
     /// The last `tools.os.statechange.status`.
