@@ -10,6 +10,7 @@
 //! | `reboot_command` | a command, words split at blanks | none: the init's way |
 //! | `power_timeout` | seconds, 0 = never forced | 60 |
 //! | `log_level` | `error`, `info` or `debug` | `info` |
+//! | `exclude_nics` | shell patterns (`*`, `?`) of interfaces left out of the NIC report, or `none` | `docker* veth*` (vmtoolsd's) |
 //!
 //! A keyword given twice, an unknown keyword, a missing or malformed value
 //! are errors, each reported as `file:line: message`; the daemon refuses a
@@ -65,6 +66,8 @@ pub struct Config {
     pub reboot_command: Option<Vec<String>>,
     /// How much it logs.
     pub log_level: LogLevel,
+    /// Interfaces left out of the NIC report (shell patterns).
+    pub exclude_nics: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +77,10 @@ impl Default for Config {
             halt_command: None,
             reboot_command: None,
             log_level: LogLevel::Info,
+            exclude_nics: crate::report::DEFAULT_EXCLUDE_NICS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -150,7 +157,7 @@ pub fn parse_poll_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-const KEYWORDS: [&str; 7] = [
+const KEYWORDS: [&str; 8] = [
     "clock_sync_period",
     "clock_step_threshold",
     "poll_interval",
@@ -158,6 +165,7 @@ const KEYWORDS: [&str; 7] = [
     "reboot_command",
     "power_timeout",
     "log_level",
+    "exclude_nics",
 ];
 
 /// Parses a configuration file's text: the configuration, or every error.
@@ -184,6 +192,18 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         let one = match (key, args.as_slice()) {
             ("halt_command" | "reboot_command", []) => {
                 err(format!("{key} needs a command"));
+                continue;
+            }
+            ("exclude_nics", []) => {
+                err(format!("{key} needs patterns, or none"));
+                continue;
+            }
+            ("exclude_nics", ["none"]) => {
+                config.exclude_nics = Vec::new();
+                continue;
+            }
+            ("exclude_nics", a) => {
+                config.exclude_nics = a.iter().map(|s| s.to_string()).collect();
                 continue;
             }
             ("halt_command", a) => {
@@ -284,9 +304,20 @@ mod tests {
              halt_command /usr/local/sbin/halt-hook -p now\n\
              reboot_command /sbin/reboot\n\
              power_timeout 120\n\
-             log_level debug\n",
+             log_level debug\n\
+             exclude_nics veth* cni? tap0\n",
         )
         .unwrap();
+        assert_eq!(c.exclude_nics, ["veth*", "cni?", "tap0"]);
+        assert_eq!(
+            parse("exclude_nics none\n").unwrap().exclude_nics,
+            Vec::<String>::new()
+        );
+        assert_eq!(Config::default().exclude_nics, ["docker*", "veth*"]);
+        assert_eq!(
+            errors("exclude_nics\n"),
+            [(1, "exclude_nics needs patterns, or none".into())]
+        );
         assert_eq!(c.settings.clock_sync_period, Duration::from_secs(300));
         assert_eq!(c.settings.clock_step_threshold, Duration::from_millis(250));
         assert_eq!(c.settings.poll_interval, Duration::from_millis(500));

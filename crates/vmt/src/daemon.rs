@@ -24,6 +24,21 @@
 //! `OK `, or `ERROR Unable to find guest IP address`; anything else →
 //! `ERROR Unknown command`.
 //!
+//! Reports ([`crate::report`]), the way vmtoolsd makes them: the host name
+//! (`SetGuestInfo  1`), the OS (`SetGuestInfo  11`, vmtoolsd's detailed
+//! report; keys 5 and 6 to a host that refuses it), every NIC
+//! (`SetGuestInfo  10`, NicInfo v3), the first IPv4 address
+//! (`info-set guestinfo.ip`, vmt's) and the uptime (`SetGuestInfo  7`).
+//! All of them at start, after `OS_Resume` and after a `reset` on a
+//! channel that had been running (the host lost track: a restore, a
+//! migration), as vmtoolsd clears its cache then. Otherwise each is sent
+//! only when it changed: the host name is compared on every idle tick
+//! (uname(2), no backdoor exit); the NICs and the address when
+//! [`Daemon::links_changed`] says so (the binary's netlink socket, see
+//! [`crate::netlink`]) and every [`REPORT_PERIOD`] as a safety net; the
+//! OS every [`REPORT_PERIOD`]; the uptime, which always changes, every
+//! [`REPORT_PERIOD`] (vmtoolsd's gather interval).
+//!
 //! Clock sync ([`crate::clock`]): at start, after every `OS_Resume` and
 //! every [`Settings::clock_sync_period`] (checked on idle ticks; zero: no
 //! periodic syncs) the host's time is read and the guest's clock stepped
@@ -36,10 +51,12 @@
 //! in a [`Status`] and handed to [`System::publish`] whenever it changes:
 //! `vmt status` reads it from the file the real system writes.
 //!
-//! The system-facing parts (host name, addresses, power, clock, log, status) sit behind
+//! The system-facing parts (host name, addresses, NICs, OS, uptime, power,
+//! clock, log, status) sit behind
 //! [`System`], so the tests run the loop against the host's state machine
 //! with a double; [`LinuxSystem`](crate::sys::LinuxSystem) is the real one.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -47,6 +64,7 @@ use guestrpc::client::{Backdoor, Channel, Error, TcloSession};
 
 use crate::clock::{self, Correction};
 use crate::config::LogLevel;
+use crate::report::{nicinfo_request, Nic, OsInfo};
 use crate::status::{ChannelState, ClockSync, Status};
 use guestrpc::guestinfo::{format_set_guest_info, GuestInfoKey};
 use guestrpc::proto::{split_rpci_reply, MAX_MESSAGE, PROTO_RPCI};
@@ -61,6 +79,9 @@ pub const OPEN_RETRY_INTERVAL: Duration = Duration::from_secs(15);
 /// How long the guest may take to go down after a halt or reboot was
 /// asked of its init before the daemon forces it.
 pub const POWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between reports of the uptime, and checks of the OS and (besides the
+/// change notifications) the NICs: vmtoolsd's gather interval.
+pub const REPORT_PERIOD: Duration = Duration::from_secs(30);
 /// vmtoolsd's reply to a power request while one is under way.
 pub const REPLY_IN_PROGRESS: &[u8] = b"ERROR State change already in progress";
 /// Room for one TCLO command; longer ones are refused by the client, which
@@ -92,6 +113,13 @@ pub trait System {
     fn hostname(&mut self) -> Option<String>;
     /// The first non-loopback IPv4 address (`guestinfo.ip`).
     fn first_ipv4(&mut self) -> Option<Ipv4Addr>;
+    /// The NICs to report (`SetGuestInfo  10`); `None`: they could not be
+    /// read (nothing is sent).
+    fn nics(&mut self) -> Option<Vec<Nic>>;
+    /// The OS as vmtoolsd names it; `None`: unknown (nothing is sent).
+    fn os_info(&mut self) -> Option<OsInfo>;
+    /// Time since boot in hundredths of a second (`SetGuestInfo  7`).
+    fn uptime_centis(&mut self) -> Option<u64>;
     /// Starts halting or rebooting the guest, the configured way or the
     /// way its init expects; returns once the request is made, with what
     /// was done (`systemctl poweroff`), or why it could not be.
@@ -215,6 +243,34 @@ pub struct Daemon<S> {
     pub status: Status,
     /// What it got last.
     published: Option<Status>,
+    /// What the host last took of each report.
+    sent: Sent,
+    /// Send the OS as key 11 (until a host refuses it).
+    os_detailed: bool,
+    /// Links or addresses changed since the NICs were last gathered.
+    links_changed: bool,
+    /// Everything is to be sent again on the next idle tick.
+    report_all: bool,
+    /// When the uptime, the OS and the NICs are next looked at.
+    report_due: Option<Duration>,
+    /// `reset`s received.
+    resets: u32,
+    /// An RPCI request found no working channel since the flag was last
+    /// cleared.
+    rpci_failed: bool,
+    /// The RPCI requests failing, by what they ask (`SetGuestInfo  7`),
+    /// with the problem logged: logged again only when it changes.
+    rpci_problems: HashMap<String, String>,
+}
+
+/// What the host last accepted, per report.
+#[derive(Clone, Debug, Default)]
+struct Sent {
+    hostname: Option<String>,
+    os: Option<OsInfo>,
+    /// The whole `SetGuestInfo  10` request.
+    nics: Option<Vec<u8>>,
+    ip: Option<Ipv4Addr>,
 }
 
 impl<S: System> Daemon<S> {
@@ -243,6 +299,14 @@ impl<S: System> Daemon<S> {
                 ..Status::default()
             },
             published: None,
+            sent: Sent::default(),
+            os_detailed: true,
+            links_changed: false,
+            report_all: false,
+            report_due: None,
+            resets: 0,
+            rpci_failed: false,
+            rpci_problems: HashMap::new(),
         }
         .started()
     }
@@ -367,28 +431,143 @@ impl<S: System> Daemon<S> {
         self.session.is_open()
     }
 
-    /// Reports the guest (host name, first IPv4): at start and after a
-    /// resume.
+    /// Links or addresses changed (a netlink notification): the NICs and
+    /// the address are gathered again on the next idle tick, and sent if
+    /// they differ from what the host has.
+    pub fn links_changed(&mut self) {
+        self.links_changed = true;
+    }
+
+    /// Reports everything, whether or not the host has it already: at
+    /// start, after a resume, after the host lost track.
     pub fn report(&mut self, bd: &mut impl Backdoor) {
+        self.sent = Sent::default();
+        self.os_detailed = true;
+        self.report_all = false;
+        self.update(bd, true);
+    }
+
+    /// Sends what changed since the host last took it (all of it when
+    /// `all`); see the module's text for when each is looked at.
+    fn update(&mut self, bd: &mut impl Backdoor, all: bool) {
+        let now = self.sys.monotonic();
+        self.rpci_failed = false;
+        let due = all || self.report_due.is_none_or(|t| now >= t);
+        if due {
+            self.report_due = Some(now.saturating_add(REPORT_PERIOD));
+        }
         if let Some(name) = self.sys.hostname() {
-            let mut buf = vec![0u8; name.len() + 32];
-            match format_set_guest_info(&mut buf, GuestInfoKey::DnsName, name.as_bytes()) {
-                Ok(req) => {
-                    let req = req.to_vec();
-                    if self.request(bd, &req) {
-                        self.status.hostname = Some(name);
-                        self.status.reported_us = Some(self.sys.realtime_us());
-                    }
-                }
-                Err(e) => self
-                    .sys
-                    .log(LogLevel::Error, &format!("SetGuestInfo 1: {e}")),
+            if self.sent.hostname.as_ref() != Some(&name) {
+                self.send_hostname(bd, name);
             }
         }
-        if let Some(ip) = self.sys.first_ipv4() {
-            self.send_ip(bd, ip);
+        if due {
+            if let Some(os) = self.sys.os_info() {
+                if self.sent.os.as_ref() != Some(&os) {
+                    self.send_os(bd, os);
+                }
+            }
+        }
+        if due || std::mem::take(&mut self.links_changed) {
+            if let Some(nics) = self.sys.nics() {
+                self.send_nics(bd, &nics);
+            }
+            match self.sys.first_ipv4() {
+                Some(ip) if self.sent.ip != Some(ip) => {
+                    self.send_ip(bd, ip);
+                }
+                Some(_) => {}
+                // Gone: sent again when one comes back.
+                None => self.sent.ip = None,
+            }
+        }
+        if due {
+            if let Some(centis) = self.sys.uptime_centis() {
+                self.set_guest_info(bd, GuestInfoKey::Uptime, centis.to_string().as_bytes());
+            }
+        }
+        // What found no channel is tried again soon, not a period later
+        // (what the host refused waits for the period).
+        if std::mem::take(&mut self.rpci_failed) {
+            self.report_due = Some(now.saturating_add(RETRY_INTERVAL));
         }
         self.publish();
+    }
+
+    /// `SetGuestInfo  <key> <value>` (text values with their NUL, as
+    /// vmtoolsd sends them); whether the host took it.
+    fn set_guest_info(&mut self, bd: &mut impl Backdoor, key: GuestInfoKey, value: &[u8]) -> bool {
+        let mut v = value.to_vec();
+        v.push(0);
+        let mut buf = vec![0u8; v.len() + 32];
+        match format_set_guest_info(&mut buf, key, &v) {
+            Ok(req) => {
+                let req = req.to_vec();
+                self.request(bd, &req)
+            }
+            Err(e) => {
+                self.sys.log(
+                    LogLevel::Error,
+                    &format!("SetGuestInfo {}: {e}", key as u32),
+                );
+                false
+            }
+        }
+    }
+
+    fn send_hostname(&mut self, bd: &mut impl Backdoor, name: String) {
+        if self.set_guest_info(bd, GuestInfoKey::DnsName, name.as_bytes()) {
+            self.status.hostname = Some(name.clone());
+            self.status.reported_us = Some(self.sys.realtime_us());
+            self.sent.hostname = Some(name);
+        }
+    }
+
+    /// The OS as one key-11 report, as modern vmtoolsd sends it; as keys 5
+    /// and 6 when the host refuses that (and from then on, until the next
+    /// full report).
+    fn send_os(&mut self, bd: &mut impl Backdoor, os: OsInfo) {
+        let detailed = match self.os_detailed {
+            true => self.request_outcome(bd, &os.detailed_request()),
+            false => Outcome::Refused,
+        };
+        let ok = match detailed {
+            Outcome::Took => true,
+            // No channel: nothing learnt about the host; tried again.
+            Outcome::Failed => false,
+            Outcome::Refused => {
+                self.os_detailed = false;
+                let full =
+                    self.set_guest_info(bd, GuestInfoKey::OsNameFull, os.full_name.as_bytes());
+                let short = self.set_guest_info(bd, GuestInfoKey::OsName, os.short_name.as_bytes());
+                full && short
+            }
+        };
+        if ok {
+            self.status.os = Some(os.full_name.clone());
+            self.status.reported_us = Some(self.sys.realtime_us());
+            self.sent.os = Some(os);
+        }
+    }
+
+    /// `SetGuestInfo  10` when the NICs differ from what the host has.
+    fn send_nics(&mut self, bd: &mut impl Backdoor, nics: &[Nic]) {
+        let req = match nicinfo_request(nics) {
+            Ok(r) => r,
+            Err(e) => {
+                self.sys
+                    .log(LogLevel::Error, &format!("SetGuestInfo 10: {e}"));
+                return;
+            }
+        };
+        if self.sent.nics.as_ref() == Some(&req) {
+            return;
+        }
+        if self.request(bd, &req) {
+            self.status.nics = nics.iter().map(Nic::summary).collect();
+            self.status.reported_us = Some(self.sys.realtime_us());
+            self.sent.nics = Some(req);
+        }
     }
 
     /// `info-set guestinfo.ip`; whether the host took it.
@@ -397,6 +576,7 @@ impl<S: System> Daemon<S> {
         if ok {
             self.status.ip = Some(ip);
             self.status.reported_us = Some(self.sys.realtime_us());
+            self.sent.ip = Some(ip);
         }
         ok
     }
@@ -413,6 +593,11 @@ impl<S: System> Daemon<S> {
         let cmd = match self.session.poll(bd, &mut self.tclo_buf) {
             Ok(None) => {
                 self.recovered();
+                if std::mem::take(&mut self.report_all) {
+                    self.report(bd);
+                } else {
+                    self.update(bd, false);
+                }
                 self.periodic(bd);
                 return Next::Sleep(self.settings.poll_interval);
             }
@@ -559,7 +744,17 @@ impl<S: System> Daemon<S> {
             return (REPLY_OK, power);
         }
         let reply = match cmd {
-            TcloCommand::Reset => REPLY_RESET,
+            TcloCommand::Reset => {
+                // The first comes with the channel the daemon opened at
+                // start, after its first report. A later one means the
+                // host reset a channel that was running: everything again
+                // (on the next idle tick, after this reply).
+                self.resets = self.resets.saturating_add(1);
+                if self.resets > 1 {
+                    self.report_all = true;
+                }
+                REPLY_RESET
+            }
             TcloCommand::Ping => REPLY_OK,
             TcloCommand::CapabilitiesRegister => {
                 for c in CAPABILITIES {
@@ -583,8 +778,16 @@ impl<S: System> Daemon<S> {
     }
 
     /// One RPCI request on the kept channel (reopened once if it failed);
-    /// a failure or a `0 ...` reply is logged. Whether the host said `1`.
+    /// whether the host said `1`. See [`Daemon::request_outcome`].
     pub fn request(&mut self, bd: &mut impl Backdoor, req: &[u8]) -> bool {
+        self.request_outcome(bd, req) == Outcome::Took
+    }
+
+    /// One RPCI request on the kept channel (reopened once if it failed).
+    /// A failure is logged once for as long as it lasts: a channel
+    /// problem once whatever the request, a refusal (`0 ...`) once per
+    /// kind of request (its command and key, not its value) and reply.
+    pub fn request_outcome(&mut self, bd: &mut impl Backdoor, req: &[u8]) -> Outcome {
         let label = String::from_utf8_lossy(req.split(|&b| b < 0x20).next().unwrap_or(&[]))
             .trim_end()
             .to_owned();
@@ -615,24 +818,63 @@ impl<S: System> Daemon<S> {
                 }
             }
         };
-        let why = match result {
-            Ok(Ok(_)) => return true,
-            Ok(Err(reply)) => reply,
-            Err(e) => e.to_string(),
+        const CHANNEL: &str = "";
+        let (what, why, outcome) = match result {
+            Ok(Ok(_)) => {
+                self.rpci_problems.remove(CHANNEL);
+                self.rpci_problems.remove(&request_kind(&label));
+                return Outcome::Took;
+            }
+            Ok(Err(reply)) => {
+                self.rpci_problems.remove(CHANNEL);
+                (request_kind(&label), reply, Outcome::Refused)
+            }
+            Err(e) => {
+                self.rpci_failed = true;
+                (CHANNEL.to_owned(), e.to_string(), Outcome::Failed)
+            }
         };
-        self.sys
-            .log(LogLevel::Error, &format!("rpci {label} failed: {why}"));
-        false
+        if self.rpci_problems.get(&what) != Some(&why) {
+            self.sys
+                .log(LogLevel::Error, &format!("rpci {label} failed: {why}"));
+            self.rpci_problems.insert(what, why);
+        }
+        outcome
     }
 }
 
-/// The daemon's loop: report the guest and sync the clock, then tick until `stop` says so
-/// (checked at least once a second), sleeping through `sleep`. Closes the
-/// channels at the end.
+/// How an RPCI request went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The host answered `1 ...`.
+    Took,
+    /// The host answered, with `0 ...` (or garbage).
+    Refused,
+    /// No answer: the channel failed.
+    Failed,
+}
+
+/// What a request asks, without its value: `SetGuestInfo  7`,
+/// `info-set guestinfo.ip`, `tools.os.statechange.status 1`.
+fn request_kind(label: &str) -> String {
+    let words: Vec<&str> = label.split(' ').filter(|w| !w.is_empty()).collect();
+    match words.as_slice() {
+        ["SetGuestInfo", key, ..] => format!("SetGuestInfo  {key}"),
+        [cmd, arg, ..] => format!("{cmd} {arg}"),
+        _ => label.to_owned(),
+    }
+}
+
+/// The daemon's loop: report the guest and sync the clock, then tick until
+/// `stop` says so (checked at least once a second), waiting between ticks
+/// through `wait`, which sleeps at most the time it is given and returns
+/// whether links or addresses changed meanwhile (then the daemon ticks at
+/// once, and reports the NICs if they differ). Closes the channels at the
+/// end.
 pub fn run<S: System>(
     d: &mut Daemon<S>,
     bd: &mut impl Backdoor,
-    mut sleep: impl FnMut(Duration),
+    mut wait: impl FnMut(Duration) -> bool,
     mut stop: impl FnMut() -> bool,
 ) {
     d.publish();
@@ -642,7 +884,10 @@ pub fn run<S: System>(
         if let Next::Sleep(mut left) = d.tick(bd) {
             while !left.is_zero() && !stop() {
                 let step = left.min(Duration::from_secs(1));
-                sleep(step);
+                if wait(step) {
+                    d.links_changed();
+                    break;
+                }
                 left -= step;
             }
         }

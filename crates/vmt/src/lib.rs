@@ -10,8 +10,9 @@
 //! after a resume, the clock kept in sync with the host's ([`clock`]),
 //! configured by `/etc/vmt.conf` and flags ([`config`]); detached, with a
 //! pid file and syslog ([`detach`], [`syslog`]), or in the foreground
-//! with `-d`; what it last did in a status file ([`status`]).
-//! Still to come (issue 11): NIC and OS reports, netlink.
+//! with `-d`; what it last did in a status file ([`status`]); the NICs,
+//! the OS and the uptime reported as vmtoolsd reports them ([`report`]),
+//! again whenever they change.
 //!
 //! The operations ([`ops`]) are generic over guestrpc's
 //! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them
@@ -33,6 +34,7 @@ pub mod detect;
 pub mod ops;
 #[cfg(target_os = "linux")]
 pub mod power;
+pub mod report;
 pub mod status;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod sys;

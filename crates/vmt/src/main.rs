@@ -126,6 +126,8 @@ fn daemon(
     sys.log = log;
     sys.status_file = Some(status_file.clone());
     sys.may_reboot = true;
+    sys.may_set_clock = true;
+    sys.exclude_nics = config.exclude_nics;
     let mut d = Daemon::with_settings(sys, config.settings);
     if let Some(r) = ready {
         r.ok();
@@ -135,9 +137,11 @@ fn daemon(
         vmt::config::LogLevel::Info,
         &format!("started (pid {})", std::process::id()),
     );
-    daemon::run(&mut d, &mut bd, std::thread::sleep, || {
-        STOP.load(Ordering::Relaxed)
-    });
+    let wait = |t: std::time::Duration| {
+        std::thread::sleep(t);
+        false
+    };
+    daemon::run(&mut d, &mut bd, wait, || STOP.load(Ordering::Relaxed));
     d.sys.log(vmt::config::LogLevel::Info, "exiting");
     let _ = std::fs::remove_file(&status_file);
     drop(pid_file);

@@ -11,7 +11,9 @@
 //! | `channel` | `starting`, `open`, or `failing: <problem>` (the TCLO channel) |
 //! | `channel_since` | since when |
 //! | `hostname`, `ip` | the host name and IPv4 address last sent (and acknowledged) |
-//! | `reported` | when they were last sent |
+//! | `os` | the OS's full name last sent |
+//! | `nic` | one line per NIC last sent: `eth0 52:54:00:12:34:56 10.0.0.2/24 fe80::1/64` |
+//! | `reported` | when one of them was last sent (the uptime, sent every 30 s, is not counted) |
 //! | `clock` | the last sync: `stepped by +3600.000000 s`, `slewing by -0.005000 s`, `left alone: off by +0.000120 s` |
 //! | `clock_source` | `GETTIMEFULL` or `GETTIME` |
 //! | `clock_at` | when |
@@ -73,6 +75,10 @@ pub struct Status {
     pub hostname: Option<String>,
     /// The address last sent (`guestinfo.ip`).
     pub ip: Option<Ipv4Addr>,
+    /// The OS's full name last sent.
+    pub os: Option<String>,
+    /// The NICs last sent, one summary each (`crate::report::Nic::summary`).
+    pub nics: Vec<String>,
     /// When the guest was last reported.
     pub reported_us: Option<i64>,
     /// The last clock sync.
@@ -106,6 +112,12 @@ impl Status {
         }
         if let Some(ip) = self.ip {
             line("ip", &ip.to_string());
+        }
+        if let Some(os) = &self.os {
+            line("os", os);
+        }
+        for n in &self.nics {
+            line("nic", n);
         }
         if let Some(t) = self.reported_us {
             line("reported", &format_time(t));

@@ -61,6 +61,10 @@ pub struct LinuxSystem {
     /// Whether the last resort may call reboot(2). Off unless the daemon
     /// turns it on: tests use this type on the machine that runs them.
     pub may_reboot: bool,
+    /// Whether the clock may be stepped or slewed. Off unless the daemon
+    /// turns it on, for the same reason: a test's fake host has a clock of
+    /// its own, and the machine running the test is not the test's.
+    pub may_set_clock: bool,
     /// Where [`monotonic`](crate::daemon::System::monotonic) counts from.
     pub started: std::time::Instant,
     /// Lines above this level are not logged.
@@ -69,6 +73,8 @@ pub struct LinuxSystem {
     pub log: LogTarget,
     /// Where the status goes (`None`: nowhere).
     pub status_file: Option<std::path::PathBuf>,
+    /// Interfaces left out of the NIC report (shell patterns).
+    pub exclude_nics: Vec<String>,
     /// The power command running, with its name.
     child: Option<(String, std::process::Child)>,
     /// The status file could not be written (logged once).
@@ -83,10 +89,15 @@ impl Default for LinuxSystem {
             root: "/".into(),
             init_pid: 1,
             may_reboot: false,
+            may_set_clock: false,
             started: std::time::Instant::now(),
             log_level: crate::config::LogLevel::Info,
             log: LogTarget::Stderr,
             status_file: None,
+            exclude_nics: crate::report::DEFAULT_EXCLUDE_NICS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             child: None,
             status_failed: false,
         }
@@ -211,6 +222,18 @@ impl crate::daemon::System for LinuxSystem {
         first_ipv4()
     }
 
+    fn nics(&mut self) -> Option<Vec<crate::report::Nic>> {
+        nics(&self.exclude_nics)
+    }
+
+    fn os_info(&mut self) -> Option<crate::report::OsInfo> {
+        os_info(&self.root)
+    }
+
+    fn uptime_centis(&mut self) -> Option<u64> {
+        uptime_centis()
+    }
+
     fn power(&mut self, action: crate::daemon::Power) -> Result<String, String> {
         let way = self.power_way(action);
         let how = way.to_string();
@@ -278,6 +301,9 @@ impl crate::daemon::System for LinuxSystem {
     }
 
     fn step_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        if !self.may_set_clock {
+            return Err("not allowed here".to_owned());
+        }
         // A slew still under way would take the clock off again after the
         // step: cancelled first (and without the right to, the step fails
         // the same way).
@@ -303,6 +329,9 @@ impl crate::daemon::System for LinuxSystem {
     }
 
     fn slew_clock(&mut self, offset_us: i64) -> Result<(), String> {
+        if !self.may_set_clock {
+            return Err("not allowed here".to_owned());
+        }
         singleshot(offset_us)
     }
 
@@ -373,9 +402,224 @@ pub fn first_ipv4() -> Option<std::net::Ipv4Addr> {
     found
 }
 
+/// Bits set in a netmask (its prefix length), as vmtoolsd counts them.
+fn prefix_len(mask: &[u8]) -> u8 {
+    mask.iter().map(|b| b.count_ones() as u8).sum()
+}
+
+/// An interface address from `getifaddrs(3)` with its prefix length, when
+/// it is IPv4 or IPv6.
+///
+/// # Safety
+/// `ifa` must be a node of a list `getifaddrs` returned, not yet freed.
+unsafe fn address(ifa: &libc::ifaddrs) -> Option<guestrpc::guestinfo::nicinfo::IpEntry> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if ifa.ifa_addr.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, from getifaddrs.
+    let family = libc::c_int::from(unsafe { (*ifa.ifa_addr).sa_family });
+    let mask = ifa.ifa_netmask;
+    let (addr, prefix) = match family {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address (and netmask) is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            let bits = (!mask.is_null())
+                // SAFETY: as above.
+                .then(|| unsafe { &*mask.cast::<libc::sockaddr_in>() })
+                .map_or(0, |m| prefix_len(&m.sin_addr.s_addr.to_ne_bytes()));
+            (
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                bits,
+            )
+        }
+        libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 address (and netmask) is a sockaddr_in6.
+            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+            let bits = (!mask.is_null())
+                // SAFETY: as above.
+                .then(|| unsafe { &*mask.cast::<libc::sockaddr_in6>() })
+                .map_or(0, |m| prefix_len(&m.sin6_addr.s6_addr));
+            (IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), bits)
+        }
+        _ => return None,
+    };
+    Some(guestrpc::guestinfo::nicinfo::IpEntry {
+        addr,
+        prefix_len: prefix,
+    })
+}
+
+/// The name of an `ifaddrs` node.
+///
+/// # Safety
+/// As for [`address`].
+unsafe fn ifa_name(ifa: &libc::ifaddrs) -> String {
+    if ifa.ifa_name.is_null() {
+        return String::new();
+    }
+    // SAFETY: getifaddrs gives NUL-terminated names.
+    unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The NICs as vmtoolsd gathers them (open-vm-tools `nicInfoPosix.c`,
+/// `GuestInfoGetInterface`): each interface that is up, not loopback, not
+/// `excluded` and has a 6-byte link address (its `AF_PACKET` entry), in
+/// the kernel's order, with its addresses and those of its aliases
+/// (`eth0:1`), loopback addresses left out. At most 16, as the report
+/// holds. `None` if `getifaddrs` failed.
+pub fn nics(exclude: &[String]) -> Option<Vec<crate::report::Nic>> {
+    use crate::report::{excluded, format_mac, Nic};
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` on success; freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut nodes = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        nodes.push(ifa);
+        cur = ifa.ifa_next;
+    }
+    let mut out: Vec<Nic> = Vec::new();
+    for ifa in &nodes {
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null, from getifaddrs.
+        if libc::c_int::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_PACKET {
+            continue;
+        }
+        let flags = ifa.ifa_flags;
+        if flags & libc::IFF_UP as libc::c_uint == 0
+            || flags & libc::IFF_LOOPBACK as libc::c_uint != 0
+        {
+            continue;
+        }
+        // SAFETY: a node of the list.
+        let name = unsafe { ifa_name(ifa) };
+        if excluded(&name, exclude) {
+            continue;
+        }
+        // SAFETY: an AF_PACKET address is a sockaddr_ll.
+        let sll = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_ll>() };
+        if sll.sll_halen != 6 {
+            continue;
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&sll.sll_addr[..6]);
+        let alias = format!("{name}:");
+        let addrs = nodes
+            .iter()
+            .filter(|a| {
+                // SAFETY: nodes of the list.
+                let n = unsafe { ifa_name(a) };
+                n == name || n.starts_with(&alias)
+            })
+            // SAFETY: nodes of the list.
+            .filter_map(|a| unsafe { address(a) })
+            .filter(|e| !e.addr.is_loopback())
+            .collect();
+        out.push(Nic {
+            name,
+            mac: format_mac(mac),
+            addrs,
+        });
+        if out.len() == guestrpc::guestinfo::nicinfo::MAX_NICS as usize {
+            break;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once, after the
+    // last use of its nodes.
+    unsafe { libc::freeifaddrs(list) };
+    Some(out)
+}
+
+/// uname(2): sysname, release, machine.
+pub fn uname() -> Option<(String, String, String)> {
+    // SAFETY: all-zero is a valid utsname for uname to fill.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is valid for writing.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Some((field(&u.sysname), field(&u.release), field(&u.machine)))
+}
+
+/// The guest OS as vmtoolsd names it ([`crate::report::os_info`]), from
+/// uname(2) and `ROOT/etc/os-release` or `ROOT/usr/lib/os-release`.
+pub fn os_info(root: &std::path::Path) -> Option<crate::report::OsInfo> {
+    let (sysname, release, machine) = uname()?;
+    let os_release = ["etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .find_map(|p| std::fs::read(root.join(p)).ok())
+        .and_then(|b| crate::report::parse_os_release(&String::from_utf8_lossy(&b)));
+    Some(crate::report::os_info(
+        &sysname,
+        &release,
+        &machine,
+        os_release.as_ref(),
+    ))
+}
+
+/// Time since boot, suspended time included (`CLOCK_BOOTTIME`, what
+/// `/proc/uptime` shows), in hundredths of a second.
+pub fn uptime_centis() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is valid for writing.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 100 + ts.tv_nsec as u64 / 10_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This machine's NICs, OS and uptime: gathered without failing, in
+    /// the report's shape.
+    #[test]
+    fn nics_os_and_uptime_of_this_machine() {
+        let all = nics(&[]).unwrap();
+        assert!(all.len() <= 16);
+        for n in &all {
+            assert_eq!(n.mac.len(), 17, "{n:?}");
+            assert!(n.addrs.iter().all(|a| !a.addr.is_loopback()), "{n:?}");
+            assert_ne!(n.name, "lo");
+        }
+        let everything: Vec<String> = vec!["*".into()];
+        assert_eq!(nics(&everything).unwrap(), []);
+        let os = os_info(std::path::Path::new("/")).unwrap();
+        assert!(os.full_name.starts_with("Linux "), "{os:?}");
+        assert!(os.detailed.contains("familyName='Linux'"), "{os:?}");
+        let a = uptime_centis().unwrap();
+        let up: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((a as f64 / 100.0 - up).abs() < 2.0, "{a} vs {up}");
+        assert_eq!(prefix_len(&[255, 255, 255, 0]), 24);
+        assert_eq!(prefix_len(&[0xff; 16]), 128);
+    }
 
     /// The real implementations on the machine the tests run on: they
     /// answer without failing, and never with a loopback address.
@@ -404,6 +648,12 @@ mod tests {
         if let Some(k) = sys.time_keeper() {
             assert!(!k.is_empty());
         }
+        // Never the writes here: refused unless the daemon allows them.
+        assert_eq!(
+            sys.step_clock(-3_600_000_000),
+            Err("not allowed here".into())
+        );
+        assert_eq!(sys.slew_clock(1_000), Err("not allowed here".into()));
         // This test process is no time keeper, and its name is read
         // like theirs.
         let own = std::fs::read_to_string("/proc/self/comm").unwrap();

@@ -2,10 +2,12 @@
 //! host's real state machine (`guestrpc::host`) through a fake vCPU, with
 //! a recording double of the guest system.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use guestrpc::client::Channel;
+use guestrpc::guestinfo::nicinfo::IpEntry;
+
+use guestrpc::client::{Backdoor, Channel};
 use guestrpc::host::CommandStatus;
 use guestrpc::proto::{MAX_CHANNELS, PROTO_RPCI};
 use guestrpc::tclo::{PowerState, TcloCommand};
@@ -16,12 +18,16 @@ use vmt::daemon::{
     self, Daemon, LastCorrection, Next, Power, Settings, System, OPEN_RETRY_INTERVAL,
     POLL_INTERVAL, POWER_TIMEOUT,
 };
+use vmt::report::{Nic, OsInfo};
 use vmt::status::{ChannelState, Status};
 
 #[derive(Default)]
 struct FakeSystem {
     hostname: Option<String>,
     ip: Option<Ipv4Addr>,
+    nics: Option<Vec<Nic>>,
+    os: Option<OsInfo>,
+    uptime: Option<u64>,
     powered: Vec<Power>,
     power_fails: bool,
     /// What `power_failed` says next (a command that failed later).
@@ -50,6 +56,15 @@ impl System for FakeSystem {
     }
     fn first_ipv4(&mut self) -> Option<Ipv4Addr> {
         self.ip
+    }
+    fn nics(&mut self) -> Option<Vec<Nic>> {
+        self.nics.clone()
+    }
+    fn os_info(&mut self) -> Option<OsInfo> {
+        self.os.clone()
+    }
+    fn uptime_centis(&mut self) -> Option<u64> {
+        self.uptime
     }
     fn power(&mut self, action: Power) -> Result<String, String> {
         self.powered.push(action);
@@ -102,17 +117,39 @@ impl System for FakeSystem {
     }
 }
 
+fn eth0(addrs: &[(IpAddr, u8)]) -> Nic {
+    Nic {
+        name: "eth0".to_owned(),
+        mac: "fe:e1:ba:d0:00:01".to_owned(),
+        addrs: addrs
+            .iter()
+            .map(|&(addr, prefix_len)| IpEntry { addr, prefix_len })
+            .collect(),
+    }
+}
+
+fn debian() -> OsInfo {
+    OsInfo {
+        short_name: "debian12-64".to_owned(),
+        full_name: "Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)".to_owned(),
+        detailed: "bitness='64' familyName='Linux'".to_owned(),
+    }
+}
+
 fn guest() -> FakeSystem {
     FakeSystem {
         hostname: Some("guest1".to_owned()),
         ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+        nics: Some(vec![eth0(&[(Ipv4Addr::new(192, 0, 2, 10).into(), 24)])]),
+        os: Some(debian()),
+        uptime: Some(12_345),
         clock_us: HOST_TIME_US as i64,
         ..FakeSystem::default()
     }
 }
 
 /// Ticks until the daemon wants to sleep (at most 50 ticks); that sleep.
-fn until_idle(d: &mut Daemon<FakeSystem>, vm: &mut FakeVcpu) -> Duration {
+fn until_idle(d: &mut Daemon<FakeSystem>, vm: &mut impl Backdoor) -> Duration {
     for _ in 0..50 {
         if let Next::Sleep(t) = d.tick(vm) {
             return t;
@@ -398,11 +435,11 @@ fn a_host_that_refuses_open() {
     for _ in 0..5 {
         assert_eq!(d.tick(&mut vm), Next::Sleep(OPEN_RETRY_INTERVAL));
     }
+    // One line for the channel problem, not one per report.
     assert_eq!(
         d.sys.log,
         [
             "rpci SetGuestInfo  1 guest1 failed: cannot open a GuestRPC channel",
-            "rpci info-set guestinfo.ip 192.0.2.10 failed: cannot open a GuestRPC channel",
             "tclo: cannot open a GuestRPC channel; retrying",
         ]
     );
@@ -425,7 +462,10 @@ fn run_sleeps_and_stops() {
     daemon::run(
         &mut d,
         &mut vm,
-        |t| sleeps.push(t),
+        |t| {
+            sleeps.push(t);
+            false
+        },
         || {
             checks += 1;
             checks > 40
@@ -454,7 +494,7 @@ fn a_clock_an_hour_off_is_stepped_at_start() {
     daemon::run(
         &mut d,
         &mut vm,
-        |_| {},
+        |_| false,
         || {
             checks += 1;
             checks > 3
@@ -775,4 +815,314 @@ fn the_status_has_only_what_the_host_took() {
         ChannelState::Failing("tclo: cannot open a GuestRPC channel".into())
     );
     drop(taken);
+}
+
+/// The host's side seen from the wire: every message the guest sends
+/// (RPCI requests, TCLO replies), in order, and optionally a host that
+/// refuses `SetGuestInfo  11` as an older VMware does (the request reaches
+/// the real host with its key spoiled, which it answers `0 ...`).
+struct Wire {
+    vm: FakeVcpu,
+    sent: Vec<Vec<u8>>,
+    refuse_key_11: bool,
+}
+
+impl Wire {
+    fn new() -> Wire {
+        Wire {
+            vm: FakeVcpu::new(),
+            sent: Vec::new(),
+            refuse_key_11: false,
+        }
+    }
+
+    /// The `SetGuestInfo` keys and other requests sent since `from`, by
+    /// their first two words (`SetGuestInfo 10`, `info-set guestinfo.ip`).
+    fn requests(&self, from: usize) -> Vec<String> {
+        self.sent[from..]
+            .iter()
+            .filter(|m| !m.starts_with(b"OK ") && !m.starts_with(b"ERROR"))
+            .map(|m| {
+                let text = String::from_utf8_lossy(m.split(|&b| b < 0x20).next().unwrap());
+                let w: Vec<&str> = text.split_whitespace().take(2).collect();
+                w.join(" ")
+            })
+            .collect()
+    }
+}
+
+impl Backdoor for Wire {
+    fn lb(&mut self, regs: &mut guestrpc::Regs) {
+        self.vm.lb(regs)
+    }
+    fn hb_out(&mut self, regs: &mut guestrpc::Regs, data: &[u8]) {
+        self.sent.push(data.to_vec());
+        if self.refuse_key_11 && data.starts_with(b"SetGuestInfo  11 ") {
+            let mut spoiled = data.to_vec();
+            spoiled[14..16].copy_from_slice(b"xx");
+            return self.vm.hb_out(regs, &spoiled);
+        }
+        self.vm.hb_out(regs, data)
+    }
+    fn hb_in(&mut self, regs: &mut guestrpc::Regs, buf: &mut [u8]) {
+        self.vm.hb_in(regs, buf)
+    }
+}
+
+/// A daemon started as the binary starts it (full report, clock), and
+/// idle, over a [`Wire`].
+fn started_on_wire(sys: FakeSystem, refuse_key_11: bool) -> (Daemon<FakeSystem>, Wire) {
+    let mut wire = Wire::new();
+    wire.refuse_key_11 = refuse_key_11;
+    let mut d = Daemon::new(sys);
+    d.report(&mut wire);
+    until_idle(&mut d, &mut wire);
+    (d, wire)
+}
+
+/// At start the host gets everything vmtoolsd sends: the host name, the
+/// OS as one detailed report (key 11) with both names, every NIC with its
+/// MAC and addresses (key 10), the address and the uptime in hundredths
+/// of a second (key 7).
+#[test]
+fn everything_is_reported_at_start() {
+    let mut sys = guest();
+    sys.nics = Some(vec![
+        eth0(&[
+            (Ipv4Addr::new(192, 0, 2, 10).into(), 24),
+            (
+                "fe80::fce1:baff:fed0:1".parse::<Ipv6Addr>().unwrap().into(),
+                64,
+            ),
+        ]),
+        Nic {
+            name: "eth1".into(),
+            mac: "fe:e1:ba:d0:00:02".into(),
+            addrs: vec![],
+        },
+    ]);
+    let (d, wire) = started_on_wire(sys, false);
+    assert_eq!(
+        wire.requests(0)[..6],
+        [
+            "SetGuestInfo 1",
+            "SetGuestInfo 11",
+            "SetGuestInfo 10",
+            "info-set guestinfo.ip",
+            "SetGuestInfo 7",
+            "tools.capability.statechange"
+        ]
+    );
+    let st = wire.vm.tools.guest_state();
+    assert_eq!(st.hostname.as_deref(), Some("guest1"));
+    assert_eq!(st.os_name.as_deref(), Some("debian12-64"));
+    assert_eq!(
+        st.os_full_name.as_deref(),
+        Some("Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)")
+    );
+    assert_eq!(
+        st.os_detailed.as_deref(),
+        Some("bitness='64' familyName='Linux'")
+    );
+    assert_eq!(st.nics.len(), 2);
+    assert_eq!(st.nics[0].mac, "fe:e1:ba:d0:00:01");
+    assert_eq!(st.nics[0].addrs.len(), 2);
+    assert_eq!(st.nics[1].mac, "fe:e1:ba:d0:00:02");
+    assert!(st.nics[1].addrs.is_empty());
+    assert_eq!(st.ipv4, Some(Ipv4Addr::new(192, 0, 2, 10)));
+    assert_eq!(st.uptime.unwrap().centis, 12_345);
+    // Text values go with their NUL, as vmtoolsd sends them.
+    assert!(wire.sent.contains(&b"SetGuestInfo  1 guest1\0".to_vec()));
+    assert!(wire.sent.contains(&b"SetGuestInfo  7 12345\0".to_vec()));
+    assert!(d.sys.log.is_empty(), "{:?}", d.sys.log);
+}
+
+/// A host that refuses key 11 (older VMware) gets the names as keys 5 and
+/// 6, as vmtoolsd falls back; and key 11 is not tried again until the
+/// next full report.
+#[test]
+fn a_host_without_key_11_gets_keys_5_and_6() {
+    let (mut d, mut wire) = started_on_wire(guest(), true);
+    assert_eq!(
+        wire.requests(0)[1..4],
+        ["SetGuestInfo 11", "SetGuestInfo 5", "SetGuestInfo 6"]
+    );
+    let st = wire.vm.tools.guest_state();
+    assert_eq!(st.os_name.as_deref(), Some("debian12-64"));
+    assert_eq!(
+        st.os_full_name.as_deref(),
+        Some("Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)")
+    );
+    assert_eq!(st.os_detailed, None);
+    assert_eq!(
+        d.sys.log,
+        ["rpci SetGuestInfo  11 failed: reply 'Invalid arguments'"]
+    );
+    // The OS changes (an upgrade): keys 5 and 6 straight away.
+    d.sys.os.as_mut().unwrap().full_name = "Linux 6.1.0-20-amd64 Debian".into();
+    d.sys.mono += vmt::daemon::REPORT_PERIOD;
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(
+        wire.requests(from),
+        ["SetGuestInfo 5", "SetGuestInfo 6", "SetGuestInfo 7"]
+    );
+    assert_eq!(
+        wire.vm.tools.guest_state().os_full_name.as_deref(),
+        Some("Linux 6.1.0-20-amd64 Debian")
+    );
+}
+
+/// Only what changed is sent again: nothing on idle ticks, the NICs (and
+/// the address) when links changed and they differ, the host name as
+/// soon as it changes, the uptime every report period.
+#[test]
+fn only_what_changed_is_sent() {
+    let (mut d, mut wire) = started_on_wire(guest(), false);
+    let requests = |w: &Wire| w.vm.tools.reports();
+    let before = requests(&wire);
+    for _ in 0..5 {
+        let exits = wire.vm.exits();
+        assert_eq!(d.tick(&mut wire), Next::Sleep(POLL_INTERVAL));
+        assert_eq!(wire.vm.exits() - exits, 2, "an idle poll");
+    }
+    // A notification with nothing changed: a look, no request.
+    d.links_changed();
+    let exits = wire.vm.exits();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.vm.exits() - exits, 2);
+    assert_eq!(requests(&wire), before);
+
+    // An address added: the NICs go out, the first IPv4 is the same.
+    let v6: IpAddr = "2001:db8::10".parse::<Ipv6Addr>().unwrap().into();
+    d.sys.nics = Some(vec![eth0(&[
+        (Ipv4Addr::new(192, 0, 2, 10).into(), 24),
+        (v6, 64),
+    ])]);
+    // Not without a notification (until the period's look).
+    until_idle(&mut d, &mut wire);
+    assert_eq!(requests(&wire), before);
+    d.links_changed();
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.requests(from), ["SetGuestInfo 10"]);
+    assert_eq!(wire.vm.tools.guest_state().nics[0].addrs[1].addr, v6);
+
+    // A new first IPv4 address: the NICs and guestinfo.ip.
+    let ip = Ipv4Addr::new(198, 51, 100, 7);
+    d.sys.ip = Some(ip);
+    d.sys.nics = Some(vec![eth0(&[(ip.into(), 24)])]);
+    d.links_changed();
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(
+        wire.requests(from),
+        ["SetGuestInfo 10", "info-set guestinfo.ip"]
+    );
+    assert_eq!(
+        wire.vm.tools.get_guestinfo("ip"),
+        Some(&b"198.51.100.7"[..])
+    );
+
+    // The host name, looked at on every idle tick.
+    d.sys.hostname = Some("renamed".into());
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.requests(from), ["SetGuestInfo 1"]);
+    assert_eq!(
+        wire.vm.tools.guest_state().hostname.as_deref(),
+        Some("renamed")
+    );
+
+    // A report period later: the uptime, and nothing that did not change.
+    d.sys.uptime = Some(12_345 + 3_000);
+    d.sys.mono += vmt::daemon::REPORT_PERIOD - Duration::from_millis(1);
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.requests(from), Vec::<String>::new());
+    d.sys.mono += Duration::from_millis(1);
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.requests(from), ["SetGuestInfo 7"]);
+    assert_eq!(wire.vm.tools.guest_state().uptime.unwrap().secs(), 153);
+    // A NIC change missed by the notifications is found then too.
+    d.sys.nics = Some(vec![]);
+    d.sys.mono += vmt::daemon::REPORT_PERIOD;
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.requests(from), ["SetGuestInfo 10", "SetGuestInfo 7"]);
+    assert!(wire.vm.tools.guest_state().nics.is_empty());
+    assert!(d.sys.log.is_empty(), "{:?}", d.sys.log);
+}
+
+/// After a resume, and after a `reset` on a channel that was running (the
+/// host lost track), everything goes again, changed or not, as vmtoolsd
+/// clears its cache then; key 11 is tried again.
+#[test]
+fn everything_again_after_resume_and_reset() {
+    let (mut d, mut wire) = started_on_wire(guest(), false);
+    let full = [
+        "SetGuestInfo 1",
+        "SetGuestInfo 11",
+        "SetGuestInfo 10",
+        "info-set guestinfo.ip",
+        "SetGuestInfo 7",
+    ];
+    wire.vm.tools.queue(TcloCommand::OsResume).unwrap();
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    let got = wire.requests(from);
+    assert_eq!(got[0], "tools.os.statechange.status 1");
+    assert_eq!(got[1..], full);
+
+    wire.vm.tools.queue(TcloCommand::Reset).unwrap();
+    let from = wire.sent.len();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.requests(from), full);
+    // Then quiet again.
+    let before = wire.vm.tools.reports();
+    until_idle(&mut d, &mut wire);
+    assert_eq!(wire.vm.tools.reports(), before);
+}
+
+/// `vmt status` shows the OS and the NICs the host took.
+#[test]
+fn the_status_shows_the_os_and_nics() {
+    let (d, _wire) = started_on_wire(guest(), false);
+    let st = d.sys.published.last().unwrap();
+    assert_eq!(
+        st.os.as_deref(),
+        Some("Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)")
+    );
+    assert_eq!(st.nics, ["eth0 fe:e1:ba:d0:00:01 192.0.2.10/24"]);
+    let text = st.render();
+    assert!(
+        text.contains("nic eth0 fe:e1:ba:d0:00:01 192.0.2.10/24\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("os Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)\n"),
+        "{text}"
+    );
+}
+
+/// A host that takes nothing for a while: the reports are retried on the
+/// next idle ticks once channels work again, not a report period later.
+#[test]
+fn reports_that_found_no_channel_are_retried_soon() {
+    let mut vm = FakeVcpu::new();
+    let taken: Vec<Channel> = (0..MAX_CHANNELS - 1)
+        .map(|_| Channel::open(&mut vm, PROTO_RPCI).unwrap())
+        .collect();
+    // One channel left: the TCLO one gets it, the RPCIs find none.
+    let mut d = Daemon::new(guest());
+    until_idle(&mut d, &mut vm);
+    assert!(vm.tools.guest_state().nics.is_empty());
+    for c in taken {
+        c.close(&mut vm).unwrap();
+    }
+    d.sys.mono += vmt::daemon::RETRY_INTERVAL;
+    until_idle(&mut d, &mut vm);
+    let st = vm.tools.guest_state();
+    assert_eq!(st.nics.len(), 1);
+    assert_eq!(st.os_name.as_deref(), Some("debian12-64"));
 }
