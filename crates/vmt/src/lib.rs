@@ -12,7 +12,8 @@
 //! pid file and syslog ([`detach`], [`syslog`]), or in the foreground
 //! with `-d`; what it last did in a status file ([`status`]); the NICs,
 //! the OS and the uptime reported as vmtoolsd reports them ([`report`]),
-//! again whenever they change.
+//! again whenever they change, woken by netlink ([`netlink`]) rather than
+//! polling for it.
 //!
 //! The operations ([`ops`]) are generic over guestrpc's
 //! [`Backdoor`](guestrpc::client::Backdoor), so the tests run them
@@ -31,6 +32,8 @@ pub mod daemon;
 #[cfg(target_os = "linux")]
 pub mod detach;
 pub mod detect;
+#[cfg(target_os = "linux")]
+pub mod netlink;
 pub mod ops;
 #[cfg(target_os = "linux")]
 pub mod power;

@@ -137,9 +137,24 @@ fn daemon(
         vmt::config::LogLevel::Info,
         &format!("started (pid {})", std::process::id()),
     );
-    let wait = |t: std::time::Duration| {
-        std::thread::sleep(t);
-        false
+    // Links and addresses: told by the kernel, not polled for. Without
+    // the socket the NICs are still looked at every report period.
+    let mut watcher = match vmt::netlink::Watcher::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            d.sys.log(
+                vmt::config::LogLevel::Error,
+                &format!("netlink: {e}; NIC changes are seen only every 30 s"),
+            );
+            None
+        }
+    };
+    let wait = |t: std::time::Duration| match watcher.as_mut() {
+        Some(w) => w.wait(t),
+        None => {
+            std::thread::sleep(t);
+            false
+        }
     };
     daemon::run(&mut d, &mut bd, wait, || STOP.load(Ordering::Relaxed));
     d.sys.log(vmt::config::LogLevel::Info, "exiting");
