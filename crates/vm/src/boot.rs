@@ -167,6 +167,16 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
     map
 }
 
+/// The descriptor `/proc/self/fd/N` names, if `path` is that.
+fn held_fd(path: &Path) -> Option<i32> {
+    let n = path.to_str()?.strip_prefix("/proc/self/fd/")?;
+    // Digits only: no sign, no "+", no leading junk.
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// Opens a file the VM boots from (kernel, initrd, BIOS image) for
 /// reading, refusing anything but a regular file: a FIFO would block the
 /// open until a writer came (for ever: nothing could stop the VM process),
@@ -174,6 +184,10 @@ pub fn e820_map(mem_size: u64) -> Vec<(u64, u64, u32)> {
 /// at first, so such a file is never opened; it is then opened with
 /// O_NONBLOCK and looked at again through the descriptor (it may have been
 /// replaced in between), and only then made blocking.
+///
+/// `/proc/self/fd/N` names a descriptor the process holds (a file opened
+/// with a user's rights, or kept for a confined process, which has no
+/// /proc): it is duplicated, not opened again, and read from its start.
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
@@ -183,6 +197,23 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
             format!("is a {}, not a regular file", disk::file_kind(ft)),
         )
     };
+    if let Some(fd) = held_fd(path) {
+        use std::io::{Seek, SeekFrom};
+        use std::os::fd::FromRawFd;
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, ours to own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh descriptor nobody else owns.
+        let mut file = unsafe { File::from_raw_fd(dup) };
+        let ft = file.metadata()?.file_type();
+        if !ft.is_file() {
+            return Err(not_regular(ft));
+        }
+        file.seek(SeekFrom::Start(0))?;
+        return Ok(file);
+    }
     let ft = std::fs::metadata(path)?.file_type();
     if !ft.is_file() {
         return Err(not_regular(ft));

@@ -48,6 +48,10 @@ struct Args {
     /// Control socket.
     #[arg(short = 's', value_name = "SOCKET", default_value = ::api::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// VM number N's process runs confined as uid and gid BASE+N (vmm
+    /// --confine); 0 leaves VM processes root and unconfined, for debugging.
+    #[arg(long, value_name = "BASE", default_value_t = state::DEFAULT_VM_UID_BASE)]
+    vm_uid_base: u32,
 }
 
 fn parse_macro(s: &str) -> Result<(String, String), String> {
@@ -376,7 +380,13 @@ async fn run(
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
     let listener = UnixListener::from_std(std_listener).map_err(|e| e.to_string())?;
-    let daemon = Daemon::new(cfg, vmm_path(), args.file.clone(), args.macros.clone());
+    let daemon = Daemon::new(
+        cfg,
+        vmm_path(),
+        args.file.clone(),
+        args.macros.clone(),
+        args.vm_uid_base,
+    );
     tracing::info!(socket = %args.socket.display(), "vmd started, {} vms configured", daemon.lock().vms.len());
 
     // Switches first: VMs on them add their taps to the bridges.

@@ -240,7 +240,14 @@ pub struct Daemon {
     pub vmm: PathBuf,
     pub config_path: PathBuf,
     pub macros: Vec<(String, String)>,
+    /// VM N's process is confined as uid and gid this + N; 0: not at all.
+    pub vm_uid_base: u32,
 }
+
+/// The first of the ids VM processes run as (VM N as this + N): far above
+/// the ranges accounts, systemd's dynamic users and containers use, and
+/// below 2^31 for tools that read ids as signed.
+pub const DEFAULT_VM_UID_BASE: u32 = 0x7f00_0000;
 
 #[derive(Debug)]
 pub enum Error {
@@ -278,6 +285,7 @@ impl Daemon {
         vmm: PathBuf,
         config_path: PathBuf,
         macros: Vec<(String, String)>,
+        vm_uid_base: u32,
     ) -> Arc<Daemon> {
         let mut inner = Inner {
             vms: BTreeMap::new(),
@@ -296,6 +304,7 @@ impl Daemon {
             vmm,
             config_path,
             macros,
+            vm_uid_base,
         })
     }
 
@@ -514,6 +523,17 @@ impl Daemon {
                 g.globals.clone(),
             )
         };
+        // Its own uid and gid: VM processes cannot signal or trace one
+        // another, nor touch anything of root's.
+        if self.vm_uid_base != 0 {
+            let uid = self.vm_uid_base.checked_add(id).filter(|&u| u < u32::MAX);
+            let Some(uid) = uid else {
+                let why = format!("vm {name}: no uid left for it above --vm-uid-base");
+                self.start_failed(id, &why);
+                return Err(Error::Internal(why));
+            };
+            args.push(format!("--confine={uid}:{uid}"));
+        }
         // The taps, opened and configured here (netlink, no daemon lock
         // held) and handed to the VM process as descriptors.
         let mut fds = Vec::new();
@@ -526,12 +546,7 @@ impl Daemon {
                     interfaces = p.status;
                 }
                 Err(why) => {
-                    let mut g = self.lock();
-                    if let Some(vm) = g.vms.get_mut(&id) {
-                        vm.state = idle_state(&vm.def, vm.configured);
-                        vm.last_exit = Some(why.clone());
-                        vm.bump();
-                    }
+                    self.start_failed(id, &why);
                     return Err(Error::Unprocessable(why));
                 }
             }
@@ -601,6 +616,17 @@ impl Daemon {
                 }
                 Err(Error::VmProcess(why))
             }
+        }
+    }
+
+    /// VM `id`, claimed for a start that failed before its process ran,
+    /// is idle again, with `why` as its last exit.
+    fn start_failed(&self, id: u32, why: &str) {
+        let mut g = self.lock();
+        if let Some(vm) = g.vms.get_mut(&id) {
+            vm.state = idle_state(&vm.def, vm.configured);
+            vm.last_exit = Some(why.to_owned());
+            vm.bump();
         }
     }
 

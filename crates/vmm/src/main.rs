@@ -5,6 +5,7 @@
 //! console on stdio, a pty or a file, and exits when the guest is done.
 //! The exit status says how the VM ended (see `ExitStatus`).
 
+mod confine;
 mod control;
 mod power;
 mod serial_out;
@@ -177,6 +178,23 @@ struct Args {
         requires = "open_as"
     )]
     user_files: Vec<UserFile>,
+    /// Confine the VM process (see vmm(8)): its own mount, IPC, UTS and
+    /// network namespaces from the start; once the VM is built, an empty
+    /// root, this uid and gid (not 0), no capabilities, no_new_privs and a
+    /// seccomp allowlist on every thread. Taps must come as descriptors.
+    #[arg(long, value_name = "UID:GID", value_parser = confine::parse_identity)]
+    confine: Option<confine::Identity>,
+    /// What a system call outside the confined process's allowlist does:
+    /// kill (the process, with SIGSYS) or log (allowed, logged by the
+    /// kernel: for finding what the allowlist misses).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ACTION",
+        default_value = "kill",
+        requires = "confine"
+    )]
+    seccomp: confine::OnViolation,
     /// More log output (repeat for debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -190,37 +208,47 @@ enum UserFile {
     Cdrom,
 }
 
-/// Opens the files `--user-files` names with `--open-as`'s rights. The
-/// kernel, initrd and ISO stay open in the returned list and are named by
-/// their descriptors from here on (`/proc/self/fd/N`: the same file
-/// whatever happens to its path; the kernel is read again at every guest
-/// reset); disks and their base images are opened later, with the same
-/// rights, by the VM's build.
-fn open_user_files(args: &mut Args) -> Result<Vec<std::fs::File>, String> {
-    let Some(user) = args.open_as.clone() else {
-        return Ok(Vec::new());
-    };
+/// Opens the files `--user-files` names with `--open-as`'s rights, and
+/// with `--confine` the kernel and initrd too (a confined process reads
+/// them again at guest resets with no file system left to open them
+/// from). The kernel, initrd and ISO so opened stay open in the returned
+/// list and are named by their descriptors from here on
+/// (`/proc/self/fd/N`, which `vm::boot::open_regular` duplicates: the
+/// same file whatever happens to its path). Disks and their base images
+/// are opened later, with the same rights, by the VM's build.
+fn hold_files(args: &mut Args) -> Result<Vec<std::fs::File>, String> {
+    let user = args.open_as.clone();
+    let named = |f: UserFile| user.is_some() && args.user_files.contains(&f);
+    let (kernel_as_user, initrd_as_user, cdrom_as_user, disks_as_user) = (
+        named(UserFile::Kernel),
+        named(UserFile::Initrd),
+        named(UserFile::Cdrom),
+        named(UserFile::Disks),
+    );
+    let confined = args.confine.is_some();
     let mut held = Vec::new();
-    let wanted = args.user_files.clone();
-    let mut open = |path: &mut PathBuf, what: &str| -> Result<(), String> {
-        let file = user
-            .run(|| vm::boot::open_regular(path))
-            .and_then(|r| r)
-            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let mut open = |path: &mut PathBuf, what: &str, as_user: bool| -> Result<(), String> {
+        let opened = match (&user, as_user) {
+            (Some(u), true) => u.run(|| vm::boot::open_regular(path)).and_then(|r| r),
+            _ => vm::boot::open_regular(path),
+        };
+        let file = opened.map_err(|e| format!("{what} {}: {e}", path.display()))?;
         *path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         held.push(file);
         Ok(())
     };
-    for f in wanted {
-        match f {
-            UserFile::Kernel => args.kernel.as_mut().map_or(Ok(()), |k| open(k, "kernel"))?,
-            UserFile::Initrd => args.initrd.as_mut().map_or(Ok(()), |i| open(i, "initrd"))?,
-            UserFile::Cdrom => args.cdrom.as_mut().map_or(Ok(()), |c| open(c, "cdrom"))?,
-            UserFile::Disks => {
-                for d in &mut args.disks {
-                    d.open_as = Some(user.clone());
-                }
-            }
+    if let Some(k) = args.kernel.as_mut().filter(|_| kernel_as_user || confined) {
+        open(k, "kernel", kernel_as_user)?;
+    }
+    if let Some(i) = args.initrd.as_mut().filter(|_| initrd_as_user || confined) {
+        open(i, "initrd", initrd_as_user)?;
+    }
+    if let Some(c) = args.cdrom.as_mut().filter(|_| cdrom_as_user) {
+        open(c, "cdrom", true)?;
+    }
+    if disks_as_user {
+        for d in &mut args.disks {
+            d.open_as = user.clone();
         }
     }
     Ok(held)
@@ -418,8 +446,23 @@ fn stop_on_signals(sigs: libc::sigset_t, h: VmHandle, grace: Duration) {
 }
 
 fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
+    if args.confine.is_some() {
+        // The network namespace is empty: taps must come open.
+        if let Some(n) = args
+            .nets
+            .iter()
+            .find(|n| n.cfg.tap_fd.is_none() && !n.fd_from_control)
+        {
+            return Err(format!(
+                "--confine: tap {} must be passed as a descriptor (fd=N or fd=control)",
+                n.cfg.tap
+            ));
+        }
+        // While the process has one thread.
+        confine::enter_namespaces().map_err(|e| format!("--confine: {e}"))?;
+    }
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
-    let _user_files = open_user_files(&mut args)?;
+    let _held = hold_files(&mut args)?;
     let wanted = args.nets.iter().filter(|n| n.fd_from_control).count();
     let mut received = Vec::new();
     if wanted > 0 {
@@ -524,6 +567,10 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         .spawn(move || stop_on_signals(sigs, h, grace))
         .map_err(|e| e.to_string())?;
 
+    if let Some(who) = args.confine {
+        confine::lock_down(who, args.seccomp).map_err(|e| format!("--confine: {e}"))?;
+        log::info!("confined: uid {} gid {}, seccomp", who.uid, who.gid);
+    }
     let exit = vm.run().map_err(|e| e.to_string())?;
     if let Some(ch) = &channel {
         let reason = match &exit {

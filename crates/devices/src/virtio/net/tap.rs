@@ -219,19 +219,14 @@ impl Tap {
     /// The host side's MAC address (what the guest sees as the other end
     /// of its link, and our DHCP server's address).
     pub fn hw_addr(&self) -> io::Result<[u8; 6]> {
-        // SIOCGIFHWADDR on any socket, by interface name.
+        // SIOCGIFHWADDR on the tap's own descriptor (the tun driver answers
+        // it for its device), not on a socket by interface name: a confined
+        // VM process's network namespace does not have the interface.
         const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
-        // SAFETY: plain socket(2).
-        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if sock < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: we own the descriptor from here.
-        let sock = unsafe { OwnedFd::from_raw_fd(sock) };
         let mut req = [0u8; 40]; // struct ifreq
         req[..self.name.len()].copy_from_slice(self.name.as_bytes());
         // SAFETY: the ioctl fills the ifreq we pass.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFHWADDR, req.as_mut_ptr()) } != 0 {
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), SIOCGIFHWADDR, req.as_mut_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // ifr_hwaddr: a sockaddr (family, then the address) at offset 16.

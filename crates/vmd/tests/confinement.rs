@@ -1,0 +1,187 @@
+//! The VM process's confinement (issue 12): what a guest that took over
+//! its VM process could do from there.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// `Name:` line of /proc/PID/status, its value.
+fn status_field(pid: u32, name: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+fn namespace(pid: &str, ns: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
+}
+
+/// A VM process vmd starts runs as a uid and gid of its own (not 0, not
+/// another VM's), with no capabilities, no_new_privs, a seccomp filter, an
+/// empty root and namespaces of its own.
+#[test]
+fn vm_processes_run_confined() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let tools = guest("tools");
+    let d = TestDaemon::start(&format!(
+        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\nvm \"b\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"
+    ));
+    let a = d.wait_tools("a");
+    let b = d.wait_tools("b");
+    let mut uids = Vec::new();
+    for vm in [&a, &b] {
+        let pid = vm.pid.expect("a pid");
+        let uid = status_field(pid, "Uid");
+        let gid = status_field(pid, "Gid");
+        let want = format!("{}", 0x7f00_0000 + vm.id);
+        assert_eq!(uid, [want.as_str(); 4].join("\t"), "{}", vm.name);
+        assert_eq!(gid, [want.as_str(); 4].join("\t"), "{}", vm.name);
+        assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+        assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        assert_eq!(status_field(pid, "Seccomp"), "2");
+        // Every thread, not only the first.
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let t = task.unwrap().file_name();
+            let s =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", t.to_string_lossy()))
+                    .unwrap();
+            assert!(s.contains("Seccomp:\t2"), "thread {t:?}: {s}");
+            assert!(s.contains("NoNewPrivs:\t1"), "thread {t:?}: {s}");
+        }
+        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .collect();
+        assert!(root.is_empty(), "{}: its root holds {root:?}", vm.name);
+        for ns in ["mnt", "net", "ipc", "uts"] {
+            assert_ne!(
+                namespace(&pid.to_string(), ns),
+                namespace("self", ns),
+                "{}: {ns} namespace",
+                vm.name
+            );
+        }
+        uids.push(uid);
+    }
+    assert_ne!(uids[0], uids[1]);
+    // Confined, it still does what a VM does: the guest tools answer, a
+    // graceful stop goes through them.
+    d.vmctl_ok(&["stop", "-w", "a"]);
+    assert_eq!(
+        d.vm("a").last_exit.as_deref(),
+        Some("halted by guest tools")
+    );
+    d.vmctl_ok(&["stop", "-f", "-w", "b"]);
+}
+
+/// A shared object that stands for code a guest got to run in the VM
+/// process: on SIGUSR1 one of its threads opens /etc/shadow and says so.
+const ESCAPE_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+static void *escape(void *arg) {
+    (void)arg;
+    while (!go)
+        usleep(20000);
+    int fd = open("/etc/shadow", O_RDONLY);
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "ESCAPED fd=%d\n", fd);
+    write(2, msg, n);
+    return 0;
+}
+__attribute__((constructor)) static void init(void) {
+    pthread_t t;
+    signal(SIGUSR1, on_usr1);
+    pthread_create(&t, 0, escape, 0);
+    pthread_detach(t);
+}
+"#;
+
+fn build_escape(dir: &Path) -> PathBuf {
+    let src = dir.join("escape.c");
+    let so = dir.join("escape.so");
+    std::fs::write(&src, ESCAPE_C).unwrap();
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-pthread", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .output()
+        .expect("cc (build-essential) is needed for this test");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    so
+}
+
+/// The compromised VM process, confined by vmd, is killed by its seccomp
+/// filter when it tries to open a file, and vmd says so; the same code in
+/// an unconfined VM process opens /etc/shadow (the test can fail).
+#[test]
+fn a_compromised_vm_process_is_killed_by_seccomp() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = fresh_dir();
+    let so = build_escape(&dir);
+    let tools = guest("tools");
+
+    // Unconfined, by hand: the escape works.
+    let mut vmm = Command::new(vmm_bin());
+    vmm.args(["-k", &tools, "-m", "32M", "-s", "none"])
+        .env("LD_PRELOAD", &so)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = vmm.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(child.id(), libc::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(child.id(), libc::SIGKILL);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ESCAPED fd="), "{err}");
+    assert!(!err.contains("ESCAPED fd=-1"), "{err}");
+
+    // Under vmd: confined.
+    let wrapper = dir.join("vmm-compromised");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nLD_PRELOAD={} exec {} \"$@\"\n",
+            so.display(),
+            vmm_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("vm.conf"),
+        format!("vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"),
+    )
+    .unwrap();
+    let d = TestDaemon::start_with_vmm(dir, wrapper);
+    let vm = d.wait_tools("a");
+    let pid = vm.pid.expect("a pid");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    send_signal(pid, libc::SIGUSR1);
+    let vm = d.wait_vm("a", "the VM process killed", Duration::from_secs(20), |v| {
+        v.pid.is_none()
+    });
+    let why = vm.last_exit.unwrap_or_default();
+    assert!(why.contains("signal 31"), "{why}\n{}", d.log());
+    assert!(!d.log().contains("ESCAPED"), "{}", d.log());
+    assert!(!process_exists(pid));
+}
