@@ -29,6 +29,8 @@ pub struct Vmd {
 impl Vmd {
     /// Writes `conf` to `DIR/vm.conf`, starts `BIN/vmd -d -f DIR/vm.conf -s
     /// DIR/vmd.sock` (its log in `DIR/vmd.log`) and waits until it answers.
+    /// `BENCH_VMD_ARGS` adds arguments (`--vm-uid-base 0`: the cost of
+    /// confinement, measured against VM processes left unconfined).
     pub fn start(bin: &Path, dir: &Path, conf: &str) -> Result<Vmd, String> {
         let cfg = dir.join("vm.conf");
         std::fs::write(&cfg, conf).map_err(|e| format!("{}: {e}", cfg.display()))?;
@@ -41,6 +43,11 @@ impl Vmd {
             .arg(&cfg)
             .arg("-s")
             .arg(&sock)
+            .args(
+                std::env::var("BENCH_VMD_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stderr(log)
             .spawn()
             .map_err(|e| format!("vmd: {e}"))?;
