@@ -425,7 +425,10 @@ fn requests_in_flight_when_a_vm_process_dies() {
         let t = Instant::now();
         (run_bounded(c, Duration::from_secs(30)), t.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // In flight: waiting, unread, on the stopped process's control
+    // socket (on a loaded machine vmctl can take a while to get there).
+    let queued = poll(Duration::from_secs(20), || unread_on_unix_socket(pid));
+    assert!(queued, "the pause request never reached the VM process");
     assert!(!pause.is_finished(), "a stopped VM process answered");
     send_signal(pid, libc::SIGKILL);
     let (o, took) = pause.join().unwrap();
@@ -525,4 +528,20 @@ fn ad_hoc_vms_and_missing_kernels() {
             .is_some_and(|e| e.contains("No such file")),
         "{web:?}"
     );
+}
+
+/// Whether a Unix socket of process `pid` has bytes nobody has read yet
+/// (`ss`'s Recv-Q).
+fn unread_on_unix_socket(pid: u32) -> bool {
+    let out = std::process::Command::new("ss")
+        .args(["-x", "-p", "-H"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.contains(&format!("pid={pid},"))
+            && l.split_whitespace()
+                .nth(2)
+                .and_then(|q| q.parse::<u64>().ok())
+                .is_some_and(|q| q > 0)
+    })
 }
