@@ -538,6 +538,16 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     };
     let console = serial_out::open(&args.serial).map_err(|e| e.to_string())?;
     let mut vm = Vm::new(cfg, console.writer).map_err(|e| e.to_string())?;
+    // Built: what it opened it holds. Confined now, while this is the only
+    // thread (every later one inherits it all).
+    if let Some(who) = args.confine {
+        confine::lock_down(who, args.seccomp).map_err(|e| format!("--confine: {e}"))?;
+        log::info!(
+            "confined: uid {} gid {}, landlock, seccomp",
+            who.uid,
+            who.gid
+        );
+    }
     log::info!("booting {} with {} vCPUs", vm.kernel_kind(), args.cpus);
     let handle = vm.handle();
     if let Some(input) = console.input {
@@ -567,10 +577,6 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         .spawn(move || stop_on_signals(sigs, h, grace))
         .map_err(|e| e.to_string())?;
 
-    if let Some(who) = args.confine {
-        confine::lock_down(who, args.seccomp).map_err(|e| format!("--confine: {e}"))?;
-        log::info!("confined: uid {} gid {}, seccomp", who.uid, who.gid);
-    }
     let exit = vm.run().map_err(|e| e.to_string())?;
     if let Some(ch) = &channel {
         let reason = match &exit {
