@@ -156,12 +156,30 @@ impl MemFiles {
 }
 
 impl FileSource for MemFiles {
+    /// The file at `path` once `.` and `..` are resolved; but, as on a real file
+    /// system, a path that ends in `/` or `/.` asks for a directory, and is "Not a
+    /// directory" when it names a file (`normalize` alone would drop the ending and
+    /// find the file, so a test would pass where the real `include` fails).
     fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        self.files
-            .get(&normalize(path))
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "No such file or directory"))
+        let text =
+            self.files.get(&normalize(path)).cloned().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "No such file or directory")
+            })?;
+        if names_a_directory(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "Not a directory",
+            ));
+        }
+        Ok(text)
     }
+}
+
+/// Whether the text of `path` ends in `/` or `/.`, which only a directory can be
+/// (and which `normalize`, like `Path::components`, drops).
+pub(crate) fn names_a_directory(path: &Path) -> bool {
+    let b = path.as_os_str().as_encoded_bytes();
+    b.ends_with(b"/") || b.ends_with(b"/.")
 }
 
 /// Resolves `.` and `..` in the text of a path (`a/./b/../c` -> `a/c`).
@@ -202,6 +220,13 @@ mod tests {
     fn mem_files() {
         let fs = MemFiles::new().with("/etc/vm.conf", "x");
         assert_eq!(fs.read_to_string(Path::new("/etc/./vm.conf")).unwrap(), "x");
+        // As on disk: a file is not a directory (found by the vmconf_parse fuzz
+        // target, which compares the two).
+        for dir in ["/etc/vm.conf/", "/etc/vm.conf/.", "/etc/vm.conf//"] {
+            let e = fs.read_to_string(Path::new(dir)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotADirectory, "{dir}");
+            assert_eq!(e.to_string(), "Not a directory");
+        }
         let e = fs.read_to_string(Path::new("/etc/other")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert_eq!(e.to_string(), "No such file or directory");

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::mem;
 use std::path::{Path, PathBuf};
 
-use crate::fs::{normalize, FileSource, InvalidUtf8};
+use crate::fs::{names_a_directory, normalize, FileSource, InvalidUtf8};
 use crate::lexer::{is_keyword, is_number, lex, Tok, Token};
 use crate::size::parse_size;
 use crate::types::*;
@@ -601,7 +601,12 @@ impl Parser<'_> {
         } else {
             p
         };
-        let display = normalize(&full).display().to_string();
+        let mut display = normalize(&full).display().to_string();
+        // normalize() drops a trailing "/" or "/.": keep it, so that the message
+        // ("Not a directory") names the path that was asked for.
+        if names_a_directory(&full) && !display.ends_with('/') {
+            display.push('/');
+        }
         let canon = self.fs.canonicalize(&full);
         if let Some(i) = self.includes.iter().position(|(c, _)| *c == canon) {
             let mut chain: Vec<&str> = self.includes[i..].iter().map(|(_, d)| d.as_str()).collect();

@@ -72,3 +72,22 @@ fn include_loop_through_a_symlink() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].message.starts_with("include loop: "), "{}", e[0]);
 }
+
+/// A file asked for as a directory (`a.conf/`) is an error naming the path as
+/// written, on disk as in `MemFiles`.
+#[test]
+fn include_of_a_file_as_a_directory() {
+    let d = TempDir::new("notdir");
+    fs::write(d.0.join("vm.conf"), "include \"sub/a.conf/\"\n").unwrap();
+    fs::write(d.0.join("sub/a.conf"), "vm a {}\n").unwrap();
+    let e = parse_file(&d.0.join("vm.conf"), &Options::default()).unwrap_err();
+    let asked = d.0.join("sub/a.conf").display().to_string() + "/";
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message.starts_with(&format!(
+            "failed to include file \"{asked}\": Not a directory"
+        )),
+        "{}",
+        e[0]
+    );
+}
