@@ -420,8 +420,8 @@ impl<S: System> Daemon<S> {
     }
 
     /// Timed work, on an idle tick: the periodic clock sync.
-    fn periodic(&mut self, bd: &mut impl Backdoor) {
-        if self.sync_due.is_some_and(|t| self.sys.monotonic() >= t) {
+    fn periodic(&mut self, bd: &mut impl Backdoor, now: Duration) {
+        if self.sync_due.is_some_and(|t| now >= t) {
             self.sync_clock(bd, "periodic");
         }
     }
@@ -444,13 +444,13 @@ impl<S: System> Daemon<S> {
         self.sent = Sent::default();
         self.os_detailed = true;
         self.report_all = false;
-        self.update(bd, true);
+        let now = self.sys.monotonic();
+        self.update(bd, true, now);
     }
 
     /// Sends what changed since the host last took it (all of it when
     /// `all`); see the module's text for when each is looked at.
-    fn update(&mut self, bd: &mut impl Backdoor, all: bool) {
-        let now = self.sys.monotonic();
+    fn update(&mut self, bd: &mut impl Backdoor, all: bool, now: Duration) {
         self.rpci_failed = false;
         let due = all || self.report_due.is_none_or(|t| now >= t);
         if due {
@@ -593,12 +593,14 @@ impl<S: System> Daemon<S> {
         let cmd = match self.session.poll(bd, &mut self.tclo_buf) {
             Ok(None) => {
                 self.recovered();
+                // One clock read for the tick's timers.
+                let now = self.sys.monotonic();
                 if std::mem::take(&mut self.report_all) {
                     self.report(bd);
                 } else {
-                    self.update(bd, false);
+                    self.update(bd, false, now);
                 }
-                self.periodic(bd);
+                self.periodic(bd, now);
                 return Next::Sleep(self.settings.poll_interval);
             }
             Ok(Some(cmd)) => cmd.to_owned_command(),
