@@ -30,6 +30,8 @@
 //! `wait`) may go unanswered within the client's 300 ms, nothing else
 //! within 60 s. Every 100 requests and at the end: vmd is alive and lists
 //! its VMs, and at the end no more than the few names requests use.
+//! Every VM process vmd runs must be one it lists (at two checks in a
+//! row): one it forgot runs on, and nobody can stop it through vmd.
 //! A failure does not end the run: each kind (its message less digits)
 //! is printed once with its request, counted, and the test fails at the
 //! end with the list and the seed; only a dead daemon ends it at once.
@@ -644,6 +646,36 @@ fn exchange(sock: &Path, req: &[u8], wait: Duration) -> (Option<u16>, bool, Stri
     (status, timed_out && status.is_none(), text)
 }
 
+/// The VM processes (`vmm`) that are `vmd`'s children, but zombies.
+fn vm_processes(vmd: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) S ppid ...": comm may hold anything, so split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |h| h.1);
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if comm == "vmm" && ppid == Some(vmd) && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn cmdline(pid: u32) -> String {
+    let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+    c.chars().take(200).collect()
+}
+
 fn vm_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -770,6 +802,8 @@ fn generated_requests_get_answers_below_500_and_vmd_stays_up() {
     let mut vm_process_failures = std::collections::BTreeMap::<String, (u64, String)>::new();
     let mut by_endpoint = std::collections::BTreeMap::<(&str, u16), u64>::new();
     let (mut long_polls, mut max_vms) = (0u64, 0usize);
+    let mut suspects: Vec<u32> = Vec::new();
+    let mut reported = std::collections::HashSet::new();
     let started = Instant::now();
     // Failures, by what went wrong (digits left out, so that one bug is
     // one entry): how many, and the first request that showed it. The
@@ -840,7 +874,25 @@ fn generated_requests_get_answers_below_500_and_vmd_stays_up() {
                 tail(&d.log())
             );
             // The VMs it knows (their pids recorded, to be killed at the end).
-            max_vms = max_vms.max(d.status().len());
+            let vms = d.status();
+            max_vms = max_vms.max(vms.len());
+            // A VM process vmd no longer lists, at two checks in a row (one
+            // may be on its way out), is one nobody can stop through it.
+            let listed: Vec<u32> = vms.iter().filter_map(|v| v.pid).collect();
+            let unlisted: Vec<u32> = vm_processes(pid)
+                .into_iter()
+                .filter(|p| !listed.contains(p))
+                .collect();
+            for p in unlisted.iter().filter(|p| suspects.contains(p)) {
+                if reported.insert(*p) {
+                    let what = format!(
+                        "VM process {p} ({}) runs, but vmd does not list it",
+                        cmdline(*p)
+                    );
+                    fail(n, b"(the requests before this one)", what);
+                }
+            }
+            suspects = unlisted;
         }
         if n % 10_000 == 9_999 {
             eprintln!(
@@ -852,6 +904,13 @@ fn generated_requests_get_answers_below_500_and_vmd_stays_up() {
         }
     }
     let vms = d.status();
+    // VM processes vmd lost track of outlive it: end them here (the
+    // harness ends those it knows of).
+    for p in vm_processes(pid) {
+        if !vms.iter().any(|v| v.pid == Some(p)) {
+            send_signal(p, libc::SIGKILL);
+        }
+    }
     eprintln!(
         "api_fuzz: {requests} requests in {:.1?} (seed {seed}): answers {codes:?}, \
          {long_polls} long polls left waiting; at most {max_vms} VMs, {} at the end; \
