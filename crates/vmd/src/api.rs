@@ -550,10 +550,17 @@ fn apply_overrides(def: &mut vmconf::VmDef, req: &StartRequest) -> Result<(), Er
     if let Some(c) = &req.cmdline {
         def.cmdline = Some(c.clone());
     }
-    // Memory is at most what the host has by now (check_usable), far
-    // from overflowing when rounded up.
+    // Rounded up as the VM process will. check_usable refuses more than
+    // the host has, but on some paths only after this: near 2^64 the
+    // rounding itself overflows, and that is the same refusal.
     if let Some(m) = req.memory {
-        def.memory = m.next_multiple_of(1 << 20);
+        def.memory = m.checked_next_multiple_of(1 << 20).ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "memory {}M is more than this host has ({}M in all)",
+                m.div_ceil(1 << 20),
+                host_memory() >> 20
+            ))
+        })?;
     }
     if let Some(c) = req.cpus {
         def.cpus = c;
