@@ -228,9 +228,16 @@ pub fn spawn(
     if !fds.is_empty() {
         // Our copies close when `fds` drops: the VM process holds the only
         // ones, so its taps go away with it.
-        if let Err(e) = send_fds(&ours, &fds) {
-            let _ = child.start_kill();
-            return Err(e);
+        match send_fds(&ours, &fds) {
+            Ok(()) => {}
+            // The process closed its end: it has already failed (a missing
+            // kernel, say). Its exit, reaped below, says why, as for any VM
+            // process that fails to start; not an error of ours.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {}
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(e);
+            }
         }
     }
     let std_stream = std::os::unix::net::UnixStream::from(ours);
