@@ -223,7 +223,7 @@ fn empty_root() -> Result<(), String> {
 /// that start later (a device the driver enables), and the allocator.
 /// Found with strace over the test guests (boot, disks raw and qcow2,
 /// network, guest tools, reset, power-off) and a log-mode run of the test
-/// suite. No open, no exec, no socket, no ptrace, no mount.
+/// suite. No open, no exec, no socket, no connect, no ptrace, no mount.
 const ALLOWED: &[libc::c_long] = &[
     // KVM, disks' block ioctls, taps' offload settings.
     libc::SYS_ioctl,
@@ -255,6 +255,12 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_shutdown,
+    // The control thread, re-attaching to a new vmd (control::accept_vmd):
+    // a connection on the socket vmd handed over, its peer's uid, the new
+    // stderr put in place.
+    libc::SYS_accept4,
+    libc::SYS_getsockopt,
+    libc::SYS_dup3,
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,

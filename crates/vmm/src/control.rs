@@ -3,12 +3,18 @@
 //!
 //! One thread reads requests and answers them in order; a watcher thread
 //! reports guest-tools changes as events. All writes go through one
-//! mutex so answers and events never interleave within a line. When vmd
-//! goes away (EOF), nobody supervises this VM any more: it is powered off.
+//! mutex so answers and events never interleave within a line.
+//!
+//! When vmd goes away (EOF: it exited, was killed, is being upgraded), a
+//! VM process started with `--reattach` runs on, detached: what it would
+//! tell vmd meanwhile is dropped, and it waits on the socket vmd gave it
+//! for the next vmd (root only), which hands it a new stderr and becomes
+//! its channel. Without `--reattach`, nobody supervises the VM any more:
+//! it is powered off.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +26,8 @@ use crate::power;
 
 #[derive(Clone)]
 pub struct Channel {
-    out: Arc<Mutex<File>>,
+    /// None while no vmd is attached.
+    out: Arc<Mutex<Option<File>>>,
 }
 
 impl Channel {
@@ -34,7 +41,7 @@ impl Channel {
         let reader = f.try_clone()?;
         Ok((
             Channel {
-                out: Arc::new(Mutex::new(f)),
+                out: Arc::new(Mutex::new(Some(f))),
             },
             reader,
         ))
@@ -45,7 +52,18 @@ impl Channel {
         line.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         // vmd gone: the reader sees EOF and handles it.
-        let _ = out.write_all(&line);
+        if let Some(out) = out.as_mut() {
+            let _ = out.write_all(&line);
+        }
+    }
+
+    /// Sends nothing more until [`Channel::attach`].
+    fn detach(&self) {
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn attach(&self, f: File) {
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     pub fn event(&self, e: Event) {
@@ -148,26 +166,145 @@ fn run_state(h: &VmHandle, stopping: bool) -> RunState {
     }
 }
 
-/// Serves vmd's requests until EOF.
-pub fn serve(ch: Channel, input: File, h: VmHandle) {
+/// Serves vmd's requests until EOF; then, with a re-attach socket
+/// (`listener`), serves the next vmd that connects on it, and so on for
+/// as long as the VM runs; without one, powers the VM off.
+pub fn serve(ch: Channel, input: File, h: VmHandle, listener: Option<OwnedFd>) {
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = {
         let (ch, h) = (ch.clone(), h.clone());
         std::thread::spawn(move || watch_guest(ch, h))
     };
     let _ = watch;
-    for line in BufReader::new(input).lines() {
-        let Ok(line) = line else { break };
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Reply::Error {
-                message: format!("bad request: {e}"),
-            },
-            Ok(req) => handle(req, &h, &stopping),
+    let mut input = input;
+    loop {
+        for line in BufReader::new(&input).lines() {
+            let Ok(line) = line else { break };
+            let reply = match serde_json::from_str::<Request>(&line) {
+                Err(e) => Reply::Error {
+                    message: format!("bad request: {e}"),
+                },
+                Ok(req) => handle(req, &h, &stopping),
+            };
+            ch.send(&reply);
+        }
+        let Some(listener) = &listener else {
+            log::warn!("vmd closed the control channel: powering off");
+            h.power_off();
+            return;
         };
-        ch.send(&reply);
+        ch.detach();
+        log::warn!("vmd closed the control channel: the VM runs on, waiting for vmd");
+        input = match accept_vmd(listener) {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing can reach this VM any more: nobody could stop it.
+                log::error!("the re-attach socket: {e}: powering off");
+                h.power_off();
+                return;
+            }
+        };
+        match input.try_clone() {
+            Ok(out) => ch.attach(out),
+            Err(e) => {
+                log::error!("the new control channel: {e}: powering off");
+                h.power_off();
+                return;
+            }
+        }
+        log::info!("vmd re-attached");
     }
-    log::warn!("vmd closed the control channel: powering off");
-    h.power_off();
+}
+
+/// Makes `sock` (bound by vmd) listen. Called before confinement: the
+/// peer credentials a connecting vmd sees (SO_PEERCRED: the pid it
+/// checks) are those of the process that called listen(2) last.
+pub fn listen(sock: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: listen(2) on a descriptor we own.
+    if unsafe { libc::listen(sock.as_raw_fd(), 4) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for a vmd on `listener`: the next connection from a root
+/// process that sends one descriptor first, the new stderr (a pipe to
+/// vmd's log), which replaces fd 2. Connections from anyone else, or
+/// that send something else first, are closed. (The socket lies in vmd's
+/// 0700 state directory: only root reaches it anyway.)
+fn accept_vmd(listener: &OwnedFd) -> std::io::Result<File> {
+    use std::io::{Error, ErrorKind};
+    loop {
+        // SAFETY: accept4 on our listening socket; no address wanted.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EMFILE | libc::ENFILE) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        // SAFETY: accept4 returned a fresh descriptor, ours.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        match peer_uid(&conn) {
+            Ok(0) => {}
+            Ok(uid) => {
+                log::warn!("re-attach socket: refused a connection from uid {uid}");
+                continue;
+            }
+            Err(e) => {
+                log::warn!("re-attach socket: {e}");
+                continue;
+            }
+        }
+        let stderr = match recv_fds(conn.as_raw_fd(), 1) {
+            Ok(mut fds) => fds.pop().expect("one"),
+            Err(e) => {
+                log::warn!("re-attach socket: no stderr from vmd: {e}");
+                continue;
+            }
+        };
+        // SAFETY: dup3 onto fd 2, which stays open throughout: a line
+        // written meanwhile goes to the old pipe or the new one.
+        if unsafe { libc::dup3(stderr.as_raw_fd(), 2, 0) } < 0 {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("new stderr: {}", Error::last_os_error()),
+            ));
+        }
+        return Ok(File::from(conn));
+    }
+}
+
+/// The uid of the process at the other end of `conn`.
+fn peer_uid(conn: &OwnedFd) -> std::io::Result<u32> {
+    // SAFETY: a zeroed ucred is valid; getsockopt fills it within its size.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 fn handle(req: Request, h: &VmHandle, stopping: &std::sync::atomic::AtomicBool) -> Reply {

@@ -161,6 +161,13 @@ struct Args {
     /// with it, the console pty's path goes there too.
     #[arg(long, value_name = "FD")]
     control_fd: Option<i32>,
+    /// The first descriptor vmd sends on the control socket (before the
+    /// taps) is a bound Unix socket: when the control channel closes (vmd
+    /// exited, was killed or is being upgraded) the VM runs on and takes
+    /// the next connection from root on it as its new channel, instead of
+    /// powering off.
+    #[arg(long, requires = "control_fd")]
+    reattach: bool,
     /// Open the files `--user-files` lists with this user's rights
     /// (`UID:GID[:GROUP,...]`) rather than the process's: the user named
     /// them, and must not reach through the VM what he could not open
@@ -361,6 +368,16 @@ fn parse_feature(s: &str) -> Result<cpuid::Feature, String> {
     })
 }
 
+/// Writes `vmm: MSG` to stderr, ignoring failure: under vmd, stderr is a
+/// pipe to it, and once vmd is gone (killed, restarting) a write fails
+/// with EPIPE (SIGPIPE is ignored, as Rust programs start), which must
+/// not end the VM as `eprintln!`'s panic would. The line is lost; vmd
+/// hands a new stderr over when it re-attaches.
+fn say(msg: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "vmm: {msg}");
+}
+
 struct StderrLog(log::LevelFilter);
 
 impl log::Log for StderrLog {
@@ -369,7 +386,11 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("vmm: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            say(format_args!(
+                "{}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            ));
         }
     }
     fn flush(&self) {}
@@ -422,7 +443,7 @@ fn main() -> ExitCode {
     match run(args, sigs) {
         Ok(status) => ExitCode::from(status as u8),
         Err(e) => {
-            eprintln!("vmm: {e}");
+            say(format_args!("{e}"));
             ExitCode::from(ExitStatus::Error as u8)
         }
     }
@@ -463,15 +484,28 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     }
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
     let _held = hold_files(&mut args)?;
-    let wanted = args.nets.iter().filter(|n| n.fd_from_control).count();
+    let taps = args.nets.iter().filter(|n| n.fd_from_control).count();
+    let wanted = taps + usize::from(args.reattach);
     let mut received = Vec::new();
     if wanted > 0 {
         let fd = args
             .control_fd
             .ok_or("--net fd=control needs --control-fd")?;
-        received = control::recv_fds(fd, wanted).map_err(|e| format!("taps from vmd: {e}"))?;
+        received =
+            control::recv_fds(fd, wanted).map_err(|e| format!("descriptors from vmd: {e}"))?;
     }
     let mut received = received.into_iter();
+    // Listening now, while the process may still call listen(2): the
+    // credentials a connecting vmd sees (SO_PEERCRED) are those of the
+    // process that called it last, and vmd checks they are this one's.
+    let listener = match args.reattach {
+        true => {
+            let l = received.next().expect("counted above");
+            control::listen(&l).map_err(|e| format!("the re-attach socket: {e}"))?;
+            Some(l)
+        }
+        false => None,
+    };
     let nets = args
         .nets
         .into_iter()
@@ -566,7 +600,7 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         let c = ch.clone();
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || control::serve(c, input, h))
+            .spawn(move || control::serve(c, input, h, listener))
             .map_err(|e| e.to_string())?;
         channel = Some(ch);
     }
@@ -591,15 +625,15 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     Ok(match exit {
         VmExit::PowerOff => ExitStatus::PowerOff,
         VmExit::ToolsHalt => {
-            eprintln!("vmm: halted by guest tools");
+            say(format_args!("halted by guest tools"));
             ExitStatus::PowerOff
         }
         VmExit::Reset => {
-            eprintln!("vmm: guest reset");
+            say(format_args!("guest reset"));
             ExitStatus::Reset
         }
         VmExit::Crash(why) => {
-            eprintln!("vmm: guest crashed: {why}");
+            say(format_args!("guest crashed: {why}"));
             ExitStatus::Crash
         }
         VmExit::Stopped => ExitStatus::Stopped,
