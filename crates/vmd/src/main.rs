@@ -3,12 +3,14 @@
 //! Reads vm.conf, starts the enabled VMs (each in its own `vmm` process,
 //! so a VM that crashes or is compromised takes nothing else with it),
 //! and serves the control API on a Unix socket. SIGHUP reloads the
-//! configuration; SIGTERM stops the VMs gracefully, then exits.
+//! configuration; SIGTERM stops the VMs gracefully, then exits; SIGUSR2
+//! exits leaving them running, for the next vmd to re-attach to.
 
 mod api;
 mod auth;
 mod conn;
 mod net;
+mod persist;
 mod state;
 mod vmproc;
 
@@ -52,6 +54,11 @@ struct Args {
     /// --confine); 0 leaves VM processes root and unconfined, for debugging.
     #[arg(long, value_name = "BASE", default_value_t = state::DEFAULT_VM_UID_BASE)]
     vm_uid_base: u32,
+    /// Where running VMs are recorded, for a vmd started later to
+    /// re-attach to them (default: the socket's path without `.sock`,
+    /// /run/vmd for the default socket).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_macro(s: &str) -> Result<(String, String), String> {
@@ -297,9 +304,22 @@ fn main() -> ExitCode {
     // Room for the connections vmd allows (see conn) and its VMs' files,
     // whatever soft limit it was started with (systemd's is 1024).
     let nofile = conn::raise_nofile();
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| persist::default_dir(&args.socket));
     // Bind before detaching, so a socket in use is an error the caller sees.
     let (listener, reclaimed, ours) = match bind(&args.socket, cfg.globals.socket_owner.as_ref()) {
         Ok(l) => l,
+        Err(e) => {
+            eprintln!("vmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // After the bind: a vmd that finds another on its socket leaves that
+    // one's state alone.
+    let state = match persist::StateDir::open(state_dir) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("vmd: {e}");
             return ExitCode::FAILURE;
@@ -353,7 +373,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, cfg, listener, ours, set_verbose)) {
+    match rt.block_on(run(args, cfg, listener, ours, state, set_verbose)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -368,6 +388,7 @@ async fn run(
     cfg: vmconf::Config,
     std_listener: std::os::unix::net::UnixListener,
     ours: BoundSocket,
+    state: persist::StateDir,
     set_verbose: Arc<dyn Fn(bool) + Send + Sync>,
 ) -> Result<(), String> {
     // First, so that a signal sent once the socket answers is not taken
@@ -376,6 +397,7 @@ async fn run(
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| e.to_string())?;
     std_listener
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
@@ -386,14 +408,22 @@ async fn run(
         args.file.clone(),
         args.macros.clone(),
         args.vm_uid_base,
+        state.clone(),
     );
     tracing::info!(socket = %args.socket.display(), "vmd started, {} vms configured", daemon.lock().vms.len());
 
+    // The VMs a previous vmd left running, before anything is started
+    // or answered: they keep their ids, and are not started again.
+    daemon.net.take_over(state.take_bridges());
+    daemon.adopt().await;
     // Switches first: VMs on them add their taps to the bridges.
     let switches = daemon.lock().switches.clone();
     for e in daemon.net.configure_switches(&switches).await {
         tracing::error!("{e}");
     }
+    // Written now, not only when leaving: a vmd that is killed leaves
+    // them to the next one as well.
+    state.write_bridges(&daemon.net.created());
     tokio::spawn(start_enabled(daemon.clone()));
 
     let app = api::App {
@@ -409,17 +439,29 @@ async fn run(
         .into_make_service_with_connect_info::<auth::Peer>();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
-    loop {
+    let leave_running = loop {
         tokio::select! {
             _ = hup.recv() => { api::reload(&daemon); }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
+            _ = usr2.recv() => break true,
         }
+    };
+    if leave_running {
+        // No request is served from here on: what is half done (a start)
+        // finishes without us, and its VM is recorded already.
+        server.abort();
+        let n = daemon.lock().vms.values().filter(|v| v.running()).count();
+        tracing::info!("exiting, leaving {n} VMs running for the next vmd");
+        state.write_bridges(&daemon.net.created());
+        remove_socket(&args.socket, &ours);
+        return Ok(());
     }
     tracing::info!("shutting down");
     // Every VM at once; see Daemon::shutdown for the bound.
     daemon.shutdown().await;
     daemon.net.remove_created().await;
+    state.write_bridges(&[]);
     server.abort();
     remove_socket(&args.socket, &ours);
     Ok(())

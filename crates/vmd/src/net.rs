@@ -7,7 +7,8 @@
 //!
 //! Taps are not persistent: the VM process holds the only descriptor, so
 //! a tap (and its bridge membership and address) goes away with the VM.
-//! Bridges vmd created are removed when vmd exits; bridges it found are
+//! Bridges vmd created are removed when vmd exits (unless it leaves its
+//! VMs running: the next vmd takes them over); bridges it found are
 //! never removed.
 
 use std::collections::BTreeSet;
@@ -80,6 +81,25 @@ impl HostNet {
         nl.set_up(&sw.interface, sw.up)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// The bridges this vmd created (or took over from the vmd before it).
+    pub fn created(&self) -> Vec<String> {
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Takes over bridges the previous vmd created and left for its VMs:
+    /// they are this vmd's to remove at its exit.
+    pub fn take_over(&self, names: Vec<String>) {
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(names);
     }
 
     /// Removes the bridges this vmd created (at exit).

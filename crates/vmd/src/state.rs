@@ -18,6 +18,7 @@ use vmconf::{Config, Globals, Owner, Switch, VmDef};
 
 use crate::auth;
 use crate::net::HostNet;
+use crate::persist::{self, Record, StateDir};
 use crate::vmproc::{self, Sink, VmProc};
 
 pub struct Vm {
@@ -47,6 +48,9 @@ pub struct Vm {
     /// Files an unprivileged user named for this VM (an instance he
     /// started), which its process opens with his rights at every start.
     pub user_files: Option<UserFiles>,
+    /// Its process's start time and program name (see `persist::Record`).
+    proc_start: Option<u64>,
+    proc_comm: Option<String>,
 }
 
 /// Which of a VM's files a user other than root named, and who he is:
@@ -54,7 +58,7 @@ pub struct Vm {
 /// he reaches through the VM only what he could open himself, base images
 /// and directories on the way included, as OpenBSD's vmd checks them
 /// (`vm_checkaccess`) on descriptors it opened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserFiles {
     pub uid: u32,
     pub gid: u32,
@@ -117,6 +121,8 @@ impl Vm {
             has_run: false,
             rss_read: std::cell::Cell::new(None),
             user_files: None,
+            proc_start: None,
+            proc_comm: None,
         }
     }
 
@@ -222,6 +228,11 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// A VM by name only.
+    fn find_name(&self, name: &str) -> Option<u32> {
+        self.vms.values().find(|v| v.def.name == name).map(|v| v.id)
+    }
+
     /// A VM by number or name.
     pub fn find(&self, key: &str) -> Option<u32> {
         if let Ok(id) = key.parse::<u32>() {
@@ -268,6 +279,8 @@ pub struct Daemon {
     pub macros: Vec<(String, String)>,
     /// VM N's process is confined as uid and gid this + N; 0: not at all.
     pub vm_uid_base: u32,
+    /// Where running VMs are recorded for the next vmd.
+    pub state: StateDir,
 }
 
 /// The first of the ids VM processes run as (VM N as this + N): far above
@@ -312,6 +325,7 @@ impl Daemon {
         config_path: PathBuf,
         macros: Vec<(String, String)>,
         vm_uid_base: u32,
+        state: StateDir,
     ) -> Arc<Daemon> {
         let mut inner = Inner {
             vms: BTreeMap::new(),
@@ -331,6 +345,7 @@ impl Daemon {
             config_path,
             macros,
             vm_uid_base,
+            state,
         })
     }
 
@@ -577,6 +592,20 @@ impl Daemon {
                 }
             }
         }
+        // The socket the VM process listens on for the next vmd, should
+        // this one exit without stopping it: the first descriptor it gets.
+        let sock = self.state.socket_path(id);
+        let _ = std::fs::remove_file(&sock);
+        let listener = match std::os::unix::net::UnixListener::bind(&sock) {
+            Ok(l) => std::os::fd::OwnedFd::from(l),
+            Err(e) => {
+                let why = format!("vm {name}: {}: {e}", sock.display());
+                self.start_failed(id, &why);
+                return Err(Error::Internal(why));
+            }
+        };
+        fds.insert(0, listener);
+        args.push("--reattach".into());
         let sink: Arc<dyn Sink> = self.clone();
         let spawned = vmproc::spawn(&self.vmm, &args, fds, id, &name, sink);
         {
@@ -593,10 +622,14 @@ impl Daemon {
                     // A process that already died has been reaped by now
                     // (`exited` set the state): keep no handle on it.
                     if vm.state != VmState::Stopped && vm.state != VmState::Disabled {
+                        vm.proc_start = persist::start_time(proc.pid);
+                        vm.proc_comm = None;
                         vm.proc = Some(proc);
+                        self.save(vm);
                     }
                 }
                 Err(e) => {
+                    let _ = std::fs::remove_file(&sock);
                     let why = format!("cannot run {}: {e}", self.vmm.display());
                     vm.state = idle_state(&vm.def, vm.configured);
                     vm.last_exit = Some(why.clone());
@@ -643,6 +676,164 @@ impl Daemon {
                 Err(Error::VmProcess(why))
             }
         }
+    }
+
+    /// Writes VM `vm`'s record, if it has a process.
+    fn save(&self, vm: &Vm) {
+        let (Some(p), Some(start_time)) = (&vm.proc, vm.proc_start) else {
+            return;
+        };
+        self.state.write(&Record {
+            id: vm.id,
+            name: vm.def.name.clone(),
+            pid: p.pid,
+            start_time,
+            comm: vm.proc_comm.clone(),
+            def: vm.def.clone(),
+            user_files: vm.user_files.clone(),
+            disk_formats: vm.disk_formats.clone(),
+            interfaces: vm.interfaces.clone(),
+            uid: (self.vm_uid_base != 0).then(|| self.vm_uid_base.saturating_add(vm.id)),
+            tty: vm.tty.clone(),
+        });
+    }
+
+    /// Re-attaches to the VM processes a previous vmd left running, as
+    /// its records in the state directory describe them, before any VM
+    /// is started: each keeps its id (a configured VM that has it now
+    /// moves to a new one), its definition as started, its console and
+    /// its interfaces. A VM that vm.conf no longer defines is listed as
+    /// an ad-hoc VM. Records whose process is gone, or whose pid belongs
+    /// to another process now, are removed.
+    pub async fn adopt(self: &Arc<Self>) {
+        let records = self.state.records();
+        {
+            // Ids a configured VM moves to must not be recorded ones.
+            let mut g = self.lock();
+            let top = records
+                .iter()
+                .map(|r| r.id.saturating_add(1))
+                .max()
+                .unwrap_or(0);
+            g.next_id = g.next_id.max(top);
+        }
+        for rec in records {
+            match self.adopt_one(&rec).await {
+                Ok(()) => {}
+                Err(Adopt::Gone(why)) => {
+                    tracing::info!(vm = %rec.name, pid = rec.pid, "not re-attached: {why}");
+                    self.state.remove(rec.id);
+                }
+                Err(Adopt::Failed(why)) => {
+                    // It runs, but cannot be reached: its record stays for
+                    // a later vmd (or until it is seen gone).
+                    tracing::error!(vm = %rec.name, pid = rec.pid, "cannot re-attach: {why}");
+                }
+            }
+        }
+    }
+
+    async fn adopt_one(self: &Arc<Self>, rec: &Record) -> Result<(), Adopt> {
+        let pid = rec.pid;
+        let same = || persist::start_time(pid) == Some(rec.start_time);
+        match persist::start_time(pid) {
+            None => return Err(Adopt::Gone("its process is gone".into())),
+            Some(_) if !same() => {
+                return Err(Adopt::Gone(format!("pid {pid} is another process now")))
+            }
+            Some(_) => {}
+        }
+        if let Some(c) = &rec.comm {
+            let now = persist::comm(pid).unwrap_or_default();
+            if &now != c {
+                return Err(Adopt::Gone(format!("pid {pid} runs {now:?}, not {c:?}")));
+            }
+        }
+        let pidfd =
+            persist::pidfd_open(pid).map_err(|e| Adopt::Gone(format!("pidfd_open({pid}): {e}")))?;
+        // Checked again with the pidfd held: it names the process checked.
+        if !same() {
+            return Err(Adopt::Gone(format!("pid {pid} is another process now")));
+        }
+        self.place(rec);
+        let sink: Arc<dyn Sink> = self.clone();
+        let sock = self.state.socket_path(rec.id);
+        let proc = match vmproc::attach(&sock, pid, pidfd, rec.id, &rec.name, sink) {
+            Ok(p) => p,
+            Err(why) => {
+                let mut g = self.lock();
+                if let Some(vm) = g.vms.get_mut(&rec.id) {
+                    vm.state = idle_state(&vm.def, vm.configured);
+                    vm.last_exit = Some(format!("left running, unreachable: {why}"));
+                    vm.bump();
+                }
+                return Err(Adopt::Failed(why));
+            }
+        };
+        {
+            let mut g = self.lock();
+            let Some(vm) = g.vms.get_mut(&rec.id) else {
+                return Ok(());
+            };
+            // Its exit may have been seen already (`exited` made it idle).
+            if vm.state != VmState::Starting {
+                return Ok(());
+            }
+            vm.state = VmState::Running;
+            vm.proc = Some(proc.clone());
+            vm.bump();
+        }
+        tracing::info!(vm = %rec.name, pid, "re-attached");
+        match proc.request_within(&Request::Status, ATTACH_ANSWER).await {
+            Ok(api::vmproc::Reply::Status { state, guest }) => {
+                let mut g = self.lock();
+                if let Some(vm) = g.vms.get_mut(&rec.id).filter(|v| v.running()) {
+                    vm.state = match state {
+                        api::vmproc::RunState::Running => VmState::Running,
+                        api::vmproc::RunState::Paused => VmState::Paused,
+                        api::vmproc::RunState::Stopping => VmState::Stopping,
+                    };
+                    vm.guest = guest;
+                    vm.bump();
+                }
+            }
+            Ok(other) => tracing::warn!(vm = %rec.name, "status after re-attaching: {other:?}"),
+            Err(e) => tracing::warn!(vm = %rec.name, "status after re-attaching: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Puts the VM `rec` describes at its recorded id, starting (see
+    /// [`Daemon::adopt`]).
+    fn place(&self, rec: &Record) {
+        let mut g = self.lock();
+        if g.vms.get(&rec.id).is_some_and(|v| v.def.name != rec.name) {
+            let mut other = g.vms.remove(&rec.id).expect("checked");
+            let id = g.next_id;
+            g.next_id += 1;
+            tracing::info!(vm = %other.def.name, "moves from id {} to {id}", rec.id);
+            other.id = id;
+            g.vms.insert(id, other);
+        }
+        let mut vm = match g.find_name(&rec.name) {
+            Some(id) => g.vms.remove(&id).expect("found"),
+            None => {
+                tracing::info!(vm = %rec.name, "no longer in the configuration: listed as an ad-hoc VM");
+                Vm::new(rec.id, rec.def.clone(), false)
+            }
+        };
+        vm.id = rec.id;
+        vm.def = rec.def.clone();
+        vm.state = VmState::Starting;
+        vm.tty = rec.tty.clone();
+        vm.interfaces = rec.interfaces.clone();
+        vm.disk_formats = rec.disk_formats.clone();
+        vm.user_files = rec.user_files.clone();
+        vm.has_run = true;
+        vm.proc_start = Some(rec.start_time);
+        vm.proc_comm = rec.comm.clone();
+        g.vms.insert(rec.id, vm);
+        g.next_id = g.next_id.max(rec.id.saturating_add(1));
     }
 
     /// VM `id`, claimed for a start that failed before its process ran,
@@ -870,6 +1061,17 @@ impl Daemon {
     }
 }
 
+/// Why a recorded VM was not re-attached.
+enum Adopt {
+    /// Its process is not there any more: the record goes.
+    Gone(String),
+    /// It is there but could not be reached: the record stays.
+    Failed(String),
+}
+
+/// How long a re-attached VM process gets to answer its first status.
+const ATTACH_ANSWER: Duration = Duration::from_secs(5);
+
 /// How long a VM process gets to build its VM (its console ready) before
 /// the start fails and the process is killed.
 const START_BOUND: Duration = Duration::from_secs(60);
@@ -897,10 +1099,14 @@ const KILL_REAP: Duration = Duration::from_secs(5);
 /// `SHUTDOWN_GRACE + STOP_ANSWER + FORCED_EXIT + KILL_WAIT` (35 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-fn describe(status: ExitStatus, reason: Option<String>, tail: Option<String>) -> String {
+fn describe(status: Option<ExitStatus>, reason: Option<String>, tail: Option<String>) -> String {
     if let Some(r) = reason {
         return r;
     }
+    // Not our child (re-attached): its parent got the status.
+    let Some(status) = status else {
+        return "exited".into();
+    };
     if let Some(sig) = status.signal() {
         return format!("killed by signal {sig}");
     }
@@ -922,6 +1128,10 @@ impl Sink for Daemon {
                     if vm.state == VmState::Starting {
                         vm.state = VmState::Running;
                     }
+                    // Its VM is built: the program is the VM process's own
+                    // now (whatever wrapper exec'd it).
+                    vm.proc_comm = vm.proc.as_ref().and_then(|p| persist::comm(p.pid));
+                    self.save(vm);
                     vm.bump();
                     vm.def.owner.clone()
                 };
@@ -950,12 +1160,15 @@ impl Sink for Daemon {
         }
     }
 
-    fn exited(&self, id: u32, status: ExitStatus, tail: Option<String>) {
+    fn exited(&self, id: u32, status: Option<ExitStatus>, tail: Option<String>) {
         let mut g = self.lock();
+        self.state.remove(id);
         let Some(vm) = g.vms.get_mut(&id) else { return };
         let why = describe(status, vm.exit_reason.take(), tail);
         tracing::info!(vm = %vm.def.name, "stopped: {why}");
         vm.proc = None;
+        vm.proc_start = None;
+        vm.proc_comm = None;
         vm.tty = None;
         vm.last_exit = Some(why);
         vm.state = idle_state(&vm.def, vm.configured);

@@ -1,6 +1,7 @@
-//! One VM process (`vmm --control-fd 3`) as vmd sees it: spawning it,
-//! the JSON-lines channel (requests answered in order, events at any
-//! time), and noticing its exit at once.
+//! One VM process (`vmm --control-fd 0`) as vmd sees it: spawning it, or
+//! re-attaching to one a previous vmd spawned (its socket, a pidfd), the
+//! JSON-lines channel (requests answered in order, events at any time),
+//! and noticing its exit at once.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::vmproc::{Event, Reply, Request};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
@@ -28,7 +30,9 @@ const CONTROL_FD: i32 = 0;
 pub trait Sink: Send + Sync + 'static {
     fn event(&self, id: u32, event: Event);
     /// The process ended; `stderr_tail` is the last thing it printed.
-    fn exited(&self, id: u32, status: ExitStatus, stderr_tail: Option<String>);
+    /// `status` is None for a process vmd re-attached to: not its child,
+    /// whose exit status went to its parent.
+    fn exited(&self, id: u32, status: Option<ExitStatus>, stderr_tail: Option<String>);
 }
 
 pub struct VmProc {
@@ -240,7 +244,101 @@ pub fn spawn(
             }
         }
     }
-    let std_stream = std::os::unix::net::UnixStream::from(ours);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    wire(
+        pid,
+        std::os::unix::net::UnixStream::from(ours),
+        stderr,
+        Process::Child(child),
+        id,
+        name,
+        sink,
+    )
+}
+
+/// How vmd waits for a VM process and kills it.
+enum Process {
+    /// Its own child, reaped with its exit status.
+    Child(tokio::process::Child),
+    /// One a previous vmd started (init's child now): its pidfd, which
+    /// polls readable once it has exited.
+    Pidfd(AsyncFd<OwnedFd>),
+}
+
+impl Process {
+    async fn wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self {
+            Process::Child(c) => c.wait().await.map(Some),
+            Process::Pidfd(fd) => {
+                // Readable for good once it has exited.
+                let _ready = fd.readable().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn start_kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Process::Child(c) => c.start_kill(),
+            Process::Pidfd(fd) => crate::persist::pidfd_kill(fd.get_ref(), libc::SIGKILL),
+        }
+    }
+}
+
+/// Re-attaches to VM `id`'s process `pid`, started by a previous vmd
+/// with `--reattach`: connects to its socket `sock`, checks that the
+/// process listening there is `pid` (SO_PEERCRED), hands it a new stderr
+/// (a pipe to our log) and watches its exit through `pidfd`, opened by
+/// the caller, which has checked that it names the process it recorded.
+pub fn attach(
+    sock: &Path,
+    pid: u32,
+    pidfd: OwnedFd,
+    id: u32,
+    name: &str,
+    sink: Arc<dyn Sink>,
+) -> Result<Arc<VmProc>, String> {
+    let stream = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| format!("{}: {e}", sock.display()))?;
+    let peer = crate::persist::peer_pid(&stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    if peer != pid {
+        return Err(format!(
+            "{}: process {peer} listens there, not {pid}",
+            sock.display()
+        ));
+    }
+    let (read, write) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    send_fds(&stream, &[write]).map_err(|e| format!("handing over stderr: {e}"))?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
+        .map_err(|e| format!("stderr pipe: {e}"))?;
+    // SAFETY: the OwnedFd is a valid descriptor, moved into the AsyncFd,
+    // which closes it when dropped and nothing replaces it meanwhile.
+    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(|e| format!("pidfd: {e}"))?;
+    wire(pid, stream, stderr, Process::Pidfd(pidfd), id, name, sink)
+        .map_err(|e| format!("the control channel: {e}"))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets up the channel (`stream`), the log of `stderr` and the wait for
+/// the exit of VM `id`'s process.
+fn wire(
+    pid: u32,
+    std_stream: std::os::unix::net::UnixStream,
+    stderr: impl AsyncRead + Unpin + Send + 'static,
+    mut process: Process,
+    id: u32,
+    name: &str,
+    sink: Arc<dyn Sink>,
+) -> std::io::Result<Arc<VmProc>> {
     std_stream.set_nonblocking(true)?;
     let (read, write) = UnixStream::from_std(std_stream)?.into_split();
     let proc = Arc::new(VmProc {
@@ -254,7 +352,6 @@ pub fn spawn(
     });
 
     // The VM process's stderr goes to our log, tagged with the VM.
-    let stderr = child.stderr.take().expect("stderr is piped");
     let vm = name.to_owned();
     let stderr_task = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
@@ -295,15 +392,15 @@ pub fn spawn(
 
     let p = proc.clone();
     tokio::spawn(async move {
-        // A kill is done here, on the child itself: it is not reaped yet,
-        // so its pid cannot be another process's.
+        // A kill is done here, on the child itself (or through its pidfd):
+        // it is not reaped yet, so its pid cannot be another process's.
         let status = tokio::select! {
-            st = child.wait() => st,
+            st = process.wait() => st,
             () = p.kill.notified() => {
-                if let Err(e) = child.start_kill() {
+                if let Err(e) = process.start_kill() {
                     tracing::error!(vm = id, "killing the VM process: {e}");
                 }
-                child.wait().await
+                process.wait().await
             }
         };
         p.exited.store(true, Ordering::Relaxed);
@@ -317,11 +414,14 @@ pub fn spawn(
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(why) = killed {
-            // Ours, unless it ended on its own meanwhile.
-            if status
-                .as_ref()
-                .is_ok_and(|st| st.signal() == Some(libc::SIGKILL))
-            {
+            // Ours, unless it ended on its own meanwhile (which only the
+            // status of a child tells).
+            let by_us = match &status {
+                Ok(Some(st)) => st.signal() == Some(libc::SIGKILL),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if by_us {
                 sink.event(id, Event::Exited { reason: why });
             }
         }
@@ -329,7 +429,7 @@ pub fn spawn(
             Ok(st) => sink.exited(id, st, tail),
             Err(e) => {
                 tracing::error!(vm = id, "waiting for the VM process: {e}");
-                sink.exited(id, ExitStatus::from_raw(1 << 8), tail)
+                sink.exited(id, Some(ExitStatus::from_raw(1 << 8)), tail)
             }
         }
     });

@@ -249,6 +249,8 @@ pub struct TestDaemon {
     vmm_pids: std::sync::Mutex<Vec<u32>>,
     /// The VM process program vmd runs, if not the real `vmm`.
     vmm: Option<PathBuf>,
+    /// Its directory and VMs were handed to another TestDaemon.
+    handed_over: bool,
 }
 
 impl TestDaemon {
@@ -272,6 +274,7 @@ impl TestDaemon {
             child: None,
             vmm_pids: Default::default(),
             vmm: None,
+            handed_over: false,
         };
         d.launch()
     }
@@ -288,6 +291,7 @@ impl TestDaemon {
             child: None,
             vmm_pids: Default::default(),
             vmm: Some(vmm),
+            handed_over: false,
         };
         d.launch()
     }
@@ -304,6 +308,7 @@ impl TestDaemon {
             child: None,
             vmm_pids: Default::default(),
             vmm: None,
+            handed_over: false,
         };
         d.launch()
     }
@@ -483,6 +488,33 @@ impl TestDaemon {
         )
     }
 
+    /// Ends vmd with `sig` (SIGKILL, or SIGUSR2: both leave its VMs
+    /// running), waits for it to exit (at most 40 s) and hands back its
+    /// directory and the VM processes it was seen to run, for a vmd
+    /// started there next (`start_in`, then `remember_vmms`): this one
+    /// removes and kills nothing any more.
+    pub fn end_leaving_vms(mut self, sig: libc::c_int) -> (PathBuf, Vec<u32>, ExitStatus) {
+        let _ = self.status();
+        self.signal(sig);
+        let st = self.wait_exit(Duration::from_secs(40));
+        let st = st.unwrap_or_else(|| panic!("vmd did not exit on signal {sig}:\n{}", self.log()));
+        self.handed_over = true;
+        let pids = self
+            .vmm_pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (self.dir.clone(), pids, st)
+    }
+
+    /// VM processes to kill when this ends, as those it was seen to run.
+    pub fn remember_vmms(&self, pids: &[u32]) {
+        self.vmm_pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(pids);
+    }
+
     fn kill_vmms(&self) {
         let vmd = self.child.as_ref().map(|c| c.id());
         let pids = self
@@ -504,6 +536,9 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         // Learn the VMs still running (bounded: the daemon may be wedged).
         if self.child.is_some() && UnixStream::connect(&self.sock).is_ok() {
             let mut c = self.vmctl_cmd();

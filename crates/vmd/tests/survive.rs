@@ -1,0 +1,245 @@
+//! VMs outlive vmd: killed (SIGKILL) or told to leave them (SIGUSR2),
+//! vmd exits and its VM processes run on; a vmd started next on the same
+//! socket and state directory finds them again, lists them as they were
+//! (ids, pids, consoles) and drives them (guestinfo, pause, stop) as its
+//! own. Records of processes that are gone, or whose pid is another
+//! process's now, are dropped, and such processes left alone. Real vmd,
+//! vmm and vmctl; real guests (the tools guest) on /dev/kvm.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// A vm block for the tools guest (answers OS_Halt by powering off),
+/// with an address it reports as `guestinfo.ip` every 15 s.
+fn tools_vm(name: &str, ip: &str) -> String {
+    format!(
+        "vm \"{name}\" {{\n\tkernel \"{}\"\n\tcmdline \"hostname={name} ip={ip}/24 poll_ms=200\"\n\tmemory 32M\n}}\n",
+        guest("tools")
+    )
+}
+
+fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("sock.d")
+}
+
+fn record(dir: &Path, id: u32) -> PathBuf {
+    state_dir(dir).join(format!("vm-{id}.json"))
+}
+
+fn by_name<'a>(vms: &'a [VmStatus], name: &str) -> &'a VmStatus {
+    vms.iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no vm {name} in {vms:#?}"))
+}
+
+/// kill -9 of vmd leaves both VMs running, guests included (the guest
+/// sets guestinfo.ip again while no vmd is there); a new vmd lists them
+/// with the same ids, pids, consoles and interfaces, and stops one
+/// gracefully through its guest tools, seeing it exit.
+#[test]
+fn vms_outlive_a_killed_vmd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let conf = format!("{}{}", tools_vm("a", "10.0.0.5"), tools_vm("b", "10.0.0.6"));
+    let d = TestDaemon::start(&conf);
+    d.wait_tools("a");
+    d.wait_tools("b");
+    let before = d.status();
+    let (a, b) = (by_name(&before, "a").clone(), by_name(&before, "b").clone());
+    let (pa, pb) = (a.pid.unwrap(), b.pid.unwrap());
+    assert!(record(&d.dir, a.id).is_file(), "no record for a");
+    // The guest reports its address again every 15 s: overwrite it, and
+    // see it come back while vmd is gone.
+    d.vmctl_ok(&["guestinfo", "a", "ip", "overwritten"]);
+    let log1 = d.log();
+
+    let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    assert!(
+        alive(pa) && alive(pb),
+        "VM processes died with vmd:\n{log1}"
+    );
+    std::thread::sleep(Duration::from_secs(17));
+    assert!(
+        alive(pa) && alive(pb),
+        "VM processes died without vmd:\n{log1}"
+    );
+
+    let d = TestDaemon::start_in(dir);
+    d.remember_vmms(&pids);
+    let after = d.status();
+    for (was, name) in [(&a, "a"), (&b, "b")] {
+        let now = by_name(&after, name);
+        assert_eq!(now.state, VmState::Running, "{now:#?}\n{}", d.log());
+        assert_eq!(now.pid, was.pid);
+        assert_eq!(now.id, was.id);
+        assert_eq!(now.tty, was.tty);
+        assert_eq!(now.interfaces, was.interfaces);
+        assert_eq!(now.hostname.as_deref(), Some(name));
+    }
+    assert!(d.log().contains("re-attached"), "{}", d.log());
+    // The guest ran on: it has set its address again.
+    let ip = d.vmctl_ok(&["guestinfo", "a", "ip"]).stdout;
+    assert_eq!(ip.trim(), "10.0.0.5");
+
+    // Pause and resume through the new channel.
+    d.vmctl_ok(&["pause", "a"]);
+    d.wait_vm("a", "paused", Duration::from_secs(10), |v| {
+        v.state == VmState::Paused
+    });
+    d.vmctl_ok(&["unpause", "a"]);
+    d.wait_vm("a", "running again", Duration::from_secs(10), |v| {
+        v.state == VmState::Running
+    });
+
+    // A graceful stop: the guest's tools take the halt and power off;
+    // vmd sees the process end (it is not vmd's child: its pidfd).
+    let o = d.vmctl_ok(&["stop", "-w", "b"]);
+    assert!(o.ok(), "{o:?}");
+    let b_now = d.vm("b");
+    assert_eq!(b_now.pid, None);
+    assert_eq!(
+        b_now.last_exit.as_deref(),
+        Some("halted by guest tools"),
+        "{}",
+        d.log()
+    );
+    assert!(poll(Duration::from_secs(5), || !alive(pb)));
+    assert!(!record(&d.dir, b.id).exists(), "b's record stays");
+    assert!(alive(pa));
+    // And a forced stop, which kills through the pidfd if need be.
+    d.vmctl_ok(&["stop", "-f", "-w", "a"]);
+    assert!(poll(Duration::from_secs(5), || !alive(pa)));
+    assert!(!record(&d.dir, a.id).exists(), "a's record stays");
+}
+
+/// SIGUSR2: vmd exits at once, leaving its VM running and its socket
+/// gone; the next vmd re-attaches, and its SIGTERM stops the VM as
+/// usual, record and all.
+#[test]
+fn sigusr2_leaves_the_vms_to_the_next_vmd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let d = TestDaemon::start(&tools_vm("c", "10.0.0.7"));
+    let c = d.wait_tools("c");
+    let pc = c.pid.unwrap();
+    let sock = d.sock.clone();
+    let (dir, pids, st) = d.end_leaving_vms(libc::SIGUSR2);
+    assert!(st.success(), "vmd exited {st}");
+    assert!(!sock.exists(), "the control socket stays");
+    assert!(alive(pc));
+
+    let mut d = TestDaemon::start_in(dir);
+    d.remember_vmms(&pids);
+    let now = d.vm("c");
+    assert_eq!(now.pid, Some(pc));
+    assert_eq!(now.state, VmState::Running);
+    assert_eq!(now.tty, c.tty);
+    // The console still works: the guest's line discipline is the VM
+    // process's own, and the pty is where it was.
+    let tty = open_noctty(c.tty.as_deref().unwrap()).expect("open the console");
+    drop(tty);
+
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(40));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "vmd on SIGTERM: {st:?}\n{}",
+        d.log()
+    );
+    assert!(poll(Duration::from_secs(5), || !alive(pc)), "{}", d.log());
+    assert!(!record(&d.dir, c.id).exists(), "c's record stays");
+}
+
+/// Records whose process is gone, and one whose pid is another process's
+/// now (pid reuse), are dropped; that process is left alone, and the VM
+/// is started afresh as configured.
+#[test]
+fn stale_records_are_dropped() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let conf = format!(
+        "{}{}",
+        tools_vm("gone", "10.0.0.8"),
+        tools_vm("reused", "10.0.0.9")
+    );
+    let d = TestDaemon::start(&conf);
+    let gone = d.wait_running("gone");
+    let reused = d.wait_running("reused");
+    let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    // One process gone.
+    send_signal(gone.pid.unwrap(), libc::SIGKILL);
+    assert!(poll(Duration::from_secs(5), || !alive(gone.pid.unwrap())));
+    // The other's pid taken by another process: the record is rewritten
+    // to name a `sleep` (its pid, but not its start time), as if the VM
+    // process had ended and its pid been reused.
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("run sleep");
+    let path = record(&dir, reused.id);
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    rec["pid"] = sleeper.id().into();
+    std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    // The real VM process is the test's to end.
+    send_signal(reused.pid.unwrap(), libc::SIGKILL);
+
+    let d = TestDaemon::start_in(dir);
+    d.remember_vmms(&pids);
+    assert!(
+        alive(sleeper.id()),
+        "vmd touched another process:\n{}",
+        d.log()
+    );
+    // Both started afresh, as enabled configured VMs are.
+    let vms = d.wait_until("both running again", Duration::from_secs(20), |vms| {
+        vms.iter()
+            .all(|v| v.state == VmState::Running && v.pid.is_some())
+    });
+    assert_ne!(by_name(&vms, "gone").pid, gone.pid);
+    assert_ne!(by_name(&vms, "reused").pid, Some(sleeper.id()));
+    assert!(d.log().contains("its process is gone"), "{}", d.log());
+    assert!(d.log().contains("is another process now"), "{}", d.log());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// A VM that vm.conf no longer defines when vmd comes back is listed as
+/// an ad-hoc VM, running, under its id; and the configured VM that now
+/// has that id moves to another.
+#[test]
+fn a_vm_dropped_from_the_config_stays_listed() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let d = TestDaemon::start(&tools_vm("old", "10.0.0.10"));
+    let old = d.wait_running("old");
+    let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    std::fs::write(
+        dir.join("vm.conf"),
+        format!(
+            "{}vm \"new\" {{\n\tdisable\n\tkernel \"{}\"\n\tmemory 32M\n}}\n",
+            "",
+            guest("tools")
+        ),
+    )
+    .unwrap();
+    let d = TestDaemon::start_in(dir);
+    d.remember_vmms(&pids);
+    let vms = d.status();
+    let now = by_name(&vms, "old");
+    assert_eq!(now.id, old.id);
+    assert_eq!(now.pid, old.pid);
+    assert_eq!(now.state, VmState::Running);
+    let new = by_name(&vms, "new");
+    assert_ne!(new.id, old.id);
+    d.vmctl_ok(&["stop", "-f", "-w", "old"]);
+    assert!(poll(Duration::from_secs(5), || !alive(old.pid.unwrap())));
+}
