@@ -311,6 +311,18 @@ impl<S: System> Daemon<S> {
         .started()
     }
 
+    /// New tunables (a reloaded vmt.conf(5)): a changed sync period
+    /// counts from now; the rest applies from the next tick.
+    pub fn set_settings(&mut self, settings: Settings) {
+        if settings.clock_sync_period != self.settings.clock_sync_period {
+            self.sync_due = match settings.clock_sync_period {
+                p if p.is_zero() => None,
+                p => Some(self.sys.monotonic().saturating_add(p)),
+            };
+        }
+        self.settings = settings;
+    }
+
     fn started(mut self) -> Self {
         let now = self.sys.realtime_us();
         self.status.started_us = now;
@@ -879,9 +891,27 @@ pub fn run<S: System>(
     mut wait: impl FnMut(Duration) -> bool,
     mut stop: impl FnMut() -> bool,
 ) {
+    start(d, bd);
+    serve(d, bd, &mut wait, &mut stop);
+    d.close(bd);
+}
+
+/// What the daemon does first: the guest reported, the clock synced.
+pub fn start<S: System>(d: &mut Daemon<S>, bd: &mut impl Backdoor) {
     d.publish();
     d.report(bd);
     d.sync_clock(bd, "start");
+}
+
+/// The loop: ticks, and sleeps between them woken by `wait` (links
+/// changed), until `stop` says so; the channels stay open (the caller
+/// closes them, or serves again: after a reload, say).
+pub fn serve<S: System>(
+    d: &mut Daemon<S>,
+    bd: &mut impl Backdoor,
+    wait: &mut impl FnMut(Duration) -> bool,
+    stop: &mut impl FnMut() -> bool,
+) {
     while !stop() {
         if let Next::Sleep(mut left) = d.tick(bd) {
             while !left.is_zero() && !stop() {
@@ -894,5 +924,4 @@ pub fn run<S: System>(
             }
         }
     }
-    d.close(bd);
 }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     let Some(command) = args.command else {
-        return daemon(bd, config.unwrap_or_default(), args.foreground);
+        return daemon(bd, config.unwrap_or_default(), &args);
     };
     let code = cli::run(
         &command,
@@ -68,24 +68,27 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Set by SIGTERM, SIGINT and SIGHUP: the daemon closes its channels and
-/// exits within a second.
+/// Set by SIGTERM and SIGINT: the daemon closes its channels and exits
+/// within a second.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set by SIGHUP: the daemon reads its configuration again.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+extern "C" fn on_signal(sig: libc::c_int) {
+    let flag = if sig == libc::SIGHUP { &RELOAD } else { &STOP };
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The daemon: detached (syslog) unless `foreground` (standard error),
-/// holding the pid file, the TCLO loop until a signal ends it.
+/// The daemon: detached (syslog) unless `-d` (standard error), holding
+/// the pid file, the TCLO loop until a signal ends it; SIGHUP reads the
+/// configuration again (`args` say where, and override it).
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn daemon(
-    mut bd: guestrpc::x86::PortIo,
-    config: vmt::config::Config,
-    foreground: bool,
-) -> ExitCode {
+fn daemon(mut bd: guestrpc::x86::PortIo, config: vmt::config::Config, args: &Cli) -> ExitCode {
+    let foreground = args.foreground;
     use std::sync::atomic::Ordering;
     use vmt::daemon::{self, Daemon};
     use vmt::detach::{self, PidFile};
@@ -120,15 +123,12 @@ fn daemon(
     }
     let status_file = std::path::PathBuf::from(vmt::status::STATUS_FILE);
     let mut sys = LinuxSystem::default();
-    sys.halt = config.halt_command;
-    sys.reboot = config.reboot_command;
-    sys.log_level = config.log_level;
     sys.log = log;
     sys.status_file = Some(status_file.clone());
     sys.may_reboot = true;
     sys.may_set_clock = true;
-    sys.exclude_nics = config.exclude_nics;
     let mut d = Daemon::with_settings(sys, config.settings);
+    apply(&mut d, config);
     if let Some(r) = ready {
         r.ok();
     }
@@ -156,11 +156,54 @@ fn daemon(
             false
         }
     };
-    daemon::run(&mut d, &mut bd, wait, || STOP.load(Ordering::Relaxed));
+    let mut wait = wait;
+    daemon::start(&mut d, &mut bd);
+    loop {
+        daemon::serve(&mut d, &mut bd, &mut wait, &mut || {
+            STOP.load(Ordering::Relaxed) || RELOAD.load(Ordering::Relaxed)
+        });
+        if STOP.load(Ordering::Relaxed) {
+            break;
+        }
+        RELOAD.store(false, Ordering::Relaxed);
+        // A configuration that does not parse changes nothing: the daemon
+        // goes on as it was, and says why, one line per error.
+        match args.config() {
+            Ok(c) => {
+                apply(&mut d, c);
+                d.sys
+                    .log(vmt::config::LogLevel::Info, "configuration reloaded");
+            }
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    d.sys.log(vmt::config::LogLevel::Error, line);
+                }
+                d.sys.log(
+                    vmt::config::LogLevel::Error,
+                    "configuration not reloaded; keeping the running one",
+                );
+            }
+        }
+    }
+    d.close(&mut bd);
     d.sys.log(vmt::config::LogLevel::Info, "exiting");
     let _ = std::fs::remove_file(&status_file);
     drop(pid_file);
     ExitCode::SUCCESS
+}
+
+/// Puts `config` into effect in the daemon: its power commands, log level,
+/// NICs left out (looked at again at once) and tunables.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn apply(d: &mut vmt::daemon::Daemon<vmt::sys::LinuxSystem>, config: vmt::config::Config) {
+    d.sys.halt = config.halt_command;
+    d.sys.reboot = config.reboot_command;
+    d.sys.log_level = config.log_level;
+    if d.sys.exclude_nics != config.exclude_nics {
+        d.sys.exclude_nics = config.exclude_nics;
+        d.links_changed();
+    }
+    d.set_settings(config.settings);
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]

@@ -600,6 +600,40 @@ fn a_zero_period_disables_periodic_syncs() {
     assert_eq!(d.sys.steps, [2 * S]);
 }
 
+/// A reloaded configuration (SIGHUP): a new period counts from the
+/// reload; the same period leaves the next sync where it was.
+#[test]
+fn new_settings_reschedule_the_periodic_sync() {
+    let (mut d, mut vm) = started();
+    d.sync_clock(&mut vm, "start");
+    d.sys.mono += Duration::from_secs(50);
+    d.set_settings(Settings::default());
+    d.sys.clock_us -= 2 * S;
+    d.sys.mono += Duration::from_secs(10);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps, [2 * S], "due 60 s after the start still");
+    // Off: never again on its own.
+    d.set_settings(Settings {
+        clock_sync_period: Duration::ZERO,
+        ..Settings::default()
+    });
+    d.sys.clock_us -= 2 * S;
+    d.sys.mono += Duration::from_secs(3600);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps.len(), 1);
+    // On again: a period from now.
+    d.set_settings(Settings {
+        clock_sync_period: Duration::from_secs(10),
+        ..Settings::default()
+    });
+    d.sys.mono += Duration::from_secs(9);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps.len(), 1);
+    d.sys.mono += Duration::from_secs(1);
+    until_idle(&mut d, &mut vm);
+    assert_eq!(d.sys.steps, [2 * S, 2 * S]);
+}
+
 /// An NTP daemon keeps the time: said once, the clock left alone, until
 /// it goes away.
 #[test]
