@@ -15,6 +15,7 @@ pub mod msix;
 pub mod pci_host;
 pub mod rtc;
 pub mod serial;
+pub mod threads;
 pub mod virtio;
 
 #[cfg(test)]

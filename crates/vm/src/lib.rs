@@ -22,6 +22,10 @@ pub use vm::{
     VmHandle, MAX_VCPUS,
 };
 
+/// The VM's threads by kind, and the hook that confines each (see
+/// [`devices::threads`]).
+pub use devices::threads;
+
 /// The guest channel's protocol types, for users of `VmHandle`.
 pub use guestrpc;
 

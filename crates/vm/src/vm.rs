@@ -13,6 +13,7 @@ use devices::i8042::{I8042, I8042_AUX_IRQ, I8042_PORT_LEN};
 use devices::pci_host::{BarMove, PciEcam, PciHost, PciRoot};
 use devices::rtc::Rtc;
 use devices::serial::Serial;
+use devices::threads::ThreadKind;
 use devices::virtio::block::Block;
 use devices::virtio::pci::{PciWiring, VirtioPci, BAR_SIZE as VIRTIO_BAR_SIZE};
 use devices::virtio::scsi::Scsi;
@@ -973,10 +974,10 @@ impl Vm {
             .map(|(i, slot)| {
                 let fd = slot.fd.take().expect("vCPU fd present");
                 let (ctl, io) = (self.ctl.clone(), self.io.clone());
-                std::thread::Builder::new()
-                    .name(format!("vcpu{i}"))
-                    .spawn(move || run_vcpu(fd, i as u32, ctl, io))
-                    .expect("spawning a vCPU thread")
+                devices::threads::spawn(ThreadKind::Vcpu, &format!("vcpu{i}"), move || {
+                    run_vcpu(fd, i as u32, ctl, io)
+                })
+                .expect("spawning a vCPU thread")
             })
             .collect();
         {

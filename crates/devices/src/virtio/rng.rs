@@ -11,6 +11,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory as _, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::threads::{self, ThreadKind};
+
 use super::{features, ActivateError, Activation, GuestMemory, Interrupt, VirtioDevice};
 
 /// Virtio device type of an entropy source.
@@ -142,37 +144,35 @@ impl VirtioDevice for Rng {
         let (mem, irq): (GuestMemory, Arc<dyn Interrupt>) = (act.mem, act.interrupt);
         let mut queue = q.queue;
         let kick = q.kick;
-        let thread = std::thread::Builder::new()
-            .name("virtio-rng".into())
-            .spawn(move || {
-                use std::os::unix::io::AsRawFd;
-                let Ok(ep) = Epoll::new() else { return };
-                for (fd, t) in [(kick.as_raw_fd(), 0u64), (worker_stop.as_raw_fd(), 1)] {
-                    if ep
-                        .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, t))
-                        .is_err()
-                    {
-                        return;
-                    }
+        let thread = threads::spawn(ThreadKind::Rng, "virtio-rng", move || {
+            use std::os::unix::io::AsRawFd;
+            let Ok(ep) = Epoll::new() else { return };
+            for (fd, t) in [(kick.as_raw_fd(), 0u64), (worker_stop.as_raw_fd(), 1)] {
+                if ep
+                    .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, t))
+                    .is_err()
+                {
+                    return;
                 }
-                let mut ok = serve(&mem, &mut queue, &kick, irq.as_ref());
-                let mut events = [EpollEvent::default(); 2];
-                loop {
-                    let Ok(n) = ep.wait(-1, &mut events) else {
-                        continue;
-                    };
-                    if events[..n].iter().any(|e| e.data() == 1) {
-                        return;
-                    }
-                    let _ = kick.read();
-                    if ok && !serve(&mem, &mut queue, &kick, irq.as_ref()) {
-                        log::warn!("virtio-rng: queue broken; device needs reset");
-                        irq.needs_reset();
-                        ok = false;
-                    }
+            }
+            let mut ok = serve(&mem, &mut queue, &kick, irq.as_ref());
+            let mut events = [EpollEvent::default(); 2];
+            loop {
+                let Ok(n) = ep.wait(-1, &mut events) else {
+                    continue;
+                };
+                if events[..n].iter().any(|e| e.data() == 1) {
+                    return;
                 }
-            })
-            .map_err(host)?;
+                let _ = kick.read();
+                if ok && !serve(&mem, &mut queue, &kick, irq.as_ref()) {
+                    log::warn!("virtio-rng: queue broken; device needs reset");
+                    irq.needs_reset();
+                    ok = false;
+                }
+            }
+        })
+        .map_err(host)?;
         self.running = Some(Running { stop, thread });
         Ok(())
     }

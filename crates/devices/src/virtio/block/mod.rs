@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 use disk::{DiskImage, SECTOR_SIZE};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::threads::{self, ThreadKind};
+
 use super::{features, read_config_bytes, ActivateError, Activation, VirtioDevice};
 use request::ID_LEN;
 use worker::Worker;
@@ -204,10 +206,8 @@ impl VirtioDevice for Block {
             stats: self.stats.clone(),
             name: self.name.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run())
-            .map_err(host)?;
+        let thread =
+            threads::spawn(ThreadKind::Disk, "virtio-blk", move || worker.run()).map_err(host)?;
         self.state = State::Running { stop, thread };
         Ok(())
     }

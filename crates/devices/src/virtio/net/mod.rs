@@ -42,6 +42,8 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::threads::{self, ThreadKind};
+
 use super::{features, read_config_bytes, ActivateError, Activation, VirtioDevice};
 use tap::Tap;
 use worker::Worker;
@@ -247,13 +249,11 @@ impl VirtioDevice for Net {
             stop.try_clone().map_err(host)?,
             act.interrupt,
         );
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                worker.run();
-                worker
-            })
-            .map_err(host)?;
+        let thread = threads::spawn(ThreadKind::Net, "virtio-net", move || {
+            worker.run();
+            worker
+        })
+        .map_err(host)?;
         self.state = State::Running { stop, thread };
         Ok(())
     }

@@ -27,6 +27,8 @@ use std::thread::JoinHandle;
 use disk::DiskImage;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::threads::{self, ThreadKind};
+
 use super::{features, read_config_bytes, ActivateError, Activation, VirtioDevice};
 use target::Target;
 use worker::{QueueSlot, Worker};
@@ -235,10 +237,7 @@ impl VirtioDevice for Scsi {
             stats: self.stats.clone(),
             name: self.name.clone(),
         };
-        match std::thread::Builder::new()
-            .name("virtio-scsi".into())
-            .spawn(move || worker.run())
-        {
+        match threads::spawn(ThreadKind::Disk, "virtio-scsi", move || worker.run()) {
             Ok(thread) => {
                 self.state = State::Running { stop, thread };
                 Ok(())
