@@ -243,3 +243,94 @@ fn a_vm_dropped_from_the_config_stays_listed() {
     d.vmctl_ok(&["stop", "-f", "-w", "old"]);
     assert!(poll(Duration::from_secs(5), || !alive(old.pid.unwrap())));
 }
+
+/// Sends `msg` to `to` from `sock` until it comes back (every 200 ms, at
+/// most `timeout`); true if it did.
+fn echoed(sock: &std::net::UdpSocket, to: &str, msg: &[u8], timeout: Duration) -> bool {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        let _ = sock.send_to(msg, to);
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if &buf[..n] == msg {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A VM's network outlives vmd: its taps (a local interface, with its
+/// address and DHCP, and one on a bridge vmd created) stay, the guest
+/// answers on them while no vmd runs, the next vmd shows the same
+/// interfaces, and its SIGTERM ends the VM, its taps and the bridge, which
+/// it took over from the vmd that created it.
+#[test]
+fn the_network_of_a_vm_outlives_vmd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let Some(ns) = Netns::new("survive") else {
+        return;
+    };
+    let dir = fresh_dir();
+    let conf = format!(
+        "switch \"lan\" {{\n\tinterface brsurv\n}}\n\
+         vm \"n\" {{\n\tkernel \"{}\"\n\tmemory 32M\n\
+         \tcmdline \"hostname=n dhcp=1 echo=7777 poll_ms=200\"\n\
+         \tlocal interface\n\tinterface {{ switch \"lan\" }}\n}}\n",
+        guest("tools")
+    );
+    std::fs::write(dir.join("vm.conf"), conf).unwrap();
+    let d = TestDaemon::start_in_netns(dir, &ns);
+    let vm = d.wait_running("n");
+    assert_eq!(vm.interfaces.len(), 2, "{vm:#?}");
+    let (local, lan) = (vm.interfaces[0].tap.clone(), vm.interfaces[1].tap.clone());
+    let sock = ns.udp("100.64.1.2:0");
+    assert!(
+        echoed(&sock, "100.64.1.3:7777", b"one", Duration::from_secs(30)),
+        "no echo from the guest:\n{}",
+        d.log()
+    );
+
+    let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    assert!(ns.link(&local).is_some(), "{local} went with vmd");
+    assert!(
+        ns.link(&lan).is_some_and(|l| l.contains("master brsurv")),
+        "{lan} left brsurv"
+    );
+    assert!(
+        echoed(&sock, "100.64.1.3:7777", b"two", Duration::from_secs(10)),
+        "no echo while vmd is gone"
+    );
+
+    let mut d = TestDaemon::start_in_netns(dir, &ns);
+    d.remember_vmms(&pids);
+    let now = d.vm("n");
+    assert_eq!(now.pid, vm.pid);
+    assert_eq!(now.interfaces, vm.interfaces);
+    assert!(echoed(
+        &sock,
+        "100.64.1.3:7777",
+        b"three",
+        Duration::from_secs(10)
+    ));
+
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(40));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", d.log());
+    let pid = vm.pid.unwrap();
+    assert!(poll(Duration::from_secs(5), || !alive(pid)));
+    assert!(
+        poll(Duration::from_secs(5), || ns.link(&local).is_none()
+            && ns.link(&lan).is_none()),
+        "taps outlived their VM"
+    );
+    assert!(
+        ns.link("brsurv").is_none(),
+        "the bridge vmd created stays:\n{}",
+        d.log()
+    );
+}
