@@ -194,3 +194,144 @@ fn a_compromised_vm_process_is_killed_by_seccomp() {
     assert!(!d.log().contains("ESCAPED"), "{}", d.log());
     assert!(!process_exists(pid));
 }
+
+/// Stands for code a guest got to run in one thread of the VM process:
+/// on SIGUSR1, the thread that takes it calls recvmsg(2), which the
+/// process-wide filter allows (the control thread takes vmd's
+/// descriptors with it) and a vCPU thread's filter does not.
+const THREAD_CALL_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static void on_usr1(int s) {
+    (void)s;
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    long r = recvmsg(-1, &m, MSG_DONTWAIT);
+    if (r < 0 && errno == EBADF)
+        write(2, "RECVMSG EBADF\n", 14);
+    else
+        write(2, "RECVMSG other\n", 14);
+}
+__attribute__((constructor)) static void init(void) {
+    signal(SIGUSR1, on_usr1);
+}
+"#;
+
+/// The threads of process `pid` by name (`vcpu0`, `control`, ...), with
+/// their tid and how many seccomp filters each has.
+fn threads(pid: u32) -> Vec<(String, i32, u32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.file_name().to_string_lossy().into_owned();
+            let dir = format!("/proc/{pid}/task/{t}");
+            let comm = std::fs::read_to_string(format!("{dir}/comm")).ok()?;
+            let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+            let filters = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp_filters:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((comm.trim().to_owned(), t.parse().ok()?, filters))
+        })
+        .collect()
+}
+
+fn signal_thread(pid: u32, tid: i32, sig: libc::c_int) {
+    // SAFETY: tgkill(2) on a thread of a process our daemon started.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::pid_t, tid, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "tgkill {pid} {tid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Each thread kind of a confined VM process is held to a filter of its
+/// own on top of the process's: vCPU, control, signal and console
+/// threads have one filter more than the main thread (the spawner of
+/// threads none), and a call the process's filter lets through kills the
+/// process when a vCPU thread makes it, not when the control thread does.
+#[test]
+fn a_vcpu_thread_is_held_to_a_narrower_filter() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = fresh_dir();
+    let src = dir.join("threadcall.c");
+    let so = dir.join("threadcall.so");
+    std::fs::write(&src, THREAD_CALL_C).unwrap();
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-pthread", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .output()
+        .expect("cc (build-essential) is needed for this test");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let wrapper = dir.join("vmm-compromised");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nLD_PRELOAD={} exec {} \"$@\"\n",
+            so.display(),
+            vmm_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tools = guest("tools");
+    std::fs::write(
+        dir.join("vm.conf"),
+        format!("vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n\tcpus 2\n}}\n"),
+    )
+    .unwrap();
+    let d = TestDaemon::start_with_vmm(dir, wrapper);
+    let vm = d.wait_tools("a");
+    let pid = vm.pid.expect("a pid");
+
+    let ts = threads(pid);
+    let of = |name: &str| {
+        ts.iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("no thread {name} in {ts:?}"))
+    };
+    let base = ts
+        .iter()
+        .find(|t| t.1 == pid as i32)
+        .expect("the main thread")
+        .2;
+    assert!(base >= 1, "{ts:?}");
+    assert_eq!(of("spawner").2, base, "{ts:?}");
+    for name in ["vcpu0", "vcpu1", "control", "signals", "console-in"] {
+        assert_eq!(of(name).2, base + 1, "{name}: {ts:?}");
+    }
+
+    // From the control thread: allowed, the VM runs on.
+    signal_thread(pid, of("control").1, libc::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("RECVMSG") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains("RECVMSG EBADF"), "{}", d.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(process_exists(pid));
+    assert_eq!(d.vm("a").pid, Some(pid));
+
+    // From a vCPU thread: the process is killed.
+    signal_thread(pid, of("vcpu0").1, libc::SIGUSR1);
+    let vm = d.wait_vm("a", "the VM process killed", Duration::from_secs(20), |v| {
+        v.pid.is_none()
+    });
+    let why = vm.last_exit.unwrap_or_default();
+    assert!(why.contains("signal 31"), "{why}\n{}", d.log());
+    assert_eq!(d.log().matches("RECVMSG").count(), 1, "{}", d.log());
+    assert!(!process_exists(pid));
+}

@@ -20,6 +20,9 @@
 //!    allows the system calls a running VM makes and kills the process on
 //!    any other. It runs while the process has one thread (the VM is
 //!    built, nothing started yet), so every thread inherits all of it.
+//! 3. Each thread the VM starts then narrows itself to what its kind
+//!    needs (vCPU, disk, net, rng, console input, control, signals), with
+//!    a second filter of its own ([`threads`]).
 //!
 //! The kernel is read again at every guest reset: from the descriptor its
 //! path names (`/proc/self/fd/N`, see `vm::boot::open_regular`), as
@@ -29,7 +32,49 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+mod threads;
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// Allows `calls` whatever their arguments.
+fn allow(rules: &mut Rules, calls: &[libc::c_long]) {
+    for &nr in calls {
+        rules.insert(nr, Vec::new());
+    }
+}
+
+/// Allows `nr` when all of `args` (argument index, value; compared as the
+/// kernel's 32-bit int, which is what ioctl requests, fcntl commands and
+/// signal numbers are) hold; another call of `allow_if` for the same `nr`
+/// adds an alternative.
+fn allow_if(rules: &mut Rules, nr: libc::c_long, args: &[(u8, u64)]) -> Result<(), String> {
+    let conditions = args
+        .iter()
+        .map(|&(i, v)| SeccompCondition::new(i, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(SeccompRule::new)
+        .map_err(|e| format!("seccomp rule for call {nr}: {e}"))?;
+    rules.entry(nr).or_default().push(conditions);
+    Ok(())
+}
+
+/// Allows `nr` when argument `arg` is one of `values`.
+fn allow_arg_in(
+    rules: &mut Rules,
+    nr: libc::c_long,
+    arg: u8,
+    values: &[u64],
+) -> Result<(), String> {
+    for &v in values {
+        allow_if(rules, nr, &[(arg, v)])?;
+    }
+    Ok(())
+}
 
 /// What a system call outside the allowlist does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +160,7 @@ pub fn lock_down(who: Identity, on_violation: OnViolation) -> Result<(), String>
     }
     // Built before anything is taken away (it allocates).
     let filter = filter(on_violation)?;
+    let each = threads::filters(on_violation)?;
     // glibc's malloc reads /sys/devices/system/cpu/online the first time
     // a thread needs an arena beyond the first few, to bound how many it
     // makes (8 per CPU): a device thread started later would be killed
@@ -139,7 +185,9 @@ pub fn lock_down(who: Identity, on_violation: OnViolation) -> Result<(), String>
     landlock()?;
     // seccompiler sets no_new_privs (landlock did already); TSYNC carries
     // the filter to every thread there may be.
-    seccompiler::apply_filter_all_threads(&filter).map_err(|e| format!("seccomp: {e}"))
+    seccompiler::apply_filter_all_threads(&filter).map_err(|e| format!("seccomp: {e}"))?;
+    // Then each thread the VM starts narrows itself to its kind's.
+    threads::confine_each(each)
 }
 
 /// A landlock domain that allows no file system access, no TCP bind or
@@ -305,16 +353,38 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_getrandom,
 ];
 
-fn filter(on_violation: OnViolation) -> Result<BpfProgram, String> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
-    let mismatch = match on_violation {
+/// What a call the filter does not allow does.
+fn mismatch(on_violation: OnViolation) -> SeccompAction {
+    match on_violation {
         OnViolation::Kill => SeccompAction::KillProcess,
         OnViolation::Log => SeccompAction::Log,
-    };
-    SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .and_then(TryInto::<BpfProgram>::try_into)
-        .map_err(|e| format!("seccomp filter: {e}"))
+    }
+}
+
+fn compile(rules: Rules, on_violation: OnViolation) -> Result<BpfProgram, String> {
+    SeccompFilter::new(
+        rules,
+        mismatch(on_violation),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .and_then(TryInto::<BpfProgram>::try_into)
+    .map_err(|e| format!("seccomp filter: {e}"))
+}
+
+/// The process-wide filter: the ceiling of every thread, those nobody
+/// thought of included.
+fn filter(on_violation: OnViolation) -> Result<BpfProgram, String> {
+    let mut rules = Rules::new();
+    allow(&mut rules, ALLOWED);
+    // A thread narrows itself (see `threads`): a new filter, no flags
+    // (no TSYNC, no listener), which can only take away.
+    allow_if(
+        &mut rules,
+        libc::SYS_seccomp,
+        &[(0, libc::SECCOMP_SET_MODE_FILTER.into()), (1, 0)],
+    )?;
+    compile(rules, on_violation)
 }
 
 #[cfg(test)]
@@ -339,5 +409,7 @@ mod tests {
     fn the_filter_compiles() {
         assert!(!filter(OnViolation::Kill).unwrap().is_empty());
         assert!(!filter(OnViolation::Log).unwrap().is_empty());
+        let each = threads::filters(OnViolation::Kill).unwrap();
+        assert_eq!(each.len(), threads::KINDS.len());
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use vm::boot::{BootConfig, BootProtocol};
 use vm::cpuid::{self, CpuIdentity, CpuidConfig};
 
+use vm::threads::ThreadKind;
 use vm::{Vm, VmConfig, VmExit, VmHandle};
 
 /// How the VM ended, as the process exit status.
@@ -187,8 +188,9 @@ struct Args {
     user_files: Vec<UserFile>,
     /// Confine the VM process (see vmm(8)): its own mount, IPC, UTS and
     /// network namespaces from the start; once the VM is built, an empty
-    /// root, this uid and gid (not 0), no capabilities, no_new_privs and a
-    /// seccomp allowlist on every thread. Taps must come as descriptors.
+    /// root, this uid and gid (not 0), no capabilities, no_new_privs, a
+    /// seccomp allowlist on every thread and a narrower one per thread
+    /// kind (vCPU, device, control...). Taps must come as descriptors.
     #[arg(long, value_name = "UID:GID", value_parser = confine::parse_identity)]
     confine: Option<confine::Identity>,
     /// What a system call outside the confined process's allowlist does:
@@ -586,10 +588,10 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     let handle = vm.handle();
     if let Some(input) = console.input {
         let h = handle.clone();
-        std::thread::Builder::new()
-            .name("console-in".into())
-            .spawn(move || serial_out::pump_input(input, |b| h.serial_input(b)))
-            .map_err(|e| e.to_string())?;
+        vm::threads::spawn(ThreadKind::ConsoleIn, "console-in", move || {
+            serial_out::pump_input(input, |b| h.serial_input(b))
+        })
+        .map_err(|e| e.to_string())?;
     }
     let mut channel = None;
     if let Some((ch, input)) = control {
@@ -598,18 +600,18 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         let h = handle.clone();
         let c = ch.clone();
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || control::serve(c, input, h, listener))
-            .map_err(|e| e.to_string())?;
+        vm::threads::spawn(ThreadKind::Control, "control", move || {
+            control::serve(c, input, h, listener)
+        })
+        .map_err(|e| e.to_string())?;
         channel = Some(ch);
     }
     let h = handle.clone();
     let grace = Duration::from_secs(args.grace);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || stop_on_signals(sigs, h, grace))
-        .map_err(|e| e.to_string())?;
+    vm::threads::spawn(ThreadKind::Signals, "signals", move || {
+        stop_on_signals(sigs, h, grace)
+    })
+    .map_err(|e| e.to_string())?;
 
     let exit = vm.run().map_err(|e| e.to_string())?;
     if let Some(ch) = &channel {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use vm::guestrpc::host::CommandStatus;
 use vm::guestrpc::tclo::TcloCommand;
+use vm::threads::ThreadKind;
 use vm::VmHandle;
 
 /// How long the guest tools get to take a request (fetch it from their
@@ -49,8 +50,8 @@ fn wait_ack(h: &VmHandle, id: u64, take: Duration) -> bool {
 /// powered off.
 pub fn graceful_stop(h: &VmHandle, grace: Duration) {
     let id = tools_command(h, TcloCommand::OsHalt);
-    let h = h.clone();
-    std::thread::spawn(move || {
+    let (h, h2) = (h.clone(), h.clone());
+    let stopper = vm::threads::spawn(ThreadKind::Control, "graceful-stop", move || {
         match id {
             Some(id) if wait_ack(&h, id, TOOLS_TAKE_TIMEOUT) => {
                 log::info!("guest tools acknowledged the halt; waiting up to {grace:?}");
@@ -71,6 +72,11 @@ pub fn graceful_stop(h: &VmHandle, grace: Duration) {
         log::warn!("guest did not power off within {grace:?}: powering off");
         h.power_off();
     });
+    // Nothing would bound the stop: power off now.
+    if let Err(e) = stopper {
+        log::error!("the graceful stop's thread: {e}: powering off");
+        h2.power_off();
+    }
 }
 
 /// Pauses the VM; the guest's tools are told first (`OS_Suspend`, 3 s to

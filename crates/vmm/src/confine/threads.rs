@@ -1,0 +1,285 @@
+//! A seccomp filter per thread kind, below the process-wide one.
+//!
+//! Every thread the VM starts (see `vm::threads`) installs its kind's
+//! filter on itself first thing, before it reads anything a guest wrote.
+//! Filters stack: a call must pass the process-wide filter and the
+//! thread's, so a thread's list is what the thread needs, not a way past
+//! the ceiling (the lists below repeat calls the ceiling allows, and
+//! allowing there what the ceiling forbids would grant nothing). Threads
+//! are started by a spawner thread that keeps only the process-wide
+//! filter, so that no thread inherits another kind's; the main thread (it
+//! builds the VM and resets it, with the whole VM-setup ioctl set) keeps
+//! only the process-wide filter too.
+//!
+//! Found by strace -f of the test guests (boot, SMP, reset, disks raw and
+//! qcow2, network, guest tools, pause, stop) and by reading what each
+//! thread runs; see vmm(8) for the summary.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::OnceLock;
+
+use kvm_bindings::{
+    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO,
+};
+use seccompiler::BpfProgram;
+use vm::threads::ThreadKind;
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+use super::{allow, allow_arg_in, compile, OnViolation, Rules};
+
+// The KVM requests threads other than the main one make, numbered as in
+// kvm-ioctls.
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+
+/// Every kind, each with a filter.
+pub const KINDS: &[ThreadKind] = &[
+    ThreadKind::Vcpu,
+    ThreadKind::Disk,
+    ThreadKind::Net,
+    ThreadKind::Rng,
+    ThreadKind::ConsoleIn,
+    ThreadKind::Control,
+    ThreadKind::Signals,
+];
+
+/// What every thread does whatever its kind: memory, locks, sleeping,
+/// logging (stderr), ending (itself, or the process: a panic aborts),
+/// and the runtime's bits (the random keys of hash maps, the signal
+/// stack it takes down at exit).
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_write,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// A kind's rules.
+fn rules(kind: ThreadKind) -> Result<Rules, String> {
+    let mut r = Rules::new();
+    allow(&mut r, COMMON);
+    // What a debug build's std asks of every descriptor it closes (is it
+    // open?); the flags say nothing worth hiding.
+    let getfd = libc::F_GETFD as u64;
+    let abort = libc::SIGABRT as u64;
+    let kick = vm::vcpu::kick_signal() as u64;
+    let dup = libc::F_DUPFD_CLOEXEC as u64;
+    // Raising an interrupt: the INTx line (ioctl) or an MSI's irqfd (a
+    // write, in COMMON).
+    let irq_line = [KVM_IRQ_LINE()];
+    match kind {
+        // KVM_RUN, the device models its exits reach, and what a driver
+        // setting its device up makes them do: registers for the
+        // backdoor and crash reports, interrupt lines, MSI routes and
+        // irqfds, queue notifiers (ioeventfds) where BARs move, the tap's
+        // offloads, the eventfds of a device's queues (made, cloned,
+        // drained, closed). Kicks reach the other vCPUs (a stop).
+        ThreadKind::Vcpu => {
+            let ioctls = [
+                KVM_RUN(),
+                KVM_GET_REGS(),
+                KVM_SET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_IRQ_LINE(),
+                KVM_IRQFD(),
+                KVM_IOEVENTFD(),
+                KVM_SET_GSI_ROUTING(),
+                libc::TUNSETOFFLOAD,
+            ];
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &ioctls.map(u64::from))?;
+            allow(
+                &mut r,
+                &[libc::SYS_read, libc::SYS_eventfd2, libc::SYS_close],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[dup, getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+        }
+        // A disk's queue: its image (raw or qcow2, with base images),
+        // its eventfds, its interrupt.
+        ThreadKind::Disk => {
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_readv,
+                    libc::SYS_writev,
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_preadv,
+                    libc::SYS_pwritev,
+                    libc::SYS_preadv2,
+                    libc::SYS_pwritev2,
+                    libc::SYS_lseek,
+                    libc::SYS_fsync,
+                    libc::SYS_fdatasync,
+                    libc::SYS_fallocate,
+                    libc::SYS_ftruncate,
+                    libc::SYS_fstat,
+                    libc::SYS_newfstatat,
+                    libc::SYS_statx,
+                    libc::SYS_close,
+                    libc::SYS_epoll_create1,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                ],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+        }
+        // An interface: its tap, its eventfds, its interrupt.
+        ThreadKind::Net => {
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_readv,
+                    libc::SYS_writev,
+                    libc::SYS_close,
+                    libc::SYS_epoll_create1,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                ],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+        }
+        // Entropy (getrandom, in COMMON), its eventfds, its interrupt.
+        ThreadKind::Rng => {
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_close,
+                    libc::SYS_epoll_create1,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                ],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+        }
+        // Reads the console (a pty, stdin), raises the serial interrupt.
+        ThreadKind::ConsoleIn => {
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_poll,
+                    libc::SYS_ppoll,
+                    libc::SYS_close,
+                ],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+        }
+        // vmd's requests on the control socket, and what they do to the
+        // VM: pause, resume, stop (kicks, the ACPI power button), guest
+        // tools' messages. It starts its guest watcher itself (std's
+        // spawn: clone3, whose flags a filter cannot see, then clone). A
+        // vmd that comes back is taken on a listening socket, its
+        // credentials checked and its stderr received.
+        ThreadKind::Control => {
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_close,
+                    libc::SYS_poll,
+                    libc::SYS_ppoll,
+                    libc::SYS_recvmsg,
+                    libc::SYS_sendmsg,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_shutdown,
+                    libc::SYS_accept4,
+                    libc::SYS_getsockopt,
+                    libc::SYS_dup3,
+                    libc::SYS_clone,
+                    libc::SYS_clone3,
+                    libc::SYS_set_robust_list,
+                    libc::SYS_rseq,
+                    libc::SYS_prctl,
+                ],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[dup, getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+        }
+        // Takes the stop signals; a stop asks the guest (its tools, the
+        // ACPI power button) or powers the VM off (kicks).
+        ThreadKind::Signals => {
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
+            allow(&mut r, &[libc::SYS_rt_sigtimedwait]);
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+        }
+    }
+    Ok(r)
+}
+
+/// Each kind's filter, compiled.
+pub fn filters(on_violation: OnViolation) -> Result<HashMap<ThreadKind, BpfProgram>, String> {
+    KINDS
+        .iter()
+        .map(|&k| Ok((k, compile(rules(k)?, on_violation)?)))
+        .collect()
+}
+
+static FILTERS: OnceLock<HashMap<ThreadKind, BpfProgram>> = OnceLock::new();
+
+/// From now on each thread the VM starts installs its kind's filter
+/// (from `filters`) on itself first.
+pub fn confine_each(filters: HashMap<ThreadKind, BpfProgram>) -> Result<(), String> {
+    FILTERS
+        .set(filters)
+        .map_err(|_| "thread filters set twice".to_owned())?;
+    vm::threads::confine_each(on_thread_start).map_err(|e| format!("the spawner thread: {e}"))
+}
+
+/// The hook: a thread that cannot confine itself must not run, nor let
+/// the VM run on without it.
+fn on_thread_start(kind: ThreadKind) {
+    let Some(filter) = FILTERS.get().and_then(|f| f.get(&kind)) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "vmm: no seccomp filter for {kind:?} threads"
+        );
+        std::process::abort();
+    };
+    if let Err(e) = seccompiler::apply_filter(filter) {
+        let _ = writeln!(std::io::stderr(), "vmm: seccomp for a {kind:?} thread: {e}");
+        std::process::abort();
+    }
+}
