@@ -717,9 +717,16 @@ impl Daemon {
                 .unwrap_or(0);
             g.next_id = g.next_id.max(top);
         }
+        // Each re-attached VM's state, asked of all at once: a process that
+        // does not answer (stopped, say) holds up no other.
+        let mut asks = tokio::task::JoinSet::new();
         for rec in records {
             match self.adopt_one(&rec).await {
-                Ok(()) => {}
+                Ok(Some(proc)) => {
+                    let d = self.clone();
+                    asks.spawn(async move { d.ask_state(rec.id, &rec.name, proc).await });
+                }
+                Ok(None) => {}
                 Err(Adopt::Gone(why)) => {
                     tracing::info!(vm = %rec.name, pid = rec.pid, "not re-attached: {why}");
                     self.state.remove(rec.id);
@@ -731,9 +738,37 @@ impl Daemon {
                 }
             }
         }
+        while asks.join_next().await.is_some() {}
     }
 
-    async fn adopt_one(self: &Arc<Self>, rec: &Record) -> Result<(), Adopt> {
+    /// Asks re-attached VM `id`'s process for its run state and what its
+    /// guest reported, which the record does not keep.
+    async fn ask_state(&self, id: u32, name: &str, proc: Arc<VmProc>) {
+        match proc.request_within(&Request::Status, ATTACH_ANSWER).await {
+            Ok(api::vmproc::Reply::Status { state, guest }) => {
+                let mut g = self.lock();
+                let vm = g
+                    .vms
+                    .get_mut(&id)
+                    .filter(|v| v.proc.as_ref().is_some_and(|p| Arc::ptr_eq(p, &proc)));
+                if let Some(vm) = vm {
+                    vm.state = match state {
+                        api::vmproc::RunState::Running => VmState::Running,
+                        api::vmproc::RunState::Paused => VmState::Paused,
+                        api::vmproc::RunState::Stopping => VmState::Stopping,
+                    };
+                    vm.guest = guest;
+                    vm.bump();
+                }
+            }
+            Ok(other) => tracing::warn!(vm = %name, "state after re-attaching: {other:?}"),
+            Err(e) => tracing::warn!(vm = %name, "state after re-attaching: {e}"),
+        }
+    }
+
+    /// Re-attaches to the VM `rec` describes: its process, unless it
+    /// exited meanwhile (None).
+    async fn adopt_one(self: &Arc<Self>, rec: &Record) -> Result<Option<Arc<VmProc>>, Adopt> {
         let pid = rec.pid;
         let same = || persist::start_time(pid) == Some(rec.start_time);
         match persist::start_time(pid) {
@@ -773,34 +808,18 @@ impl Daemon {
         {
             let mut g = self.lock();
             let Some(vm) = g.vms.get_mut(&rec.id) else {
-                return Ok(());
+                return Ok(None);
             };
             // Its exit may have been seen already (`exited` made it idle).
             if vm.state != VmState::Starting {
-                return Ok(());
+                return Ok(None);
             }
             vm.state = VmState::Running;
             vm.proc = Some(proc.clone());
             vm.bump();
         }
         tracing::info!(vm = %rec.name, pid, "re-attached");
-        match proc.request_within(&Request::Status, ATTACH_ANSWER).await {
-            Ok(api::vmproc::Reply::Status { state, guest }) => {
-                let mut g = self.lock();
-                if let Some(vm) = g.vms.get_mut(&rec.id).filter(|v| v.running()) {
-                    vm.state = match state {
-                        api::vmproc::RunState::Running => VmState::Running,
-                        api::vmproc::RunState::Paused => VmState::Paused,
-                        api::vmproc::RunState::Stopping => VmState::Stopping,
-                    };
-                    vm.guest = guest;
-                    vm.bump();
-                }
-            }
-            Ok(other) => tracing::warn!(vm = %rec.name, "status after re-attaching: {other:?}"),
-            Err(e) => tracing::warn!(vm = %rec.name, "status after re-attaching: {e}"),
-        }
-        Ok(())
+        Ok(Some(proc))
     }
 
     /// Puts the VM `rec` describes at its recorded id, starting (see

@@ -30,6 +30,17 @@ fn record(dir: &Path, id: u32) -> PathBuf {
     state_dir(dir).join(format!("vm-{id}.json"))
 }
 
+/// Process `pid`'s process group, from /proc.
+fn pgrp(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
 fn by_name<'a>(vms: &'a [VmStatus], name: &str) -> &'a VmStatus {
     vms.iter()
         .find(|v| v.name == name)
@@ -57,6 +68,12 @@ fn vms_outlive_a_killed_vmd() {
     // see it come back while vmd is gone.
     d.vmctl_ok(&["guestinfo", "a", "ip", "overwritten"]);
     let log1 = d.log();
+    // Signals for vmd's process group (a terminal's ^C, a hangup) do not
+    // reach the VMs.
+    let vmd_pgrp = pgrp(d.pid());
+    assert!(vmd_pgrp.is_some());
+    assert_ne!(pgrp(pa), vmd_pgrp);
+    assert_ne!(pgrp(pb), vmd_pgrp);
 
     let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
     assert!(
