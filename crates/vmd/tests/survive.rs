@@ -99,6 +99,14 @@ fn vms_outlive_a_killed_vmd() {
         assert_eq!(now.hostname.as_deref(), Some(name));
     }
     assert!(d.log().contains("re-attached"), "{}", d.log());
+    // What the VM processes logged while detached reaches the new log.
+    assert!(
+        poll(Duration::from_secs(5), || d
+            .log()
+            .contains("the VM runs on, waiting for vmd")),
+        "{}",
+        d.log()
+    );
     // The guest ran on: it has set its address again.
     let ip = d.vmctl_ok(&["guestinfo", "a", "ip"]).stdout;
     assert_eq!(ip.trim(), "10.0.0.5");

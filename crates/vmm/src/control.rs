@@ -7,11 +7,13 @@
 //!
 //! When vmd goes away (EOF: it exited, was killed, is being upgraded), a
 //! VM process started with `--reattach` runs on, detached: what it would
-//! tell vmd meanwhile is dropped, and it waits on the socket vmd gave it
-//! for the next vmd (root only), which hands it a new stderr and becomes
-//! its channel. Without `--reattach`, nobody supervises the VM any more:
+//! tell vmd meanwhile is dropped (its last log lines are kept, and go to
+//! the next vmd's log first), and it waits on the socket vmd gave it for
+//! the next vmd (root only), which hands it a new stderr and becomes its
+//! channel. Without `--reattach`, nobody supervises the VM any more:
 //! it is powered off.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -68,6 +70,44 @@ impl Channel {
 
     pub fn event(&self, e: Event) {
         self.send(&Reply::Event(e));
+    }
+}
+
+/// Log lines written while no vmd is attached (Some then), for the next.
+static KEPT: Mutex<Option<VecDeque<String>>> = Mutex::new(None);
+
+/// How many log lines are kept while detached: the last ones.
+const KEPT_LINES: usize = 64;
+
+/// Keeps log line `line` for the next vmd if none is attached: true if
+/// so, false if it is to be written now.
+pub fn keep_if_detached(line: &str) -> bool {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(q) = kept.as_mut() else {
+        return false;
+    };
+    if q.len() == KEPT_LINES {
+        q.pop_front();
+    }
+    q.push_back(line.to_owned());
+    true
+}
+
+/// From now on log lines are kept (see [`keep_if_detached`]).
+fn keep_log() {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    kept.get_or_insert_with(VecDeque::new);
+}
+
+/// Writes the lines kept while detached to stderr (vmd's new pipe), and
+/// writes lines there from now on.
+fn flush_kept_log() {
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(q) = kept.take() {
+        let mut err = std::io::stderr().lock();
+        for line in q {
+            let _ = writeln!(err, "{line}");
+        }
     }
 }
 
@@ -194,16 +234,19 @@ pub fn serve(ch: Channel, input: File, h: VmHandle, listener: Option<OwnedFd>) {
             return;
         };
         ch.detach();
+        keep_log();
         log::warn!("vmd closed the control channel: the VM runs on, waiting for vmd");
         input = match accept_vmd(listener) {
             Ok(f) => f,
             Err(e) => {
                 // Nothing can reach this VM any more: nobody could stop it.
+                flush_kept_log();
                 log::error!("the re-attach socket: {e}: powering off");
                 h.power_off();
                 return;
             }
         };
+        flush_kept_log();
         match input.try_clone() {
             Ok(out) => ch.attach(out),
             Err(e) => {
@@ -233,7 +276,7 @@ pub fn listen(sock: &OwnedFd) -> std::io::Result<()> {
 /// that send something else first, are closed. (The socket lies in vmd's
 /// 0700 state directory: only root reaches it anyway.)
 fn accept_vmd(listener: &OwnedFd) -> std::io::Result<File> {
-    use std::io::{Error, ErrorKind};
+    use std::io::Error;
     loop {
         // SAFETY: accept4 on our listening socket; no address wanted.
         let fd = unsafe {
@@ -277,10 +320,10 @@ fn accept_vmd(listener: &OwnedFd) -> std::io::Result<File> {
         // SAFETY: dup3 onto fd 2, which stays open throughout: a line
         // written meanwhile goes to the old pipe or the new one.
         if unsafe { libc::dup3(stderr.as_raw_fd(), 2, 0) } < 0 {
-            return Err(Error::new(
-                ErrorKind::Other,
-                format!("new stderr: {}", Error::last_os_error()),
-            ));
+            return Err(Error::other(format!(
+                "new stderr: {}",
+                Error::last_os_error()
+            )));
         }
         return Ok(File::from(conn));
     }

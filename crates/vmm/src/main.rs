@@ -373,11 +373,16 @@ fn parse_feature(s: &str) -> Result<cpuid::Feature, String> {
 /// Writes `vmm: MSG` to stderr, ignoring failure: under vmd, stderr is a
 /// pipe to it, and once vmd is gone (killed, restarting) a write fails
 /// with EPIPE (SIGPIPE is ignored, as Rust programs start), which must
-/// not end the VM as `eprintln!`'s panic would. The line is lost; vmd
-/// hands a new stderr over when it re-attaches.
+/// not end the VM as `eprintln!`'s panic would. While the VM process
+/// knows it is detached, the last lines are kept instead, for the next
+/// vmd (see `control::keep_if_detached`).
 fn say(msg: std::fmt::Arguments) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "vmm: {msg}");
+    let line = format!("vmm: {msg}");
+    if control::keep_if_detached(&line) {
+        return;
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 struct StderrLog(log::LevelFilter);
