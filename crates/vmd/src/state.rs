@@ -738,7 +738,12 @@ impl Daemon {
                 }
             }
         }
-        while asks.join_next().await.is_some() {}
+        // Answers come in milliseconds; one that does not (a stopped
+        // process) is waited for in the background, not before serving.
+        let all = async { while asks.join_next().await.is_some() {} };
+        if tokio::time::timeout(ASK_WAIT, all).await.is_err() {
+            tokio::spawn(async move { while asks.join_next().await.is_some() {} });
+        }
     }
 
     /// Asks re-attached VM `id`'s process for its run state and what its
@@ -793,7 +798,7 @@ impl Daemon {
         self.place(rec);
         let sink: Arc<dyn Sink> = self.clone();
         let sock = self.state.socket_path(rec.id);
-        let proc = match vmproc::attach(&sock, pid, pidfd, rec.id, &rec.name, sink) {
+        let proc = match vmproc::attach(&sock, pid, pidfd, rec.id, &rec.name, sink).await {
             Ok(p) => p,
             Err(why) => {
                 let mut g = self.lock();
@@ -1087,6 +1092,9 @@ enum Adopt {
     /// It is there but could not be reached: the record stays.
     Failed(String),
 }
+
+/// How long vmd's start waits for the re-attached VMs' states.
+const ASK_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a re-attached VM process gets to answer its first status.
 const ATTACH_ANSWER: Duration = Duration::from_secs(5);

@@ -59,6 +59,9 @@ pub const EXITED: &str = "the VM process exited";
 /// is stopped, traced, or stuck in the kernel).
 pub const NO_ANSWER: &str = "the VM process did not answer";
 
+/// How long connecting to a VM process's re-attach socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a VM process gets to answer a request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -290,7 +293,7 @@ impl Process {
 /// process listening there is `pid` (SO_PEERCRED), hands it a new stderr
 /// (a pipe to our log) and watches its exit through `pidfd`, opened by
 /// the caller, which has checked that it names the process it recorded.
-pub fn attach(
+pub async fn attach(
     sock: &Path,
     pid: u32,
     pidfd: OwnedFd,
@@ -298,7 +301,13 @@ pub fn attach(
     name: &str,
     sink: Arc<dyn Sink>,
 ) -> Result<Arc<VmProc>, String> {
-    let stream = std::os::unix::net::UnixStream::connect(sock)
+    // Not a blocking connect: one whose backlog is full (a VM process that
+    // is stopped, and earlier vmds' connections still queued) would hang
+    // vmd's start; this one fails at once then.
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(sock))
+        .await
+        .map_err(|_| format!("{}: connecting timed out", sock.display()))?
+        .and_then(UnixStream::into_std)
         .map_err(|e| format!("{}: {e}", sock.display()))?;
     let peer = crate::persist::peer_pid(&stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     if peer != pid {

@@ -359,3 +359,48 @@ fn the_network_of_a_vm_outlives_vmd() {
         d.log()
     );
 }
+
+/// A VM process that is stopped (SIGSTOP) when vmd comes back holds up
+/// neither vmd's start nor the other VMs: it is listed at once, and
+/// answers once it runs again.
+#[test]
+fn a_stopped_vm_process_does_not_hold_up_the_next_vmd() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let conf = format!(
+        "{}{}",
+        tools_vm("s", "10.0.0.11"),
+        tools_vm("t", "10.0.0.12")
+    );
+    let d = TestDaemon::start(&conf);
+    let s = d.wait_tools("s");
+    d.wait_tools("t");
+    let ps = s.pid.unwrap();
+    send_signal(ps, libc::SIGSTOP);
+    let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    let started = std::time::Instant::now();
+    let d = TestDaemon::start_in(dir);
+    d.remember_vmms(&pids);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "vmd took {:?} to come up",
+        started.elapsed()
+    );
+    let vms = d.status();
+    assert_eq!(by_name(&vms, "s").pid, Some(ps));
+    let t = d.wait_tools("t");
+    assert_eq!(t.state, VmState::Running);
+    d.vmctl_ok(&["guestinfo", "t", "k", "v"]);
+    send_signal(ps, libc::SIGCONT);
+    assert!(
+        poll(Duration::from_secs(10), || d
+            .vmctl(&["guestinfo", "s", "k", "v"])
+            .ok()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.vmctl_ok(&["guestinfo", "s", "k"]).stdout.trim(), "v");
+    d.vmctl_ok(&["stop", "-f", "-w", "s"]);
+    assert!(poll(Duration::from_secs(5), || !alive(ps)));
+}
