@@ -51,6 +51,10 @@ pub struct Record {
 #[derive(Clone, Debug)]
 pub struct StateDir {
     pub dir: PathBuf,
+    /// `lock` in it, flock(2)ed for as long as this vmd runs: two vmds on
+    /// one state directory would take each other's VMs. (Close-on-exec:
+    /// VM processes do not hold it, or no vmd could start while they run.)
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 /// The state directory that goes with control socket `socket` when none
@@ -69,7 +73,7 @@ impl StateDir {
     /// Creates the directory (0700, root's) if missing; refuses one that
     /// is not a directory or that others may write into.
     pub fn open(dir: PathBuf) -> Result<StateDir, String> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
         let shown = dir.display().to_string();
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
@@ -87,7 +91,28 @@ impl StateDir {
                 "state directory {shown}: must be ours and writable by nobody else"
             ));
         }
-        Ok(StateDir { dir })
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("lock"))
+            .map_err(|e| format!("state directory {shown}: lock: {e}"))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => {
+                    format!("state directory {shown}: another vmd uses it")
+                }
+                _ => format!("state directory {shown}: lock: {e}"),
+            });
+        }
+        Ok(StateDir {
+            dir,
+            _lock: std::sync::Arc::new(lock),
+        })
     }
 
     fn record_path(&self, id: u32) -> PathBuf {

@@ -404,3 +404,22 @@ fn a_stopped_vm_process_does_not_hold_up_the_next_vmd() {
     d.vmctl_ok(&["stop", "-f", "-w", "s"]);
     assert!(poll(Duration::from_secs(5), || !alive(ps)));
 }
+
+/// Two vmds never share a state directory (each would take the other's
+/// VMs): the second one, on a socket of its own, refuses to start.
+#[test]
+fn one_vmd_per_state_directory() {
+    let d = TestDaemon::start("");
+    let other = d.dir.join("other.sock");
+    let mut c = std::process::Command::new(vmd_bin());
+    c.arg("-d")
+        .arg("-f")
+        .arg(&d.conf)
+        .arg("-s")
+        .arg(&other)
+        .arg("--state-dir")
+        .arg(state_dir(&d.dir));
+    let o = run_bounded(c, Duration::from_secs(10));
+    assert_eq!(o.code, Some(1), "{o:?}");
+    assert!(o.stderr.contains("another vmd uses it"), "{o:?}");
+}
