@@ -153,6 +153,35 @@ impl MemFiles {
     pub fn insert(&mut self, path: impl AsRef<Path>, text: impl Into<String>) {
         self.files.insert(normalize(path.as_ref()), text.into());
     }
+
+    /// Goes down `path` as the kernel does: every component followed by
+    /// another, `..` included, must be a directory (one that holds a
+    /// file). `d/../f` with no `d` is "No such file or directory" on disk,
+    /// and `f/../f` "Not a directory", although `normalize` makes both `f`
+    /// (found by the vmconf_parse fuzz target).
+    fn walk(&self, path: &Path) -> io::Result<()> {
+        let mut at = PathBuf::new();
+        let mut parts = path.components().peekable();
+        while let Some(c) = parts.next() {
+            at = normalize(&at.join(c.as_os_str()));
+            if parts.peek().is_none() || !matches!(c, Component::Normal(_)) {
+                continue;
+            }
+            if self.files.contains_key(&at) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "Not a directory",
+                ));
+            }
+            if !self.files.keys().any(|k| k.starts_with(&at)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "No such file or directory",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl FileSource for MemFiles {
@@ -161,6 +190,7 @@ impl FileSource for MemFiles {
     /// directory" when it names a file (`normalize` alone would drop the ending and
     /// find the file, so a test would pass where the real `include` fails).
     fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        self.walk(path)?;
         let text =
             self.files.get(&normalize(path)).cloned().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "No such file or directory")
@@ -226,6 +256,20 @@ mod tests {
             let e = fs.read_to_string(Path::new(dir)).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::NotADirectory, "{dir}");
             assert_eq!(e.to_string(), "Not a directory");
+        }
+        // The kernel goes down a path: `..` goes back from a directory that
+        // must be there.
+        assert_eq!(
+            fs.read_to_string(Path::new("/etc/../etc/vm.conf")).unwrap(),
+            "x"
+        );
+        for (path, kind) in [
+            ("/etc/nodir/../vm.conf", io::ErrorKind::NotFound),
+            ("/etc/vm.conf/../vm.conf", io::ErrorKind::NotADirectory),
+            ("/etc/vm.conf/x", io::ErrorKind::NotADirectory),
+        ] {
+            let e = fs.read_to_string(Path::new(path)).unwrap_err();
+            assert_eq!(e.kind(), kind, "{path}");
         }
         let e = fs.read_to_string(Path::new("/etc/other")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
