@@ -41,6 +41,10 @@ pub enum ThreadKind {
     Control,
     /// Takes the stop signals (sigwait) and stops the guest.
     Signals,
+    /// The process's main thread: builds the VM, runs it (starts and
+    /// joins the vCPU threads) and resets it. Not started by [`spawn`]:
+    /// whoever confines the others confines it too.
+    Main,
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -7,9 +7,9 @@
 //! the ceiling (the lists below repeat calls the ceiling allows, and
 //! allowing there what the ceiling forbids would grant nothing). Threads
 //! are started by a spawner thread that keeps only the process-wide
-//! filter, so that no thread inherits another kind's; the main thread (it
-//! builds the VM and resets it, with the whole VM-setup ioctl set) keeps
-//! only the process-wide filter too.
+//! filter, so that no thread inherits another kind's; the main thread
+//! (it runs and resets the VM) installs its own once the spawner is
+//! there.
 //!
 //! Found by strace -f of the test guests (boot, SMP, reset, disks raw and
 //! qcow2, network, guest tools, pause, stop) and by reading what each
@@ -20,7 +20,8 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO,
+    kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd,
+    kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, KVMIO,
 };
 use seccompiler::BpfProgram;
 use vm::threads::ThreadKind;
@@ -38,6 +39,15 @@ ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+// And those of a guest reset, on the main thread.
+// _IOR, as the kernel has it (a historical slip kept for the ABI).
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
+ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
 
 /// Every kind, each with a filter.
 pub const KINDS: &[ThreadKind] = &[
@@ -48,6 +58,7 @@ pub const KINDS: &[ThreadKind] = &[
     ThreadKind::ConsoleIn,
     ThreadKind::Control,
     ThreadKind::Signals,
+    ThreadKind::Main,
 ];
 
 /// What every thread does whatever its kind: memory, locks, sleeping,
@@ -245,6 +256,49 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
             allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
         }
+        // Once the VM is built: starting and joining the vCPU threads
+        // (a stop kicks them), and the guest resets: interrupt
+        // controllers, devices back to power-on (their threads joined,
+        // ioeventfds, MSI routes, offloads, interrupt lines), the kernel
+        // and initial ramdisk read again from their descriptors, the
+        // vCPUs' power-on state; then the last word to vmd.
+        ThreadKind::Main => {
+            let ioctls = [
+                KVM_SET_IRQCHIP(),
+                KVM_SET_PIT2(),
+                KVM_GET_REGS(),
+                KVM_SET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_SET_SREGS(),
+                KVM_SET_FPU(),
+                KVM_SET_MSRS(),
+                KVM_SET_LAPIC(),
+                KVM_SET_MP_STATE(),
+                KVM_IRQ_LINE(),
+                KVM_IRQFD(),
+                KVM_IOEVENTFD(),
+                KVM_SET_GSI_ROUTING(),
+                libc::TUNSETOFFLOAD,
+            ];
+            allow_arg_in(&mut r, libc::SYS_ioctl, 1, &ioctls.map(u64::from))?;
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_pread64,
+                    libc::SYS_readv,
+                    libc::SYS_preadv,
+                    libc::SYS_lseek,
+                    libc::SYS_fstat,
+                    libc::SYS_newfstatat,
+                    libc::SYS_statx,
+                    libc::SYS_eventfd2,
+                    libc::SYS_close,
+                ],
+            );
+            allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[dup, getfd])?;
+            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+        }
     }
     Ok(r)
 }
@@ -260,12 +314,18 @@ pub fn filters(on_violation: OnViolation) -> Result<HashMap<ThreadKind, BpfProgr
 static FILTERS: OnceLock<HashMap<ThreadKind, BpfProgram>> = OnceLock::new();
 
 /// From now on each thread the VM starts installs its kind's filter
-/// (from `filters`) on itself first.
+/// (from `filters`) on itself first; the caller, the main thread, installs
+/// its own now.
 pub fn confine_each(filters: HashMap<ThreadKind, BpfProgram>) -> Result<(), String> {
     FILTERS
         .set(filters)
         .map_err(|_| "thread filters set twice".to_owned())?;
-    vm::threads::confine_each(on_thread_start).map_err(|e| format!("the spawner thread: {e}"))
+    vm::threads::confine_each(on_thread_start).map_err(|e| format!("the spawner thread: {e}"))?;
+    // The spawner has the process's filter alone; the caller, the main
+    // thread, narrows itself now (it starts no thread itself any more).
+    let main = FILTERS.get().and_then(|f| f.get(&ThreadKind::Main));
+    let main = main.ok_or("no filter for the main thread")?;
+    seccompiler::apply_filter(main).map_err(|e| format!("seccomp for the main thread: {e}"))
 }
 
 /// The hook: a thread that cannot confine itself must not run, nor let
@@ -281,5 +341,63 @@ fn on_thread_start(kind: ThreadKind) {
     if let Err(e) = seccompiler::apply_filter(filter) {
         let _ = writeln!(std::io::stderr(), "vmm: seccomp for a {kind:?} thread: {e}");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_compiles() {
+        for on in [OnViolation::Kill, OnViolation::Log] {
+            let f = filters(on).unwrap();
+            assert_eq!(f.len(), KINDS.len());
+            assert!(f.values().all(|p| !p.is_empty()));
+        }
+    }
+
+    /// What no thread may do, and what only the control thread may
+    /// (start its guest watcher with std's spawn).
+    #[test]
+    fn the_lists_leave_out_what_they_should() {
+        for &k in KINDS {
+            let r = rules(k).unwrap();
+            for nr in [
+                libc::SYS_openat,
+                libc::SYS_execve,
+                libc::SYS_socket,
+                libc::SYS_connect,
+                libc::SYS_ptrace,
+                libc::SYS_mount,
+                libc::SYS_prctl,
+                libc::SYS_seccomp,
+                libc::SYS_rt_sigaction,
+            ] {
+                if k == ThreadKind::Control && nr == libc::SYS_prctl {
+                    continue;
+                }
+                assert!(!r.contains_key(&nr), "{k:?} allows call {nr}");
+            }
+            let spawns = r.contains_key(&libc::SYS_clone) || r.contains_key(&libc::SYS_clone3);
+            assert_eq!(spawns, k == ThreadKind::Control, "{k:?}");
+        }
+        // A vCPU does no disk I/O and has no sockets.
+        let v = rules(ThreadKind::Vcpu).unwrap();
+        for nr in [
+            libc::SYS_pwrite64,
+            libc::SYS_pwritev,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
+            libc::SYS_accept4,
+            libc::SYS_epoll_wait,
+        ] {
+            assert!(!v.contains_key(&nr), "vCPU allows call {nr}");
+        }
+        // ioctl only with conditions, everywhere.
+        for &k in KINDS {
+            let r = rules(k).unwrap();
+            assert!(!r[&libc::SYS_ioctl].is_empty(), "{k:?}");
+        }
     }
 }
