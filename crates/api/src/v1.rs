@@ -96,6 +96,29 @@ pub struct VmStatus {
     /// sees them.
     #[serde(default)]
     pub interfaces: Vec<InterfaceStatus>,
+    /// The guest's operating system (its full name) as its tools report it.
+    #[serde(default)]
+    #[schema(example = "Debian GNU/Linux 12 (bookworm)")]
+    pub os: Option<String>,
+    /// The guest's uptime in seconds: the last one its tools reported,
+    /// plus the time since.
+    #[serde(default)]
+    pub uptime_secs: Option<u64>,
+    /// The guest's NICs as its tools report them (NicInfo), each with its
+    /// addresses: what the guest sees, which may differ from `interfaces`.
+    #[serde(default)]
+    pub nics: Vec<GuestNic>,
+}
+
+/// A NIC of the guest, as the guest's tools report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestNic {
+    /// Its MAC address as the guest wrote it.
+    #[schema(example = "fe:e1:ba:d0:12:34")]
+    pub mac: String,
+    /// Its IPv4 and IPv6 addresses, each with its prefix length.
+    #[schema(example = json!(["100.64.1.3/31", "fe80::fce1:baff:fed0:1234/64"]))]
+    pub addresses: Vec<String>,
 }
 
 /// A network interface of a running VM.

@@ -51,6 +51,9 @@ pub struct Guest {
     pub addresses: Vec<String>,
     pub os_name: Option<String>,
     pub uptime_secs: Option<u64>,
+    /// Each NIC with its addresses (`addresses` has them all, flattened).
+    #[serde(default)]
+    pub nics: Vec<crate::v1::GuestNic>,
     /// Milliseconds since the tools last polled.
     pub last_poll_ago_ms: Option<u64>,
     /// The last power state change the tools reported ("halt", "resume", ...).

@@ -117,8 +117,10 @@ pub fn format_table(vms: &[VmStatus]) -> String {
 /// The disks, CD-ROM and network interfaces of each VM, one line each:
 /// `disk<N> <format> <path>` (format `-` while not known), `cdrom <path>`,
 /// and `if<N> <tap> <lladdr>` followed by `switch <name> <bridge>`,
-/// `local <host address/len> guest <address>` and `locked` as they apply.
-/// Paths and names are escaped ([`api::text::escape`]).
+/// `local <host address/len> guest <address>` and `locked` as they apply;
+/// then what the guest's tools report: `os <name>`, `uptime <time>` and
+/// `nic<N> <mac> <address/len>...`. Paths, names and whatever the guest
+/// said are escaped ([`api::text::escape`]).
 pub fn format_devices(vms: &[VmStatus]) -> String {
     let mut out = String::new();
     for v in vms {
@@ -143,8 +145,33 @@ pub fn format_devices(vms: &[VmStatus]) -> String {
             out.push_str(&line);
             out.push('\n');
         }
+        if let Some(os) = &v.os {
+            out.push_str(&format!("os {}\n", escape(os)));
+        }
+        if let Some(up) = v.uptime_secs {
+            out.push_str(&format!("uptime {}\n", fmt_uptime(up)));
+        }
+        for (i, n) in v.nics.iter().enumerate() {
+            let mut line = format!("nic{i} {}", escape(&n.mac));
+            for a in &n.addresses {
+                line.push(' ');
+                line.push_str(&escape(a));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
     }
     out
+}
+
+/// Seconds as uptime(1) shows them: `[D day[s], ]HH:MM:SS`.
+fn fmt_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match d {
+        0 => format!("{h:02}:{m:02}:{s:02}"),
+        1 => format!("1 day, {h:02}:{m:02}:{s:02}"),
+        d => format!("{d} days, {h:02}:{m:02}:{s:02}"),
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +238,34 @@ mod tests {
             disks: Vec::new(),
             cdrom: None,
             interfaces: Vec::new(),
+            os: None,
+            uptime_secs: None,
+            nics: Vec::new(),
         }
+    }
+
+    #[test]
+    fn what_the_guest_reports_follows_the_devices() {
+        let mut v = vm(1, "a", VmState::Running);
+        v.os = Some("Debian GNU/Linux 12 (bookworm)\x1b[2J".into());
+        v.uptime_secs = Some(86400 + 3600 + 61);
+        v.nics = vec![
+            api::v1::GuestNic {
+                mac: "fe:e1:ba:00:00:01".into(),
+                addresses: vec!["100.64.1.3/31".into(), "fe80::1/64".into()],
+            },
+            api::v1::GuestNic {
+                mac: "00:00:00:00:00:00".into(),
+                addresses: Vec::new(),
+            },
+        ];
+        assert_eq!(
+            format_devices(&[v.clone()]),
+            "os Debian GNU/Linux 12 (bookworm)\\x1b[2J\nuptime 1 day, 01:01:01\n\
+             nic0 fe:e1:ba:00:00:01 100.64.1.3/31 fe80::1/64\nnic1 00:00:00:00:00:00\n"
+        );
+        assert_eq!(fmt_uptime(59), "00:00:59");
+        assert_eq!(fmt_uptime(3 * 86400 + 7200), "3 days, 02:00:00");
     }
 
     #[test]

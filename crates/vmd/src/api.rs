@@ -1161,6 +1161,7 @@ async fn log_level(
         VmStatus,
         api::v1::DiskStatus,
         api::v1::InterfaceStatus,
+        api::v1::GuestNic,
         VmState,
         StartRequest,
         CpuRequest,

@@ -30,6 +30,8 @@ pub struct Vm {
     pub state: VmState,
     pub tty: Option<String>,
     pub guest: Guest,
+    /// When `guest` came: its uptime counts on from there.
+    guest_at: Option<std::time::Instant>,
     pub last_exit: Option<String>,
     /// How the running process says the VM ended, until it is reaped.
     exit_reason: Option<String>,
@@ -112,6 +114,7 @@ impl Vm {
             configured,
             tty: None,
             guest: Guest::default(),
+            guest_at: None,
             last_exit: None,
             exit_reason: None,
             proc: None,
@@ -174,6 +177,18 @@ impl Vm {
             cdrom: self.def.cdrom.as_ref().map(|c| c.display().to_string()),
             interfaces: if self.running() {
                 self.interfaces.clone()
+            } else {
+                Vec::new()
+            },
+            os: self.guest.os_name.clone().filter(|_| self.running()),
+            uptime_secs: self
+                .guest
+                .uptime_secs
+                .zip(self.guest_at)
+                .filter(|_| self.running())
+                .map(|(up, at)| up.saturating_add(at.elapsed().as_secs())),
+            nics: if self.running() {
+                self.guest.nics.clone()
             } else {
                 Vec::new()
             },
@@ -1176,6 +1191,7 @@ impl Sink for Daemon {
                 let mut g = self.lock();
                 if let Some(vm) = g.vms.get_mut(&id) {
                     vm.guest = guest;
+                    vm.guest_at = Some(std::time::Instant::now());
                     vm.bump();
                 }
             }

@@ -187,6 +187,18 @@ pub fn guest(s: &GuestState, now_ms: Option<u64>) -> Guest {
         hostname: s.hostname.clone(),
         ip: s.ipv4.map(|a| a.to_string()),
         addresses,
+        nics: s
+            .nics
+            .iter()
+            .map(|n| api::v1::GuestNic {
+                mac: n.mac.clone(),
+                addresses: n
+                    .addrs
+                    .iter()
+                    .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+                    .collect(),
+            })
+            .collect(),
         os_name: s.os_full_name.clone().or_else(|| s.os_name.clone()),
         uptime_secs: s.uptime.map(|u| u.secs()),
         last_poll_ago_ms: s.last_poll_ms.zip(now_ms).map(|(p, n)| n.saturating_sub(p)),
