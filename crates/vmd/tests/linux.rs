@@ -662,6 +662,24 @@ while [ $i -lt 120 ] && ! vmt status 2>/dev/null | grep -q '^ip '; do
 done
 vmt status 2>&1 | sed 's/^/VMD-TEST status /'
 echo 'VMD-TEST status done'
+# SIGHUP: a bad file changes nothing, a good one is taken.
+cp /etc/vmt.conf /tmp/vmt.conf
+echo 'clock_sync_perod 5' > /etc/vmt.conf
+/etc/init.d/vmt reload > /dev/null
+sleep 3
+cp /tmp/vmt.conf /etc/vmt.conf
+/etc/init.d/vmt reload > /dev/null
+sleep 3
+# One hour wrong; with periodic syncs off (vmt.conf) only a resume puts
+# it right.
+date -s \"@$(( $(date +%s) - 3600 ))\" > /dev/null
+echo \"VMD-TEST clock-set $(date +%s)\"
+i=0
+while [ $i -lt 300 ]; do
+    echo \"VMD-TEST clock $(date +%s)\"
+    i=$((i + 1))
+    sleep 1
+done
 sleep 600
 echo 'VMD-TEST still running'
 ";
@@ -673,6 +691,7 @@ echo 'VMD-TEST still running'
         .and_then(|i| i.copy("/etc/init.d/vmt", &init_script))
         .and_then(|i| i.file("/etc/inittab", inittab, 0o644))
         .and_then(|i| i.file("/etc/rc.test", test, 0o755))
+        .and_then(|i| i.file("/etc/vmt.conf", "clock_sync_period 0\n", 0o644))
         .expect("vmt in the image");
     // The image holds its own copy.
     let _ = std::fs::remove_dir_all(vmt.parent().unwrap());
@@ -739,6 +758,64 @@ echo 'VMD-TEST still running'
     }
     con.wait("VMD-TEST status done", STEP);
 
+    // What vmtoolsd sends besides the host name and IP, as the host shows
+    // it: the OS, the uptime, each NIC with its MAC and addresses.
+    let vm = d.wait_vm("lin", "the OS, uptime and NICs from vmt", STEP, |v| {
+        v.os.is_some() && v.uptime_secs.is_some() && !v.nics.is_empty()
+    });
+    assert!(
+        vm.os.as_deref().is_some_and(|o| o.contains("Linux")),
+        "{vm:#?}"
+    );
+    assert!(vm.uptime_secs.is_some_and(|u| u > 0), "{vm:#?}");
+    let lladdr = &vm.interfaces[0].lladdr;
+    assert!(
+        vm.nics.iter().any(|n| n.mac.eq_ignore_ascii_case(lladdr)
+            && n.addresses.iter().any(|a| a == "100.64.1.3/31")),
+        "no NIC {lladdr} with 100.64.1.3/31: {vm:#?}"
+    );
+    let o = d.vmctl_ok(&["status", "lin"]);
+    assert!(o.stdout.contains("\nos "), "{o:?}");
+    assert!(o.stdout.contains("\nuptime "), "{o:?}");
+    assert!(o.stdout.contains("100.64.1.3/31"), "{o:?}");
+
+    // The guest set its clock an hour back; `vmctl pause` and `unpause`
+    // make vmt log the resume and step the clock back to the host's.
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let guest_secs = |line: &str| -> i64 {
+        line.rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"))
+    };
+    let set = con.wait("VMD-TEST clock-set", STEP);
+    let off = unix_now() - guest_secs(&set);
+    assert!((3600 - 60..=3600 + 60).contains(&off), "{set}: {off} s off");
+    d.vmctl_ok(&["pause", "lin"]);
+    std::thread::sleep(Duration::from_secs(2));
+    d.vmctl_ok(&["unpause", "lin"]);
+    let corrected = Instant::now();
+    loop {
+        let line = con.wait("VMD-TEST clock ", STEP);
+        if (unix_now() - guest_secs(&line)).abs() <= 5 {
+            eprintln!(
+                "lin: clock right again {:?} after unpause",
+                corrected.elapsed()
+            );
+            break;
+        }
+        assert!(
+            corrected.elapsed() < Duration::from_secs(120),
+            "the guest clock is still wrong 120 s after unpause: {line}"
+        );
+    }
+
     // A graceful stop: OS_Halt to vmt, which reports the state change,
     // acknowledges, and signals busybox init.
     reported_then_halted_by_tools(&d, "vmt", "vmt-guest");
@@ -751,6 +828,13 @@ echo 'VMD-TEST still running'
     // syslog (busybox syslogd): LOG_DAEMON, tagged vmt[pid].
     at("daemon.info vmt[");
     at("]: started (pid ");
+    let bad = at("]: /etc/vmt.conf:1: unknown keyword 'clock_sync_perod'");
+    let kept = at("]: configuration not reloaded; keeping the running one");
+    let reloaded = at("]: configuration reloaded");
+    assert!(bad < kept && kept < reloaded, "{console}");
+    let resumed = at("]: resumed");
+    let stepped = at("]: clock (resume): stepped by +3");
+    assert!(resumed < stepped, "{console}");
     let halting = at("]: halting: SIGUSR2 to pid 1 (busybox init)");
     let stopped = at("vmt stopped");
     let poweroff = at("Requesting system poweroff");
