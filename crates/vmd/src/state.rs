@@ -638,7 +638,9 @@ impl Daemon {
                     // (`exited` set the state): keep no handle on it.
                     if vm.state != VmState::Stopped && vm.state != VmState::Disabled {
                         vm.proc_start = persist::start_time(proc.pid);
-                        vm.proc_comm = None;
+                        // Its program is known once its VM is built (its
+                        // console's path came: maybe already).
+                        vm.proc_comm = vm.tty.as_ref().and_then(|_| persist::comm(proc.pid));
                         vm.proc = Some(proc);
                         self.save(vm);
                     }
@@ -830,12 +832,16 @@ impl Daemon {
             let Some(vm) = g.vms.get_mut(&rec.id) else {
                 return Ok(None);
             };
-            // Its exit may have been seen already (`exited` made it idle).
-            if vm.state != VmState::Starting {
+            // Its exit may have been seen already (`exited` made it idle);
+            // its console's path may have come (and made it running).
+            if matches!(vm.state, VmState::Stopped | VmState::Disabled) {
                 return Ok(None);
             }
-            vm.state = VmState::Running;
+            if vm.state == VmState::Starting {
+                vm.state = VmState::Running;
+            }
             vm.proc = Some(proc.clone());
+            self.save(vm);
             vm.bump();
         }
         tracing::info!(vm = %rec.name, pid, "re-attached");
@@ -1172,7 +1178,9 @@ impl Sink for Daemon {
                     }
                     // Its VM is built: the program is the VM process's own
                     // now (whatever wrapper exec'd it).
-                    vm.proc_comm = vm.proc.as_ref().and_then(|p| persist::comm(p.pid));
+                    if let Some(c) = vm.proc.as_ref().and_then(|p| persist::comm(p.pid)) {
+                        vm.proc_comm = Some(c);
+                    }
                     self.save(vm);
                     vm.bump();
                     vm.def.owner.clone()

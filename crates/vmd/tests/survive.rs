@@ -247,6 +247,13 @@ fn a_vm_dropped_from_the_config_stays_listed() {
     let d = TestDaemon::start(&tools_vm("old", "10.0.0.10"));
     let old = d.wait_running("old");
     let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    // As if vmd had died before it heard of the console: the VM process
+    // says again where it is when vmd re-attaches.
+    let path = record(&dir, old.id);
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    rec["tty"] = serde_json::Value::Null;
+    std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
     std::fs::write(
         dir.join("vm.conf"),
         format!(
@@ -265,6 +272,12 @@ fn a_vm_dropped_from_the_config_stays_listed() {
     assert_eq!(now.state, VmState::Running);
     let new = by_name(&vms, "new");
     assert_ne!(new.id, old.id);
+    d.wait_vm(
+        "old",
+        "its console known again",
+        Duration::from_secs(5),
+        |v| v.tty == old.tty,
+    );
     d.vmctl_ok(&["stop", "-f", "-w", "old"]);
     assert!(poll(Duration::from_secs(5), || !alive(old.pid.unwrap())));
 }

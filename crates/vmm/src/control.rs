@@ -220,8 +220,16 @@ fn run_state(h: &VmHandle, stopping: bool) -> RunState {
 
 /// Serves vmd's requests until EOF; then, with a re-attach socket
 /// (`listener`), serves the next vmd that connects on it, and so on for
-/// as long as the VM runs; without one, powers the VM off.
-pub fn serve(ch: Channel, input: File, h: VmHandle, listener: Option<OwnedFd>) {
+/// as long as the VM runs; without one, powers the VM off. A vmd that
+/// re-attaches is told the console's pty (`tty`) again: the one that
+/// started the VM may have died before it read it.
+pub fn serve(
+    ch: Channel,
+    input: File,
+    h: VmHandle,
+    listener: Option<OwnedFd>,
+    tty: Option<String>,
+) {
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = {
         let (ch, h) = (ch.clone(), h.clone());
@@ -268,6 +276,9 @@ pub fn serve(ch: Channel, input: File, h: VmHandle, listener: Option<OwnedFd>) {
             }
         }
         log::info!("vmd re-attached");
+        if let Some(path) = &tty {
+            ch.event(Event::Tty { path: path.clone() });
+        }
     }
 }
 

@@ -605,8 +605,9 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         let h = handle.clone();
         let c = ch.clone();
+        let tty = console.tty.clone();
         vm::threads::spawn(ThreadKind::Control, "control", move || {
-            control::serve(c, input, h, listener)
+            control::serve(c, input, h, listener, tty)
         })
         .map_err(|e| e.to_string())?;
         channel = Some(ch);
