@@ -23,14 +23,13 @@ use kvm_bindings::{
     kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd,
     kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, KVMIO,
 };
-use seccompiler::BpfProgram;
+use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 use vm::threads::ThreadKind;
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
-use super::{allow, allow_arg_in, compile, OnViolation, Rules};
+use super::{allow, allow_arg_in, allow_if, compile, OnViolation, Rules};
 
-// The KVM requests threads other than the main one make, numbered as in
-// kvm-ioctls.
+// The KVM requests the VM's threads make, numbered as in kvm-ioctls.
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
@@ -61,14 +60,13 @@ pub const KINDS: &[ThreadKind] = &[
     ThreadKind::Main,
 ];
 
-/// What every thread does whatever its kind: memory, locks, sleeping,
+/// What every thread does whatever its kind (besides mapping memory, see
+/// `no_exec`): memory, locks, sleeping,
 /// logging (stderr), ending (itself, or the process: a panic aborts),
 /// and the runtime's bits (the random keys of hash maps, the signal
 /// stack it takes down at exit).
 const COMMON: &[libc::c_long] = &[
-    libc::SYS_mmap,
     libc::SYS_munmap,
-    libc::SYS_mprotect,
     libc::SYS_madvise,
     libc::SYS_mremap,
     libc::SYS_brk,
@@ -90,10 +88,34 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
+/// Memory may be mapped and its protection changed, but never made
+/// executable: no thread runs code it did not start with.
+fn no_exec(r: &mut Rules) -> Result<(), String> {
+    for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
+        let exec = libc::PROT_EXEC as u64;
+        let rule =
+            SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(exec), 0)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(|e| format!("seccomp rule for call {nr}: {e}"))?;
+        r.entry(nr).or_default().push(rule);
+    }
+    Ok(())
+}
+
+/// tgkill(2) to this process's threads only, with one of `signals`.
+fn to_self(r: &mut Rules, signals: &[u64]) -> Result<(), String> {
+    let pid = u64::from(std::process::id());
+    for &sig in signals {
+        allow_if(r, libc::SYS_tgkill, &[(0, pid), (2, sig)])?;
+    }
+    Ok(())
+}
+
 /// A kind's rules.
 fn rules(kind: ThreadKind) -> Result<Rules, String> {
     let mut r = Rules::new();
     allow(&mut r, COMMON);
+    no_exec(&mut r)?;
     // What a debug build's std asks of every descriptor it closes (is it
     // open?); the flags say nothing worth hiding.
     let getfd = libc::F_GETFD as u64;
@@ -128,7 +150,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 &[libc::SYS_read, libc::SYS_eventfd2, libc::SYS_close],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[dup, getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+            to_self(&mut r, &[abort, kick])?;
         }
         // A disk's queue: its image (raw or qcow2, with base images),
         // its eventfds, its interrupt.
@@ -162,7 +184,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+            to_self(&mut r, &[abort])?;
         }
         // An interface: its tap, its eventfds, its interrupt.
         ThreadKind::Net => {
@@ -181,7 +203,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+            to_self(&mut r, &[abort])?;
         }
         // Entropy (getrandom, in COMMON), its eventfds, its interrupt.
         ThreadKind::Rng => {
@@ -198,7 +220,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+            to_self(&mut r, &[abort])?;
         }
         // Reads the console (a pty, stdin), raises the serial interrupt.
         ThreadKind::ConsoleIn => {
@@ -213,7 +235,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort])?;
+            to_self(&mut r, &[abort])?;
         }
         // vmd's requests on the control socket, and what they do to the
         // VM: pause, resume, stop (kicks, the ACPI power button), guest
@@ -246,7 +268,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[dup, getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+            to_self(&mut r, &[abort, kick])?;
         }
         // Takes the stop signals; a stop asks the guest (its tools, the
         // ACPI power button) or powers the VM off (kicks).
@@ -254,7 +276,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
             allow_arg_in(&mut r, libc::SYS_ioctl, 1, &irq_line.map(u64::from))?;
             allow(&mut r, &[libc::SYS_rt_sigtimedwait]);
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+            to_self(&mut r, &[abort, kick])?;
         }
         // Once the VM is built: starting and joining the vCPU threads
         // (a stop kicks them), and the guest resets: interrupt
@@ -297,7 +319,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow_arg_in(&mut r, libc::SYS_fcntl, 1, &[dup, getfd])?;
-            allow_arg_in(&mut r, libc::SYS_tgkill, 2, &[abort, kick])?;
+            to_self(&mut r, &[abort, kick])?;
         }
     }
     Ok(r)
@@ -355,6 +377,80 @@ mod tests {
             assert_eq!(f.len(), KINDS.len());
             assert!(f.values().all(|p| !p.is_empty()));
         }
+    }
+
+    /// A vCPU thread's rules, installed on a thread of this test process
+    /// with EPERM for what they leave out (not the kill: the filter
+    /// binds only that thread), against the calls themselves.
+    #[test]
+    fn a_vcpu_thread_is_refused_what_its_rules_leave_out() {
+        use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
+        let rules = rules(ThreadKind::Vcpu).unwrap();
+        let filter: BpfProgram = SeccompFilter::new(
+            rules,
+            SeccompAction::Errno(libc::EPERM as u32),
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .and_then(TryInto::try_into)
+        .unwrap();
+        let errno = || std::io::Error::last_os_error().raw_os_error();
+        let seen = std::thread::spawn(move || {
+            seccompiler::apply_filter(&filter).unwrap();
+            let mut seen = Vec::new();
+            // SAFETY: plain calls on nothing this test owns: a bad
+            // descriptor, fresh anonymous mappings, no signal sent.
+            unsafe {
+                let map = |prot| {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        prot,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                let rw = map(libc::PROT_READ | libc::PROT_WRITE);
+                seen.push(("mmap rw", rw != libc::MAP_FAILED));
+                let rx = map(libc::PROT_READ | libc::PROT_EXEC);
+                seen.push((
+                    "mmap exec",
+                    rx != libc::MAP_FAILED || errno() != Some(libc::EPERM),
+                ));
+                let mx = libc::mprotect(rw, 4096, libc::PROT_READ | libc::PROT_EXEC);
+                seen.push(("mprotect exec", mx == 0 || errno() != Some(libc::EPERM)));
+                libc::munmap(rw, 4096);
+                let mut m: libc::msghdr = std::mem::zeroed();
+                libc::recvmsg(-1, &mut m, 0);
+                seen.push(("recvmsg", errno() != Some(libc::EPERM)));
+                libc::ioctl(-1, KVM_RUN() as _);
+                seen.push(("KVM_RUN", errno() != Some(libc::EPERM)));
+                libc::ioctl(-1, libc::FIONBIO);
+                seen.push(("FIONBIO", errno() != Some(libc::EPERM)));
+                // Another process (one there cannot be: past pid_max):
+                // the filter's EPERM, not the kernel's ESRCH.
+                libc::syscall(libc::SYS_tgkill, 0x3fff_fff0, 0x3fff_fff0, libc::SIGABRT);
+                seen.push(("tgkill another", errno() != Some(libc::EPERM)));
+                let pid = libc::getpid();
+                libc::syscall(libc::SYS_tgkill, pid, -1, libc::SIGTERM);
+                seen.push(("tgkill SIGTERM", errno() != Some(libc::EPERM)));
+            }
+            seen
+        })
+        .join()
+        .unwrap();
+        let want = [
+            ("mmap rw", true),
+            ("mmap exec", false),
+            ("mprotect exec", false),
+            ("recvmsg", false),
+            ("KVM_RUN", true),
+            ("FIONBIO", false),
+            ("tgkill another", false),
+            ("tgkill SIGTERM", false),
+        ];
+        assert_eq!(seen, want);
     }
 
     /// What no thread may do, and what only the control thread may
