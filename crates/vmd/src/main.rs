@@ -8,6 +8,7 @@
 
 mod api;
 mod auth;
+mod cgroup;
 mod conn;
 mod net;
 mod persist;
@@ -59,6 +60,10 @@ struct Args {
     /// /run/vmd for the default socket).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Run VM processes unlimited: no cgroup of their own (see vmd(8),
+    /// SECURITY).
+    #[arg(long)]
+    no_cgroups: bool,
 }
 
 fn parse_macro(s: &str) -> Result<(String, String), String> {
@@ -402,6 +407,8 @@ async fn run(
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
     let listener = UnixListener::from_std(std_listener).map_err(|e| e.to_string())?;
+    let default_state = state.dir == persist::default_dir(Path::new(::api::DEFAULT_SOCKET));
+    let cgroups = cgroup::Cgroups::setup(args.no_cgroups, &state.dir, default_state);
     let daemon = Daemon::new(
         cfg,
         vmm_path(),
@@ -409,6 +416,7 @@ async fn run(
         args.macros.clone(),
         args.vm_uid_base,
         state.clone(),
+        cgroups.clone(),
     );
     tracing::info!(socket = %args.socket.display(), "vmd started, {} vms configured", daemon.lock().vms.len());
 
@@ -461,6 +469,8 @@ async fn run(
     // Every VM at once; see Daemon::shutdown for the bound.
     daemon.shutdown().await;
     daemon.net.remove_created().await;
+    cgroups.settle().await;
+    cgroups.remove_dirs();
     state.write_bridges(&[]);
     server.abort();
     remove_socket(&args.socket, &ours);

@@ -45,6 +45,9 @@ pub struct Record {
     /// Its console's pty.
     #[serde(default)]
     pub tty: Option<String>,
+    /// The cgroups it runs in (none: cgroups were not used).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// vmd's state directory.

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use vmconf::{Config, Globals, Owner, Switch, VmDef};
 
 use crate::auth;
+use crate::cgroup::Cgroups;
 use crate::net::HostNet;
 use crate::persist::{self, Record, StateDir};
 use crate::vmproc::{self, Sink, VmProc};
@@ -53,6 +54,8 @@ pub struct Vm {
     /// Its process's start time and program name (see `persist::Record`).
     proc_start: Option<u64>,
     proc_comm: Option<String>,
+    /// Its running process's cgroups (see `cgroup`), removed when it exits.
+    cgroups: Vec<PathBuf>,
 }
 
 /// Which of a VM's files a user other than root named, and who he is:
@@ -126,6 +129,7 @@ impl Vm {
             user_files: None,
             proc_start: None,
             proc_comm: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -296,6 +300,8 @@ pub struct Daemon {
     pub vm_uid_base: u32,
     /// Where running VMs are recorded for the next vmd.
     pub state: StateDir,
+    /// The cgroups VM processes are limited in.
+    pub cgroups: Arc<Cgroups>,
 }
 
 /// The first of the ids VM processes run as (VM N as this + N): far above
@@ -341,6 +347,7 @@ impl Daemon {
         macros: Vec<(String, String)>,
         vm_uid_base: u32,
         state: StateDir,
+        cgroups: Arc<Cgroups>,
     ) -> Arc<Daemon> {
         let mut inner = Inner {
             vms: BTreeMap::new(),
@@ -361,6 +368,7 @@ impl Daemon {
             macros,
             vm_uid_base,
             state,
+            cgroups,
         })
     }
 
@@ -621,8 +629,22 @@ impl Daemon {
         };
         fds.insert(0, listener);
         args.push("--reattach".into());
+        // Its cgroups, with its limits: it enters them before it runs.
+        let devices = def.disks.len() + def.interfaces.len();
+        let cgroups = match self.cgroups.create(id, def.memory, def.cpus, devices).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&sock);
+                let why = format!("vm {name}: {e}");
+                self.start_failed(id, &why);
+                return Err(Error::Internal(why));
+            }
+        };
+        let enter = cgroups.as_ref().map(|c| c.procs_fds()).unwrap_or_default();
         let sink: Arc<dyn Sink> = self.clone();
-        let spawned = vmproc::spawn(&self.vmm, &args, fds, id, &name, sink);
+        let spawned = vmproc::spawn(&self.vmm, &args, fds, &enter, id, &name, sink);
+        // The descriptors of its cgroup.procs close here.
+        let cgroups = cgroups.map(|c| c.paths).unwrap_or_default();
         {
             let mut g = self.lock();
             let Some(vm) = g.vms.get_mut(&id) else {
@@ -637,17 +659,28 @@ impl Daemon {
                     // A process that already died has been reaped by now
                     // (`exited` set the state): keep no handle on it.
                     if vm.state != VmState::Stopped && vm.state != VmState::Disabled {
+                        vm.cgroups = cgroups;
                         vm.proc_start = persist::start_time(proc.pid);
                         // Its program is known once its VM is built (its
                         // console's path came: maybe already).
                         vm.proc_comm = vm.tty.as_ref().and_then(|_| persist::comm(proc.pid));
                         vm.proc = Some(proc);
                         self.save(vm);
+                    } else {
+                        self.cgroups.remove(cgroups);
                     }
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&sock);
-                    let why = format!("cannot run {}: {e}", self.vmm.display());
+                    let why = match cgroups.first() {
+                        Some(c) => format!(
+                            "cannot run {} in cgroup {}: {e}",
+                            self.vmm.display(),
+                            c.display()
+                        ),
+                        None => format!("cannot run {}: {e}", self.vmm.display()),
+                    };
+                    self.cgroups.remove(cgroups);
                     vm.state = idle_state(&vm.def, vm.configured);
                     vm.last_exit = Some(why.clone());
                     vm.bump();
@@ -712,6 +745,7 @@ impl Daemon {
             interfaces: vm.interfaces.clone(),
             uid: (self.vm_uid_base != 0).then(|| self.vm_uid_base.saturating_add(vm.id)),
             tty: vm.tty.clone(),
+            cgroups: vm.cgroups.clone(),
         });
     }
 
@@ -747,6 +781,7 @@ impl Daemon {
                 Err(Adopt::Gone(why)) => {
                     tracing::info!(vm = %rec.name, pid = rec.pid, "not re-attached: {why}");
                     self.state.remove(rec.id);
+                    self.cgroups.remove_gone(&rec.cgroups);
                 }
                 Err(Adopt::Failed(why)) => {
                     // It runs, but cannot be reached: its record stays for
@@ -755,6 +790,16 @@ impl Daemon {
                 }
             }
         }
+        // The cgroups of VMs no vmd saw exit go; those of the running ones
+        // (and of one that runs unreachable, its record kept) stay.
+        let mut live: std::collections::HashSet<PathBuf> = self
+            .state
+            .records()
+            .into_iter()
+            .flat_map(|r| r.cgroups)
+            .collect();
+        live.extend(self.lock().vms.values().flat_map(|v| v.cgroups.clone()));
+        self.cgroups.remove_leftovers(&live);
         // Answers come in milliseconds; one that does not (a stopped
         // process) is waited for in the background, not before serving.
         let all = async { while asks.join_next().await.is_some() {} };
@@ -877,6 +922,7 @@ impl Daemon {
         vm.has_run = true;
         vm.proc_start = Some(rec.start_time);
         vm.proc_comm = rec.comm.clone();
+        vm.cgroups = rec.cgroups.clone();
         g.vms.insert(rec.id, vm);
         g.next_id = g.next_id.max(rec.id.saturating_add(1));
     }
@@ -1220,6 +1266,7 @@ impl Sink for Daemon {
         vm.proc = None;
         vm.proc_start = None;
         vm.proc_comm = None;
+        self.cgroups.remove(std::mem::take(&mut vm.cgroups));
         vm.tty = None;
         vm.last_exit = Some(why);
         vm.state = idle_state(&vm.def, vm.configured);
