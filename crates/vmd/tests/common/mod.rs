@@ -251,6 +251,8 @@ pub struct TestDaemon {
     vmm: Option<PathBuf>,
     /// Its directory and VMs were handed to another TestDaemon.
     handed_over: bool,
+    /// More arguments for vmd.
+    args: Vec<String>,
 }
 
 impl TestDaemon {
@@ -275,6 +277,24 @@ impl TestDaemon {
             vmm_pids: Default::default(),
             vmm: None,
             handed_over: false,
+            args: Vec::new(),
+        };
+        d.launch()
+    }
+
+    /// Starts vmd with more arguments `args`, the configuration in `dir`.
+    pub fn start_with_args(dir: PathBuf, args: &[&str]) -> TestDaemon {
+        let d = TestDaemon {
+            conf: dir.join("vm.conf"),
+            sock: dir.join("sock"),
+            log: dir.join("vmd.stderr"),
+            dir,
+            netns: None,
+            child: None,
+            vmm_pids: Default::default(),
+            vmm: None,
+            handed_over: false,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.launch()
     }
@@ -292,6 +312,7 @@ impl TestDaemon {
             vmm_pids: Default::default(),
             vmm: Some(vmm),
             handed_over: false,
+            args: Vec::new(),
         };
         d.launch()
     }
@@ -309,6 +330,7 @@ impl TestDaemon {
             vmm_pids: Default::default(),
             vmm: None,
             handed_over: false,
+            args: Vec::new(),
         };
         d.launch()
     }
@@ -332,6 +354,7 @@ impl TestDaemon {
             .arg(&self.conf)
             .arg("-s")
             .arg(&self.sock)
+            .args(&self.args)
             .env("VMD_VMM", &vmm)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -1,0 +1,216 @@
+//! Each VM process in a cgroup of its own (issue 12, Confinement): its
+//! memory bounded by the guest's RAM plus a bounded overhead, its tasks by
+//! its vCPUs; the cgroup goes with the VM, whichever vmd sees it end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// The memory and pids cgroup directories of process `pid` (the same one
+/// on cgroup v2), from /proc/PID/cgroup; None where it is in none.
+fn cgroups_of(pid: u32) -> Option<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v1 = |ctrl: &str| {
+        text.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls.split(',').any(|c| c == ctrl).then(|| {
+                Path::new("/sys/fs/cgroup")
+                    .join(ctrl)
+                    .join(path.trim_start_matches('/'))
+            })
+        })
+    };
+    if let (Some(m), Some(p)) = (v1("memory"), v1("pids")) {
+        return Some((m, p));
+    }
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    Some((dir.clone(), dir))
+}
+
+/// Whether this host offers vmd cgroups to limit VMs with (as vmd finds
+/// it: v1 memory and pids hierarchies, or v2 with both controllers).
+fn host_has_cgroups() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+        && Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.contains("memory") && c.contains("pids"));
+    v1 || v2
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// The memory limit vmd(8) states for a VM of `ram` bytes.
+fn memory_limit(ram: u64) -> u64 {
+    ram + (64 << 20) + ram / 32
+}
+
+/// Checks VM `vm`'s process is in cgroups of its own, not vmd's, with
+/// the limits vmd(8) states for `devices` disks and interfaces; returns
+/// them.
+fn check_limited(d: &TestDaemon, vm: &VmStatus, devices: u64) -> (PathBuf, PathBuf) {
+    let pid = vm.pid.expect("a pid");
+    let (mem, pids) = cgroups_of(pid).expect("the VM process's cgroups");
+    let (vmd_mem, vmd_pids) = cgroups_of(d.pid()).expect("vmd's cgroups");
+    let leaf = format!("vm-{}", vm.id);
+    for (cg, vmds) in [(&mem, &vmd_mem), (&pids, &vmd_pids)] {
+        assert_eq!(
+            cg.file_name().unwrap().to_str(),
+            Some(leaf.as_str()),
+            "{}",
+            cg.display()
+        );
+        assert_ne!(cg, vmds, "the VM process is in vmd's cgroup");
+        assert!(cg.is_dir(), "{}", cg.display());
+    }
+    let want = memory_limit(vm.maxmem);
+    let v1 = mem.join("memory.limit_in_bytes");
+    if v1.exists() {
+        assert_eq!(read(&v1), want.to_string(), "{}", v1.display());
+        let memsw = mem.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            assert_eq!(read(&memsw), (2 * want).to_string(), "{}", memsw.display());
+        }
+    } else {
+        assert_eq!(read(&mem.join("memory.max")), want.to_string());
+        let swap = mem.join("memory.swap.max");
+        if swap.exists() {
+            assert_eq!(read(&swap), want.to_string());
+        }
+    }
+    let max: u64 = u64::from(vm.vcpus) + devices + 32;
+    assert_eq!(read(&pids.join("pids.max")), max.to_string());
+    // Every thread of it is counted there, and fits.
+    let current: u64 = read(&pids.join("pids.current")).parse().unwrap();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count() as u64;
+    assert!(
+        current >= threads && current <= max,
+        "{current} tasks of {threads}, max {max}"
+    );
+    (mem, pids)
+}
+
+fn gone(dirs: &[&Path]) -> bool {
+    poll(Duration::from_secs(10), || dirs.iter().all(|d| !d.exists()))
+}
+
+/// Two VMs, each in its cgroups with its limits; a stopped VM's cgroups
+/// go, and vmd's exit leaves nothing behind.
+#[test]
+fn vm_processes_are_limited() {
+    if !kvm_or_skip() || !is_root() {
+        return;
+    }
+    if !host_has_cgroups() {
+        eprintln!("this host offers no memory and pids cgroups: nothing to test");
+        return;
+    }
+    let tools = guest("tools");
+    let dir = fresh_dir();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(
+        dir.join("vm.conf"),
+        format!(
+            "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n\tcpus 2\n}}\n\
+             vm \"b\" {{\n\tkernel \"{tools}\"\n\tmemory 100M\n\tdisk \"{}\"\n}}\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let d = TestDaemon::start_in(dir);
+    let a = d.wait_tools("a");
+    let b = d.wait_tools("b");
+    let (a_mem, a_pids) = check_limited(&d, &a, 0);
+    let (b_mem, b_pids) = check_limited(&d, &b, 1);
+    assert_ne!(a_mem, b_mem);
+    // vmd's cgroups are under a directory of this daemon's own: another
+    // vmd's VM 1 is not in the same cgroup.
+    let parent = a_mem.parent().unwrap().to_path_buf();
+    assert!(
+        parent
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("d-"),
+        "{}",
+        parent.display()
+    );
+    d.vmctl_ok(&["stop", "-f", "a"]);
+    assert!(
+        gone(&[&a_mem, &a_pids]),
+        "vm a's cgroups stay after it stopped"
+    );
+    assert!(b_mem.is_dir() && b_pids.is_dir());
+    assert_eq!(d.vm("b").pid, b.pid);
+    drop(d);
+    assert!(
+        gone(&[&b_mem, &b_pids, &parent]),
+        "cgroups stay after vmd stopped"
+    );
+}
+
+/// With --no-cgroups, the VM process stays in vmd's cgroups.
+#[test]
+fn no_cgroups_runs_vms_in_vmds() {
+    if !kvm_or_skip() || !is_root() {
+        return;
+    }
+    let tools = guest("tools");
+    let dir = fresh_dir();
+    std::fs::write(
+        dir.join("vm.conf"),
+        format!("vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"),
+    )
+    .unwrap();
+    let d = TestDaemon::start_with_args(dir, &["--no-cgroups"]);
+    let a = d.wait_tools("a");
+    assert_eq!(cgroups_of(a.pid.unwrap()), cgroups_of(d.pid()));
+    assert!(d.log().contains("--no-cgroups"), "{}", d.log());
+}
+
+/// A VM left running by a vmd killed keeps its cgroups; the next vmd
+/// removes them when it stops, and removes at once those of a VM that
+/// ended while no vmd ran.
+#[test]
+fn cgroups_outlive_vmd_with_their_vm() {
+    if !kvm_or_skip() || !is_root() || !host_has_cgroups() {
+        return;
+    }
+    let tools = guest("tools");
+    let d = TestDaemon::start(&format!(
+        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n\
+         vm \"b\" {{\n\tdisable\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"
+    ));
+    // Not enabled: the next vmd does not start it again.
+    d.vmctl_ok(&["start", "b"]);
+    let a = d.wait_tools("a");
+    let b = d.wait_tools("b");
+    let (a_pid, b_pid) = (a.pid.unwrap(), b.pid.unwrap());
+    let (a_mem, a_pids) = check_limited(&d, &a, 0);
+    let (b_mem, b_pids) = check_limited(&d, &b, 0);
+    let (dir, pids, _) = d.end_leaving_vms(libc::SIGKILL);
+    // b ends while no vmd runs.
+    send_signal(b_pid, libc::SIGKILL);
+    assert!(poll(Duration::from_secs(10), || !process_exists(b_pid)));
+    assert_eq!(cgroups_of(a_pid), Some((a_mem.clone(), a_pids.clone())));
+    let d = TestDaemon::start_in(dir);
+    d.remember_vmms(&pids);
+    assert_eq!(d.wait_running("a").pid, Some(a_pid));
+    assert!(gone(&[&b_mem, &b_pids]), "b's cgroups stay:\n{}", d.log());
+    assert!(a_mem.is_dir() && a_pids.is_dir());
+    assert_eq!(cgroups_of(a_pid), Some((a_mem.clone(), a_pids.clone())));
+    d.vmctl_ok(&["stop", "-f", "a"]);
+    assert!(gone(&[&a_mem, &a_pids]), "a's cgroups stay:\n{}", d.log());
+}
