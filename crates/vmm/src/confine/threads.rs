@@ -61,10 +61,9 @@ pub const KINDS: &[ThreadKind] = &[
 ];
 
 /// What every thread does whatever its kind (besides mapping memory, see
-/// `no_exec`): memory, locks, sleeping,
-/// logging (stderr), ending (itself, or the process: a panic aborts),
-/// and the runtime's bits (the random keys of hash maps, the signal
-/// stack it takes down at exit).
+/// `no_exec`): memory, locks, sleeping, logging (stderr), ending (itself,
+/// or the process: a panic aborts), and the runtime's bits (the random
+/// keys of hash maps, the signal stack it takes down at exit).
 const COMMON: &[libc::c_long] = &[
     libc::SYS_munmap,
     libc::SYS_madvise,
