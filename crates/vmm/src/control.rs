@@ -233,9 +233,15 @@ pub fn serve(
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = {
         let (ch, h) = (ch.clone(), h.clone());
-        std::thread::spawn(move || watch_guest(ch, h))
+        // Started by the spawner, as every thread of a confined VM
+        // process: this thread's own filter has no clone.
+        vm::threads::spawn(vm::threads::ThreadKind::Control, "watch-guest", move || {
+            watch_guest(ch, h)
+        })
     };
-    let _ = watch;
+    if let Err(e) = watch {
+        eprintln!("vmm: cannot watch the guest tools: {e}");
+    }
     let mut input = input;
     loop {
         for line in BufReader::new(&input).lines() {
