@@ -349,6 +349,30 @@ impl Cgroups {
     }
 }
 
+/// Why the kernel killed the process of a VM whose cgroups are `paths`,
+/// if it did for want of memory: the OOM killer acted in them
+/// (`oom_kill` in v2's memory.events, v1's memory.oom_control).
+pub fn oom_killed(paths: &[PathBuf]) -> Option<String> {
+    paths.iter().find_map(|p| {
+        let kills = ["memory.events", "memory.oom_control"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(p.join(f)).ok())?
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())?;
+        if kills == 0 {
+            return None;
+        }
+        let limit = ["memory.max", "memory.limit_in_bytes"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(p.join(f)).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        Some(match limit {
+            Some(l) => format!("out of memory: its cgroup's limit is {} MiB", l >> 20),
+            None => "out of memory: at its cgroup's limit".into(),
+        })
+    })
+}
+
 impl Mode {
     fn describe(&self) -> String {
         match self {

@@ -1261,7 +1261,11 @@ impl Sink for Daemon {
         let mut g = self.lock();
         self.state.remove(id);
         let Some(vm) = g.vms.get_mut(&id) else { return };
-        let why = describe(status, vm.exit_reason.take(), tail);
+        let mut why = describe(status, vm.exit_reason.take(), tail);
+        // Killed by the kernel at its memory limit: said so.
+        if let Some(oom) = crate::cgroup::oom_killed(&vm.cgroups) {
+            why = format!("{why}: {oom}");
+        }
         tracing::info!(vm = %vm.def.name, "stopped: {why}");
         vm.proc = None;
         vm.proc_start = None;
