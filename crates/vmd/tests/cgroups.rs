@@ -214,3 +214,58 @@ fn cgroups_outlive_vmd_with_their_vm() {
     d.vmctl_ok(&["stop", "-f", "a"]);
     assert!(gone(&[&a_mem, &a_pids]), "a's cgroups stay:\n{}", d.log());
 }
+
+/// A VM process that takes more memory than its cgroup allows is killed
+/// by the kernel, and vmd says it ran out of memory. A guest alone cannot
+/// make its VM process exceed RAM plus the overhead; one that found a flaw
+/// in it could, and that is what the limit is for: here the limit is
+/// lowered by hand below what the guest then writes to.
+#[test]
+fn a_vm_process_over_its_memory_limit_is_killed() {
+    if !kvm_or_skip() || !is_root() || !host_has_cgroups() {
+        return;
+    }
+    let tools = guest("tools");
+    let d = TestDaemon::start(&format!(
+        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 128M\n\tcmdline \"halt_touch=96\"\n}}\n"
+    ));
+    let a = d.wait_tools("a");
+    let (mem, _) = check_limited(&d, &a, 0);
+    let v1 = mem.join("memory.usage_in_bytes").exists();
+    let usage: u64 = read(&mem.join(if v1 {
+        "memory.usage_in_bytes"
+    } else {
+        "memory.current"
+    }))
+    .parse()
+    .unwrap();
+    let limit = (usage + (32 << 20)).to_string();
+    let files: &[&str] = if v1 {
+        &["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+    } else {
+        &["memory.max", "memory.swap.max"]
+    };
+    for f in files {
+        let p = mem.join(f);
+        if p.exists() {
+            let value = if *f == "memory.swap.max" {
+                "0"
+            } else {
+                limit.as_str()
+            };
+            std::fs::write(&p, value).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+    // Asked to halt, the guest writes to 96 MiB of its RAM first.
+    let _ = d.vmctl(&["stop", "a"]);
+    let a = d.wait_vm("a", "stopped", Duration::from_secs(60), |v| {
+        v.state == VmState::Stopped
+    });
+    let why = a.last_exit.unwrap_or_default();
+    assert!(
+        why.starts_with("killed by signal 9: out of memory"),
+        "{why}\n{}",
+        d.log()
+    );
+    assert!(gone(&[&mem]), "its cgroup stays");
+}

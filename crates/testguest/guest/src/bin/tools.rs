@@ -17,6 +17,7 @@
 //! | `clock_sync=N` | 60 | seconds between periodic clock syncs, 0 = none |
 //! | `ignore=CMD[,CMD...]` | none | TCLO commands (first word, e.g. `OS_Halt`) never acted on nor answered: for host time-out tests |
 //! | `halt_delay_ms=N` | 0 | after acknowledging `OS_Halt`, wait this long before powering off: for grace-period tests |
+//! | `halt_touch=MiB` | 0 | after acknowledging `OS_Halt`, first write to every 4 KiB page of MiB MiB of RAM from 16 MiB up (a guest that takes its host's memory, for tests of the VM process's memory limit; RAM must reach that far) |
 //! | `selftest=1` | 0 | run the RPCI self-test before the TCLO loop |
 //! | `bench=N` | 0 | time N RPCI round trips each way, then power off |
 //! | `quiet=1` | 0 | a short boot line (`testguest tools`) and no routine lines (backdoor, tsc, commands, guest info, clock syncs) |
@@ -202,6 +203,8 @@ struct Config {
     clock_sync_s: u64,
     ignore: &'static str,
     halt_delay_ms: u64,
+    /// `halt_touch=`: MiB of RAM to write to before halting.
+    halt_touch: u64,
     selftest: bool,
     bench: u64,
     /// `quiet=1`: no routine console lines (commands, guest info, clock
@@ -250,6 +253,7 @@ impl Config {
             clock_sync_s: get_u64("clock_sync", 60),
             ignore: get("ignore").unwrap_or(""),
             halt_delay_ms: get_u64("halt_delay_ms", 0),
+            halt_touch: get_u64("halt_touch", 0),
             selftest: get_u64("selftest", 0) != 0,
             bench: get_u64("bench", 0),
             quiet: get_u64("quiet", 0) != 0,
@@ -849,6 +853,11 @@ impl Tools {
                         rt::power::reset()
                     }
                     println!("tools: halting");
+                    if self.cfg.halt_touch != 0 {
+                        println!("tools: touching {} MiB", self.cfg.halt_touch);
+                        touch(16 << 20, self.cfg.halt_touch << 20);
+                        println!("tools: touched");
+                    }
                     self.sleep_ms(self.cfg.halt_delay_ms);
                     rt::power::power_off()
                 }
@@ -1157,4 +1166,17 @@ fn main() -> ! {
         rt::power::power_off()
     }
     tools.run(tclo)
+}
+
+/// Writes to every 4 KiB page of `len` bytes of RAM from physical address
+/// `from` (identity-mapped, USER): each becomes memory its host must hold.
+fn touch(from: u64, len: u64) {
+    let mut a = from;
+    while a < from.saturating_add(len) {
+        // SAFETY: RAM the runtime does not use (above the image, its stacks
+        // and buffers), identity-mapped and writable at CPL3; the guest
+        // halts afterwards.
+        unsafe { core::ptr::write_volatile(a as *mut u8, 1) };
+        a += 4096;
+    }
 }
