@@ -5,11 +5,14 @@
 //!
 //! What the host offers decides where, found once when vmd starts:
 //! - cgroup v2 with the memory and pids controllers available to vmd's
-//!   own cgroup B (/proc/self/cgroup): VMs in `B/vms/vm-ID`. The "no
-//!   internal processes" rule forbids B to hold processes once it hands
-//!   controllers down, so vmd moves itself into the leaf `B/vmd` first
-//!   (a vmd found in a cgroup named `vmd` is there already: B is its
-//!   parent). Where B is the root, VMs go in `/vmd/vm-ID` and vmd stays.
+//!   own cgroup (/proc/self/cgroup): VMs in `/vmd/vm-ID` below the
+//!   hierarchy's root, where vmd may hand the controllers down from the
+//!   root (see `setup_v2` for why not in vmd's own cgroup); where vmd is
+//!   in a leaf `vmd` of a delegated cgroup B (systemd's
+//!   DelegateSubgroup=vmd), in `B/vms/vm-ID`; else, where its own cgroup B
+//!   is delegated to it (a container's), vmd moves itself into the leaf
+//!   `B/vmd` (the "no internal processes" rule forbids B to hold
+//!   processes once it hands controllers down) and VMs go in `B/vms/vm-ID`.
 //! - else cgroup v1 memory and pids hierarchies: `vmd/vm-ID` under vmd's
 //!   own cgroup in each (`/sys/fs/cgroup/memory/vmd/vm-ID`, `.../pids/...`).
 //! - else none: VMs run unlimited, and vmd says why once, at start.
@@ -579,24 +582,44 @@ fn delegate(dir: &Path) -> Result<(), String> {
 
 /// Sets cgroup v2 up for vmd in cgroup `here` of mount `m`.
 fn setup_v2(m: &Mount, here: &Path, tag: Option<&str>) -> Result<Mode, String> {
-    let base = if here == m.point {
-        // The root: it may hold processes and hand controllers down.
-        m.point.clone()
-    } else if here.file_name().is_some_and(|n| n == "vmd") {
-        // In its leaf already (a vmd before it moved there, or systemd's
-        // DelegateSubgroup=vmd put it there).
-        here.parent().expect("not the root").to_path_buf()
-    } else {
-        let leaf = here.join("vmd");
-        create_dir_all(&leaf)?;
-        std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
-            .map_err(|e| format!("{}/cgroup.procs: moving vmd there: {e}", leaf.display()))?;
-        here.to_path_buf()
+    // In a leaf `vmd` of a cgroup delegated to it, as systemd's
+    // DelegateSubgroup=vmd puts it: the VMs' beside it.
+    if here != m.point && here.file_name().is_some_and(|n| n == "vmd") {
+        let base = here.parent().expect("not the root");
+        delegate(base)?;
+        return nest(&base.join("vms"), tag);
+    }
+    // Else below the hierarchy's root, in `/vmd`, as firecracker's jailer
+    // and docker's cgroupfs driver make theirs: the unit vmd runs in stays
+    // a leaf, so systemd can start vmd in it again (`systemctl restart`)
+    // while VMs run. (Were the VMs' cgroups in the unit's, the unit would
+    // hand controllers down and could hold no process: systemd before 254,
+    // Debian 12's, fails such a start with EBUSY, status 219/CGROUP.)
+    let root = delegate(&m.point).and_then(|()| nest(&m.point.join("vmd"), tag));
+    let root_err = match root {
+        Ok(mode) => return Ok(mode),
+        Err(e) if here == m.point => return Err(e),
+        Err(e) => e,
     };
-    delegate(&base)?;
-    let mut dir = base.join(if base == m.point { "vmd" } else { "vms" });
-    create_dir_all(&dir)?;
-    delegate(&dir)?;
+    // Else in vmd's own cgroup, delegated to it (a container's): vmd moves
+    // into a leaf `vmd` of it, the VMs' go beside it.
+    let _ = std::fs::remove_dir(m.point.join("vmd"));
+    let leaf = here.join("vmd");
+    let own = create_dir_all(&leaf)
+        .and_then(|()| {
+            std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
+                .map_err(|e| format!("{}/cgroup.procs: moving vmd there: {e}", leaf.display()))
+        })
+        .and_then(|()| delegate(here))
+        .and_then(|()| nest(&here.join("vms"), tag));
+    own.map_err(|e| format!("{root_err}; {e}"))
+}
+
+/// Makes `dir` (and `dir/tag`), each handing the controllers down.
+fn nest(dir: &Path, tag: Option<&str>) -> Result<Mode, String> {
+    create_dir_all(dir)?;
+    delegate(dir)?;
+    let mut dir = dir.to_path_buf();
     if let Some(t) = tag {
         dir = dir.join(t);
         create_dir_all(&dir)?;
@@ -627,6 +650,38 @@ mod tests {
             tag(Path::new("/nonexistent/b"))
         );
         assert_eq!(tag(Path::new("/x")).len(), 18);
+    }
+
+    /// Where cgroup v2's VM cgroups go, on a directory standing in for
+    /// the hierarchy (plain files: every write succeeds).
+    #[test]
+    fn v2_places() {
+        let top = std::env::temp_dir().join(format!("vmd-cgroup-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let m = Mount {
+            point: top.clone(),
+            root: "/".into(),
+            v2: true,
+            options: vec![],
+        };
+        let unit = top.join("system.slice/vmd.service");
+        std::fs::create_dir_all(&unit).unwrap();
+        // Below the root, the unit left a leaf.
+        let Mode::V2 { dir } = setup_v2(&m, &unit, Some("d-1")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(dir, top.join("vmd/d-1"));
+        for d in [&top, &top.join("vmd"), &dir] {
+            let c = std::fs::read_to_string(d.join("cgroup.subtree_control")).unwrap();
+            assert_eq!(c, "+memory +pids", "{}", d.display());
+        }
+        assert!(!unit.join("vmd").exists());
+        // In a leaf `vmd` of a delegated cgroup: beside it.
+        let Mode::V2 { dir } = setup_v2(&m, &unit.join("vmd"), None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(dir, unit.join("vms"));
+        std::fs::remove_dir_all(&top).unwrap();
     }
 
     #[test]
