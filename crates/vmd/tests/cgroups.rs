@@ -269,3 +269,27 @@ fn a_vm_process_over_its_memory_limit_is_killed() {
     );
     assert!(gone(&[&mem]), "its cgroup stays");
 }
+
+/// Two daemons at once, each with a VM 1: two cgroups, and the one that
+/// goes takes only its own.
+#[test]
+fn two_daemons_never_share_a_cgroup() {
+    if !kvm_or_skip() || !is_root() || !host_has_cgroups() {
+        return;
+    }
+    let tools = guest("tools");
+    let conf = format!("vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n");
+    let d1 = TestDaemon::start(&conf);
+    let d2 = TestDaemon::start(&conf);
+    let a1 = d1.wait_tools("a");
+    let a2 = d2.wait_tools("a");
+    assert_eq!((a1.id, a2.id), (1, 1));
+    let (m1, p1) = check_limited(&d1, &a1, 0);
+    let (m2, p2) = check_limited(&d2, &a2, 0);
+    assert_ne!(m1, m2);
+    assert_ne!(p1, p2);
+    drop(d1);
+    assert!(gone(&[&m1, &p1]));
+    assert!(m2.is_dir() && p2.is_dir());
+    assert_eq!(cgroups_of(a2.pid.unwrap()), Some((m2, p2)));
+}
