@@ -293,3 +293,42 @@ fn two_daemons_never_share_a_cgroup() {
     assert!(m2.is_dir() && p2.is_dir());
     assert_eq!(cgroups_of(a2.pid.unwrap()), Some((m2, p2)));
 }
+
+/// A VM whose cgroup cannot be made does not start, unlimited or
+/// otherwise: a 500 that says why. Here a process sits in the cgroup the
+/// VM's would be (as one a vmd never saw exit could), which vmd does not
+/// take over.
+#[test]
+fn a_vm_whose_cgroup_cannot_be_made_does_not_start() {
+    if !kvm_or_skip() || !is_root() || !host_has_cgroups() {
+        return;
+    }
+    let tools = guest("tools");
+    let d = TestDaemon::start(&format!(
+        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n\
+         vm \"b\" {{\n\tdisable\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"
+    ));
+    let a = d.wait_tools("a");
+    let (mem, _) = check_limited(&d, &a, 0);
+    let taken = mem.parent().unwrap().join(format!("vm-{}", d.vm("b").id));
+    std::fs::create_dir(&taken).unwrap();
+    let mut squatter = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(taken.join("cgroup.procs"), squatter.id().to_string()).unwrap();
+    let (code, body) = http(&d.sock, "POST", "/v1/vms", Some(r#"{"name":"b"}"#)).unwrap();
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert_eq!(code, Some(500), "{body}");
+    assert!(body.contains("cgroup") && body.contains("vm-"), "{body}");
+    let b = d.vm("b");
+    assert!(b.pid.is_none(), "{b:?}");
+    assert!(poll(Duration::from_secs(10), || std::fs::remove_dir(
+        &taken
+    )
+    .is_ok()));
+    // Once it is free, b starts.
+    d.vmctl_ok(&["start", "b"]);
+    check_limited(&d, &d.wait_tools("b"), 0);
+}
