@@ -163,6 +163,8 @@ impl Cgroups {
     fn dirs(&self) -> Vec<&Path> {
         match &self.mode {
             Mode::V2 { dir } => vec![dir],
+            // One hierarchy may have both controllers (mounted together).
+            Mode::V1 { memory, pids } if memory == pids => vec![memory],
             Mode::V1 { memory, pids } => vec![memory, pids],
             Mode::Off | Mode::Broken(_) => vec![],
         }
@@ -191,14 +193,22 @@ impl Cgroups {
             paths: Vec::new(),
             procs: Vec::new(),
         };
-        for (n, dir) in dirs.into_iter().enumerate() {
+        for dir in dirs {
             let path = dir.join(format!("vm-{id}"));
             let r = self.make(&path).await.and_then(|()| {
                 made.paths.push(path.clone());
-                match (&self.mode, n) {
-                    (Mode::V2 { .. }, _) => v2_limits(&path, mem, pids)?,
-                    (_, 0) => v1_memory(&path, mem)?,
-                    _ => write(&path.join("pids.max"), &pids.to_string())?,
+                match &self.mode {
+                    Mode::V1 { memory, pids: p } => {
+                        // Each v1 hierarchy's own limits (both where one
+                        // has both controllers).
+                        if dir == memory.as_path() {
+                            v1_memory(&path, mem)?;
+                        }
+                        if dir == p.as_path() {
+                            write(&path.join("pids.max"), &pids.to_string())?;
+                        }
+                    }
+                    _ => v2_limits(&path, mem, pids)?,
                 }
                 // Close-on-exec (std's default): the child writes to it
                 // before it executes.
