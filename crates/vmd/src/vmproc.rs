@@ -275,8 +275,10 @@ pub fn spawn(
 enum Process {
     /// Its own child, reaped with its exit status.
     Child(tokio::process::Child),
-    /// One a previous vmd started (init's child now): its pidfd, which
-    /// polls readable once it has exited.
+    /// One known by its pidfd, which polls readable once it has exited:
+    /// one a previous vmd started (init's child now: its parent gets the
+    /// status), or, should it be vmd's child, reaped through the pidfd,
+    /// with its exit status.
     Pidfd(AsyncFd<OwnedFd>),
 }
 
@@ -287,7 +289,7 @@ impl Process {
             Process::Pidfd(fd) => {
                 // Readable for good once it has exited.
                 let _ready = fd.readable().await?;
-                Ok(None)
+                reap(fd.get_ref()).await
             }
         }
     }
@@ -298,6 +300,53 @@ impl Process {
             Process::Pidfd(fd) => crate::persist::pidfd_kill(fd.get_ref(), libc::SIGKILL),
         }
     }
+}
+
+/// Reaps the process `pidfd` names, which has exited, if it is our child
+/// (waitid(P_PIDFD)), and gives its exit status; None if it is not ours.
+async fn reap(pidfd: &OwnedFd) -> std::io::Result<Option<ExitStatus>> {
+    // Readable means a zombie already; a few tries in case of a delay.
+    for _ in 0..100 {
+        if let Some(status) = try_reap(pidfd)? {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(None)
+}
+
+/// One waitid(P_PIDFD, WNOHANG): Some(None) where the process is not our
+/// child, None where it has not exited yet.
+fn try_reap(pidfd: &OwnedFd) -> std::io::Result<Option<Option<ExitStatus>>> {
+    // SAFETY: a zeroed siginfo is valid storage for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain system call on a descriptor we own.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ECHILD) => Ok(Some(None)),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: waitid filled in a child's fields (or left them zeroed).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    // As a wait status, which ExitStatus is.
+    Ok(Some(Some(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
+        libc::CLD_DUMPED => ExitStatus::from_raw(status | 0x80),
+        _ => ExitStatus::from_raw(status),
+    })))
 }
 
 /// Re-attaches to VM `id`'s process `pid`, started by a previous vmd
