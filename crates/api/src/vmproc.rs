@@ -96,6 +96,18 @@ pub enum Event {
     Exited { reason: String },
 }
 
+/// With `--confine`, the process vmd starts puts the VM process into a
+/// PID namespace of its own: it forks (the child is PID 1 there, the VM
+/// process), writes this as the channel's first line, the child's pid as
+/// vmd sees it, and exits. The child waits for that line to be written
+/// before it goes on, so nothing comes before it. A process that fails
+/// before forking writes nothing and exits with its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forked {
+    pub forked: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +127,13 @@ mod tests {
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), e);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+        let f = Forked { forked: 4242 };
+        let s = serde_json::to_string(&f).unwrap();
+        assert_eq!(s, r#"{"forked":4242}"#);
+        assert_eq!(serde_json::from_str::<Forked>(&s).unwrap(), f);
+        // Not a reply, and no reply is one.
+        assert!(serde_json::from_str::<Reply>(&s).is_err());
+        assert!(serde_json::from_str::<Forked>(r#"{"kind":"ok"}"#).is_err());
     }
 
     #[test]

@@ -642,7 +642,7 @@ impl Daemon {
         };
         let enter = cgroups.as_ref().map(|c| c.procs_fds()).unwrap_or_default();
         let sink: Arc<dyn Sink> = self.clone();
-        let spawned = vmproc::spawn(&self.vmm, &args, fds, &enter, id, &name, sink);
+        let spawned = vmproc::spawn(&self.vmm, &args, fds, &enter, id, &name, sink).await;
         // The descriptors of its cgroup.procs close here.
         let cgroups = cgroups.map(|c| c.paths).unwrap_or_default();
         {
@@ -1168,7 +1168,7 @@ const ATTACH_ANSWER: Duration = Duration::from_secs(5);
 
 /// How long a VM process gets to build its VM (its console ready) before
 /// the start fails and the process is killed.
-const START_BOUND: Duration = Duration::from_secs(60);
+pub(crate) const START_BOUND: Duration = Duration::from_secs(60);
 
 /// How long a VM process gets to answer a stop. It answers at once
 /// (the guest is asked, or powered off, afterwards): one that has not

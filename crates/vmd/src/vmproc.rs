@@ -207,8 +207,12 @@ fn send_fds(sock: &impl AsRawFd, fds: &[OwnedFd]) -> std::io::Result<()> {
 }
 
 /// Starts `vmm` with `args` for VM `id`, handing it `fds` (its taps) on
-/// the channel; events and the exit go to `sink`.
-pub fn spawn(
+/// the channel; events and the exit go to `sink`. A confined VM process
+/// (`--confine`) is the child of the process started, which forks it
+/// into a PID namespace of its own, says its pid and exits (see
+/// `api::vmproc::Forked`): vmd, a child subreaper, inherits it, and
+/// watches and reaps it through a pidfd.
+pub async fn spawn(
     vmm: &Path,
     args: &[String],
     fds: Vec<OwnedFd>,
@@ -260,25 +264,113 @@ pub fn spawn(
         }
     }
     let stderr = child.stderr.take().expect("stderr is piped");
-    wire(
-        pid,
-        std::os::unix::net::UnixStream::from(ours),
-        stderr,
-        Process::Child(child),
-        id,
-        name,
-        sink,
-    )
+    let mut stream = std::os::unix::net::UnixStream::from(ours);
+    let confined = args.iter().any(|a| a.starts_with("--confine"));
+    let (pid, process) = match confined {
+        false => (pid, Process::Child(child)),
+        true => match forked(stream, &mut child).await {
+            Ok((s, Some(forked))) => {
+                stream = s;
+                let pidfd = crate::persist::pidfd_open(forked).and_then(|fd| {
+                    // SAFETY: the OwnedFd is a valid descriptor, moved
+                    // into the AsyncFd, which closes it when dropped.
+                    unsafe { AsyncFd::register(fd) }.map_err(Into::into)
+                });
+                match pidfd {
+                    Ok(fd) => (forked, Process::Pidfd(fd)),
+                    Err(e) => {
+                        // Not reaped (vmd is its subreaper, and reaps
+                        // only through a pidfd): the pid is still its.
+                        // SAFETY: a plain system call.
+                        unsafe { libc::kill(forked as libc::pid_t, libc::SIGKILL) };
+                        return Err(e);
+                    }
+                }
+            }
+            // It failed before forking: its exit says why.
+            Ok((s, None)) => {
+                stream = s;
+                (pid, Process::Child(child))
+            }
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(e);
+            }
+        },
+    };
+    wire(pid, stream, stderr, process, id, name, sink)
+}
+
+/// Reads what the process vmd started says first on the channel when it
+/// is confined: the pid of the VM process it forked, which it then exits
+/// (reaped here). None where it exited without forking (`child` is then
+/// the process to wait for). The channel, read no further than that
+/// line, is handed back.
+async fn forked(
+    stream: std::os::unix::net::UnixStream,
+    child: &mut tokio::process::Child,
+) -> std::io::Result<(std::os::unix::net::UnixStream, Option<u32>)> {
+    use tokio::io::AsyncReadExt;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    stream.set_nonblocking(true)?;
+    let mut s = UnixStream::from_std(stream)?;
+    let mut line = Vec::new();
+    let read = async {
+        // A byte at a time: what follows the line is the VM process's.
+        let mut b = [0u8];
+        while s.read(&mut b).await? == 1 {
+            if b[0] == b'\n' {
+                return Ok(true);
+            }
+            line.push(b[0]);
+            if line.len() > 64 {
+                return Err(bad("the VM process's pid: a line too long".into()));
+            }
+        }
+        Ok::<_, std::io::Error>(false)
+    };
+    // The bound of a whole start: one that never forks is one that never
+    // comes up, and goes (reaped here, not left behind).
+    let bound = crate::state::START_BOUND;
+    let Ok(whole) = tokio::time::timeout(bound, read).await else {
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        return Err(bad(format!(
+            "the VM process did not come up within {} s",
+            bound.as_secs()
+        )));
+    };
+    let whole = whole?;
+    let s = s.into_std()?;
+    if !whole {
+        if line.is_empty() {
+            return Ok((s, None));
+        }
+        return Err(bad("the VM process's pid: cut short".into()));
+    }
+    let api::vmproc::Forked { forked } =
+        serde_json::from_slice(&line).map_err(|e| bad(format!("the VM process's pid: {e}")))?;
+    // It exits once it has said it; reaped now, not left a zombie.
+    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(st)) if st.success() => {}
+        Ok(Ok(st)) => tracing::warn!(pid = forked, "the VM process's parent: {st}"),
+        Ok(Err(e)) => tracing::warn!(pid = forked, "waiting for the VM process's parent: {e}"),
+        Err(_) => {
+            tracing::warn!(pid = forked, "the VM process's parent did not exit");
+            let _ = child.start_kill();
+        }
+    }
+    Ok((s, Some(forked)))
 }
 
 /// How vmd waits for a VM process and kills it.
 enum Process {
     /// Its own child, reaped with its exit status.
     Child(tokio::process::Child),
-    /// One known by its pidfd, which polls readable once it has exited:
-    /// one a previous vmd started (init's child now: its parent gets the
-    /// status), or, should it be vmd's child, reaped through the pidfd,
-    /// with its exit status.
+    /// One known by its pidfd, which polls readable once it has exited: a
+    /// confined VM process (vmd's child, inherited as a subreaper: reaped
+    /// through the pidfd, with its exit status), or one a previous vmd
+    /// started (init's child now: its parent gets the status).
     Pidfd(AsyncFd<OwnedFd>),
 }
 

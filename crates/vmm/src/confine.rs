@@ -11,7 +11,10 @@
 //!    process along): its own mount, IPC, UTS and network namespaces. The
 //!    host's files stay visible (privately) until the VM is built; the
 //!    network namespace is empty from the start, which is why every tap
-//!    must come as a descriptor.
+//!    must come as a descriptor. Then [`fork_into_pid_namespace`]: a PID
+//!    namespace takes only the caller's children, so the process forks
+//!    and the child, PID 1 of a namespace of its own, is the VM process:
+//!    it sees no other process, so it can signal none.
 //! 2. [`lock_down`], when the VM is built, before the guest runs: an empty
 //!    read-only root (a tmpfs, pivot_root, the old root detached), the
 //!    unprivileged uid and gid (glibc applies them to every thread; a
@@ -32,6 +35,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -125,10 +129,16 @@ fn cstr(s: &str) -> CString {
 }
 
 /// Step 1: new mount, IPC, UTS and network namespaces for the process,
-/// the mounts made private so that nothing done in ours reaches the host.
-/// Must run while the process has a single thread.
+/// the mounts made private so that nothing done in ours reaches the host,
+/// and a new PID namespace for its next child (see
+/// [`fork_into_pid_namespace`], which must follow). Must run while the
+/// process has a single thread.
 pub fn enter_namespaces() -> Result<(), String> {
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID;
     // SAFETY: unshare and mount with valid flags and NUL-terminated strings.
     unsafe {
         check(libc::unshare(flags), "unshare")?;
@@ -147,6 +157,239 @@ pub fn enter_namespaces() -> Result<(), String> {
         check(libc::sethostname(host.as_ptr(), 3), "sethostname")?;
     }
     Ok(())
+}
+
+/// Signals the parent of a VM process run by hand passes on to it: it
+/// stands for the VM process to whoever started it (SIGKILL, which it
+/// cannot pass on, takes the child along through PR_SET_PDEATHSIG).
+/// Faults and job control are its own.
+fn forwarded() -> libc::sigset_t {
+    // SAFETY: plain sigset manipulation on a local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGALRM,
+            libc::SIGTERM,
+            libc::SIGCONT,
+            libc::SIGWINCH,
+            libc::SIGURG,
+            libc::SIGPWR,
+            libc::SIGXCPU,
+            libc::SIGXFSZ,
+            libc::SIGVTALRM,
+            libc::SIGPROF,
+            libc::SIGIO,
+            libc::SIGCHLD,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        for s in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Writes all of `buf` to `fd`.
+fn write_all(fd: libc::c_int, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: writes from a live buffer of that length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Step 1b, after [`enter_namespaces`]: forks; returns in the child, PID
+/// 1 of the new PID namespace, which goes on as the VM process with every
+/// descriptor and setting the process had (it is still single-threaded:
+/// nothing is lost in the fork, and no seccomp filter exists yet). The
+/// parent never returns. Under vmd (`report_to`, the control socket) it
+/// writes the child's pid, as vmd sees it, as the channel's first line
+/// (`api::vmproc::Forked`) and exits with status 0: the child is then
+/// vmd's (a child subreaper), which reaps it with its exit status. Run by
+/// hand, it stays, passes signals on (see [`forwarded`]) and exits as the
+/// child did. The child goes on only once the parent has done its part
+/// (a byte on a pipe), so nothing precedes the pid on the channel and no
+/// VM runs that its parent could not account for.
+pub fn fork_into_pid_namespace(report_to: Option<libc::c_int>) -> Result<(), String> {
+    let mut go = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `go`.
+    check(
+        unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe",
+    )?;
+    let set = forwarded();
+    // SAFETY: a zeroed sigset is valid storage for the old mask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // Blocked before the fork so that none is lost (or kills the parent)
+    // in between; the child gets its mask back.
+    // SAFETY: valid sets.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    // SAFETY: the process has one thread: the child is a whole copy.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            libc::close(go[0]);
+            libc::close(go[1]);
+        }
+        return Err(format!("fork: {e}"));
+    }
+    if pid == 0 {
+        // SAFETY: restoring the mask, closing our copy of the write end,
+        // reading one byte into a local.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            libc::close(go[1]);
+            if report_to.is_none() {
+                // Whoever kills the parent (SIGKILL included) kills the VM.
+                check(
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+                    "PR_SET_PDEATHSIG",
+                )?;
+            }
+            let mut b = 0u8;
+            let n = loop {
+                let n = libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    break n;
+                }
+            };
+            if n != 1 {
+                return Err("the parent process exited before the VM could start".into());
+            }
+            match report_to {
+                // Hangs up when the parent exits: see `rearm_parent_death`.
+                None => PARENT.store(go[0], Ordering::Relaxed),
+                Some(_) => {
+                    libc::close(go[0]);
+                }
+            }
+        }
+        return Ok(());
+    }
+    // SAFETY: closing our copy of the read end.
+    unsafe { libc::close(go[0]) };
+    if let Some(fd) = report_to {
+        let mut line = serde_json::to_vec(&api::vmproc::Forked { forked: pid as u32 })
+            .expect("a number serialises");
+        line.push(b'\n');
+        let status = match write_all(fd, &line).and_then(|()| write_all(go[1], &[1])) {
+            Ok(()) => 0,
+            Err(e) => {
+                // The child reads EOF and exits.
+                crate::say(format_args!(
+                    "--confine: telling vmd the VM process's pid: {e}"
+                ));
+                1
+            }
+        };
+        std::process::exit(status);
+    }
+    // The write end stays open until the parent exits.
+    if let Err(e) = write_all(go[1], &[1]) {
+        // SAFETY: a signal to our own child, not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        return Err(format!("starting the VM process: {e}"));
+    }
+    pass_signals_until_exit(pid, &set)
+}
+
+/// Run by hand, the VM process's end of a pipe whose other end its parent
+/// holds until it exits (-1 under vmd).
+static PARENT: AtomicI32 = AtomicI32::new(-1);
+
+/// A change of uid or gid clears the parent-death signal: set again
+/// after one, and the parent checked to be still there (it may have died
+/// in between), by its pipe.
+fn rearm_parent_death() -> Result<(), String> {
+    let fd = PARENT.load(Ordering::Relaxed);
+    if fd < 0 {
+        return Ok(());
+    }
+    // SAFETY: prctl with integer arguments; poll on a local.
+    unsafe {
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "PR_SET_PDEATHSIG",
+        )?;
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut p, 1, 0) != 0 {
+            return Err("the parent process exited".into());
+        }
+    }
+    Ok(())
+}
+
+/// The parent of a VM process run by hand: passes on the signals in `set`
+/// that a process sent (those of the terminal reach the child as well:
+/// they go to the process group) until `child` exits, then exits as it
+/// did, by the same signal if it was killed.
+fn pass_signals_until_exit(child: libc::pid_t, set: &libc::sigset_t) -> ! {
+    loop {
+        // SAFETY: a zeroed siginfo is valid storage; `set` is valid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sig = unsafe { libc::sigwaitinfo(set, &mut info) };
+        if sig < 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            if matches!(
+                info.si_code,
+                libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL
+            ) {
+                // SAFETY: our child, not reaped yet: the pid is its own.
+                unsafe { libc::kill(child, sig) };
+            }
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } != child {
+            continue;
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            // SAFETY: the default action of the signal that ended the
+            // child (without a core: the child's was the one), unblocked,
+            // raised on ourselves.
+            unsafe {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut one: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut one);
+                libc::sigaddset(&mut one, sig);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                libc::raise(sig);
+            }
+            std::process::exit(128 + sig);
+        }
+        std::process::exit(libc::WEXITSTATUS(status));
+    }
 }
 
 /// Step 2: an empty root, `who`'s ids, no_new_privs and the filter.
@@ -183,6 +426,7 @@ pub fn lock_down(who: Identity, on_violation: OnViolation) -> Result<(), String>
             return Err("setresuid: root could be regained".into());
         }
     }
+    rearm_parent_death()?;
     landlock()?;
     // seccompiler sets no_new_privs (landlock did already); TSYNC carries
     // the filter to every thread there may be.

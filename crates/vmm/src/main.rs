@@ -186,8 +186,9 @@ struct Args {
         requires = "open_as"
     )]
     user_files: Vec<UserFile>,
-    /// Confine the VM process (see vmm(8)): its own mount, IPC, UTS and
-    /// network namespaces from the start; once the VM is built, an empty
+    /// Confine the VM process (see vmm(8)): its own mount, IPC, UTS,
+    /// network and PID namespaces from the start (vmm forks: the VM runs in
+    /// the child, PID 1 there); once the VM is built, an empty
     /// root, this uid and gid (not 0), no capabilities, no_new_privs, a
     /// seccomp allowlist on every thread and a narrower one per thread
     /// kind (vCPU, device, control...). Taps must come as descriptors.
@@ -486,8 +487,10 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
                 n.cfg.tap
             ));
         }
-        // While the process has one thread.
+        // While the process has one thread. Only the child returns from
+        // the fork: the VM process, PID 1 of its own PID namespace.
         confine::enter_namespaces().map_err(|e| format!("--confine: {e}"))?;
+        confine::fork_into_pid_namespace(args.control_fd).map_err(|e| format!("--confine: {e}"))?;
     }
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
     let _held = hold_files(&mut args)?;
