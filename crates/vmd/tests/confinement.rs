@@ -62,7 +62,7 @@ fn vm_processes_run_confined() {
             .unwrap()
             .collect();
         assert!(root.is_empty(), "{}: its root holds {root:?}", vm.name);
-        for ns in ["mnt", "net", "ipc", "uts"] {
+        for ns in ["mnt", "net", "ipc", "uts", "pid"] {
             assert_ne!(
                 namespace(&pid.to_string(), ns),
                 namespace("self", ns),
@@ -70,6 +70,21 @@ fn vm_processes_run_confined() {
                 vm.name
             );
         }
+        // The pid vmd shows is the VM process's, PID 1 of its namespace
+        // (it sees no other process); vmd adopted it (the process vmd
+        // started forked it and exited).
+        assert_eq!(
+            status_field(pid, "NSpid"),
+            format!("{pid}\t1"),
+            "{}",
+            vm.name
+        );
+        assert_eq!(
+            status_field(pid, "PPid"),
+            d.pid().to_string(),
+            "{}: vmd is its parent",
+            vm.name
+        );
         uids.push(uid);
     }
     assert_ne!(uids[0], uids[1]);
@@ -80,7 +95,15 @@ fn vm_processes_run_confined() {
         d.vm("a").last_exit.as_deref(),
         Some("halted by guest tools")
     );
-    d.vmctl_ok(&["stop", "-f", "-w", "b"]);
+    // PID 1 of its namespace takes the stop signals it handles from the
+    // host too: SIGTERM asks the guest to power off, as vmctl stop does.
+    let pid = b.pid.expect("a pid");
+    send_signal(pid, libc::SIGTERM);
+    let b = d.wait_vm("b", "stopped by SIGTERM", Duration::from_secs(30), |v| {
+        v.pid.is_none()
+    });
+    assert_eq!(b.last_exit.as_deref(), Some("halted by guest tools"));
+    assert!(!process_exists(pid));
 }
 
 /// A shared object that stands for code a guest got to run in the VM
