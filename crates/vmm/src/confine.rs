@@ -279,6 +279,16 @@ pub fn fork_into_pid_namespace(report_to: Option<libc::c_int>) -> Result<(), Str
                 None => PARENT.store(go[0], Ordering::Relaxed),
                 Some(_) => {
                     libc::close(go[0]);
+                    // A session of its own (it has no terminal; its pty's
+                    // master is opened O_NOCTTY): when vmd dies while the
+                    // VM process is stopped (SIGSTOP), its process group
+                    // would be orphaned with a stopped member, and the
+                    // kernel would send it SIGHUP (a stop signal: the
+                    // guest would be shut down) and SIGCONT. Not across
+                    // sessions.
+                    if libc::setsid() < 0 {
+                        return Err(format!("setsid: {}", io::Error::last_os_error()));
+                    }
                 }
             }
         }
