@@ -574,7 +574,18 @@ fn build_pci(
 impl Vm {
     /// Builds the VM and loads the kernel; nothing runs until `run`.
     /// `serial_out` receives what the guest writes to COM1.
+    /// The VM, built and loaded: ready to [`Vm::run`].
     pub fn new(cfg: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Vm, VmError> {
+        let mut v = Vm::build(cfg, serial_out)?;
+        v.load_guest()?;
+        Ok(v)
+    }
+
+    /// The VM built, its memory mapped but not yet touched: the kernel or
+    /// firmware is loaded by [`Vm::load_guest`]. Between the two the
+    /// caller may do what must happen before guest memory is charged to
+    /// anyone (vmm enters the VM's cgroups meanwhile).
+    pub fn build(cfg: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
         if cfg.vcpus == 0 {
             return Err(VmError::NoVcpus);
@@ -810,7 +821,7 @@ impl Vm {
                 .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).news()),
             backdoor,
         };
-        let mut v = Vm {
+        let v = Vm {
             cfg,
             vm,
             mem,
@@ -826,8 +837,13 @@ impl Vm {
             pci_slots,
             firmware,
         };
-        v.load()?;
         Ok(v)
+    }
+
+    /// Loads the kernel (or firmware) and boot data into guest memory:
+    /// the first time it is touched.
+    pub fn load_guest(&mut self) -> Result<(), VmError> {
+        self.load()
     }
 
     pub fn handle(&self) -> VmHandle {

@@ -22,13 +22,16 @@
 //! state directory (`vmd/d-HASH/vm-ID`): VM ids repeat across daemons,
 //! cgroups must not.
 //!
-//! The VM process enters its cgroups between fork and exec (vmd opens
-//! their `cgroup.procs` before it forks; the child writes "0" there),
-//! so it never runs outside them. Its cgroups go when it exits, whichever
+//! The VM process enters its cgroups itself (vmd opens their
+//! `cgroup.procs` and hands them over with its taps; `vmm --cgroups`):
+//! while it builds its VM, before it touches guest memory, so that every
+//! guest page is charged to them. Not between fork and exec: the move
+//! waits for an RCU grace period (~8 ms here), which building the VM
+//! overlaps, and fork rather than posix_spawn would cost more. Its cgroups go when it exits, whichever
 //! vmd sees that; those of VMs no longer running go when vmd starts.
 
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -104,23 +107,12 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The descriptors the child writes "0" to before it executes.
-    pub fn procs_fds(&self) -> Vec<RawFd> {
-        self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    /// Its paths, and its `cgroup.procs` for the VM process (`vmm
+    /// --cgroups`), which writes itself into them before it touches guest
+    /// memory.
+    pub fn into_parts(self) -> (Vec<PathBuf>, Vec<OwnedFd>) {
+        (self.paths, self.procs)
     }
-}
-
-/// Moves the calling process into the cgroups whose `cgroup.procs` are
-/// open on `fds`. Runs between fork and exec: write(2) alone.
-pub fn enter(fds: &[RawFd]) -> std::io::Result<()> {
-    for &fd in fds {
-        // SAFETY: write(2) of a static buffer on a descriptor opened
-        // before the fork; async-signal-safe.
-        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 impl Cgroups {
@@ -210,8 +202,8 @@ impl Cgroups {
                     }
                     _ => v2_limits(&path, mem, pids)?,
                 }
-                // Close-on-exec (std's default): the child writes to it
-                // before it executes.
+                // Handed to the VM process on its control socket; it
+                // writes itself in before it touches guest memory.
                 let procs = std::fs::OpenOptions::new()
                     .write(true)
                     .open(path.join("cgroup.procs"))

@@ -629,7 +629,8 @@ impl Daemon {
         };
         fds.insert(0, listener);
         args.push("--reattach".into());
-        // Its cgroups, with its limits: it enters them before it runs.
+        // Its cgroups, with its limits: it enters them before it touches
+        // guest memory (their cgroup.procs, after the listener).
         let devices = def.disks.len() + def.interfaces.len();
         let cgroups = match self.cgroups.create(id, def.memory, def.cpus, devices).await {
             Ok(c) => c,
@@ -640,11 +641,17 @@ impl Daemon {
                 return Err(Error::Internal(why));
             }
         };
-        let enter = cgroups.as_ref().map(|c| c.procs_fds()).unwrap_or_default();
+        let cgroups = match cgroups {
+            Some(c) => {
+                let (paths, procs) = c.into_parts();
+                args.push(format!("--cgroups={}", procs.len()));
+                fds.splice(1..1, procs);
+                paths
+            }
+            None => Vec::new(),
+        };
         let sink: Arc<dyn Sink> = self.clone();
-        let spawned = vmproc::spawn(&self.vmm, &args, fds, &enter, id, &name, sink).await;
-        // The descriptors of its cgroup.procs close here.
-        let cgroups = cgroups.map(|c| c.paths).unwrap_or_default();
+        let spawned = vmproc::spawn(&self.vmm, &args, fds, id, &name, sink).await;
         {
             let mut g = self.lock();
             let Some(vm) = g.vms.get_mut(&id) else {

@@ -216,7 +216,6 @@ pub async fn spawn(
     vmm: &Path,
     args: &[String],
     fds: Vec<OwnedFd>,
-    cgroup_procs: &[std::os::fd::RawFd],
     id: u32,
     name: &str,
     sink: Arc<dyn Sink>,
@@ -233,17 +232,6 @@ pub async fn spawn(
         // Its own process group: a ^C or hangup meant for vmd in a terminal
         // must not reach the VMs; vmd stops them itself.
         .process_group(0);
-    if !cgroup_procs.is_empty() {
-        // It enters its cgroups before it executes: it never runs, nor
-        // allocates, unlimited. (This makes std fork rather than
-        // posix_spawn: the price of no window.)
-        let fds = cgroup_procs.to_vec();
-        // SAFETY: the hook only calls write(2) on descriptors opened
-        // before the fork, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || crate::cgroup::enter(&fds));
-        }
-    }
     // `cmd` holds the child's end until it is dropped below.
     let mut child = cmd.spawn()?;
     drop(cmd);

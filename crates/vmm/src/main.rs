@@ -11,7 +11,7 @@ mod power;
 mod serial_out;
 mod size;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -169,6 +169,13 @@ struct Args {
     /// powering off.
     #[arg(long, requires = "control_fd")]
     reattach: bool,
+    /// The next N descriptors vmd sends on the control socket (after the
+    /// re-attach socket, before the taps) are `cgroup.procs` files the
+    /// VM process writes itself into: while it builds its VM, and before
+    /// it touches guest memory (the move waits for an RCU grace period,
+    /// which building the VM overlaps).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "control_fd")]
+    cgroups: usize,
     /// Open the files `--user-files` lists with this user's rights
     /// (`UID:GID[:GROUP,...]`) rather than the process's: the user named
     /// them, and must not reach through the VM what he could not open
@@ -495,7 +502,7 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
     let _held = hold_files(&mut args)?;
     let taps = args.nets.iter().filter(|n| n.fd_from_control).count();
-    let wanted = taps + usize::from(args.reattach);
+    let wanted = taps + usize::from(args.reattach) + args.cgroups;
     let mut received = Vec::new();
     if wanted > 0 {
         let fd = args
@@ -516,6 +523,7 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         false => None,
     };
+    let cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
     let nets = args
         .nets
         .into_iter()
@@ -581,7 +589,18 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         None => None,
     };
     let console = serial_out::open(&args.serial).map_err(|e| e.to_string())?;
-    let mut vm = Vm::new(cfg, console.writer).map_err(|e| e.to_string())?;
+    // Into its cgroups, from a thread of its own while the VM is built;
+    // joined before guest memory is touched, and before lock_down wants
+    // the process single-threaded again.
+    let entering =
+        (!cgroups.is_empty()).then(|| std::thread::spawn(move || enter_cgroups(&cgroups)));
+    let mut vm = Vm::build(cfg, console.writer).map_err(|e| e.to_string())?;
+    if let Some(t) = entering {
+        t.join()
+            .map_err(|_| "entering its cgroups: the thread panicked".to_string())?
+            .map_err(|e| format!("cannot enter its cgroup: {e}"))?;
+    }
+    vm.load_guest().map_err(|e| e.to_string())?;
     // Built: what it opened it holds. Confined now, while this is the only
     // thread (every later one inherits it all).
     if let Some(who) = args.confine {
@@ -649,4 +668,13 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         VmExit::Stopped => ExitStatus::Stopped,
     })
+}
+
+/// Moves this process into the cgroups whose `cgroup.procs` vmd opened.
+fn enter_cgroups(procs: &[OwnedFd]) -> std::io::Result<()> {
+    use std::io::Write;
+    for p in procs {
+        std::fs::File::from(p.try_clone()?).write_all(b"0")?;
+    }
+    Ok(())
 }
