@@ -54,7 +54,13 @@ fn the_init_script_is_sh() {
     let script = std::fs::read_to_string(&path).unwrap();
     assert!(script.starts_with("#!/bin/sh\n"));
     assert!(script.contains(&format!("\nPIDFILE={}\n", vmt::status::PID_FILE)));
-    for cmd in ["start)", "stop)", "reload)", "restart|force-reload)", "status)"] {
+    for cmd in [
+        "start)",
+        "stop)",
+        "reload)",
+        "restart|force-reload)",
+        "status)",
+    ] {
         assert!(script.contains(cmd), "{cmd}");
     }
     use std::os::unix::fs::PermissionsExt;
