@@ -166,14 +166,16 @@ fn vms() -> Value {
             "id": 2, "name": "db", "pid": null, "vcpus": 1, "maxmem": 536870912u64,
             "curmem": 0, "tty": null, "owner": "root", "state": "stopped",
             "hostname": null, "ip": null, "tools": false, "last_exit": "halted by guest tools",
-            "disks": [], "cdrom": null, "interfaces": []
+            "disks": [], "cdrom": null, "interfaces": [], "os": null, "uptime_secs": null,
+            "nics": []
         },
         {
             "id": 1, "name": "web1", "pid": 4242, "vcpus": 2, "maxmem": 1073741824u64,
             "curmem": 27787264u64, "tty": "/dev/pts/3", "owner": "root", "state": "running",
             "hostname": "web1.example.org", "ip": "100.64.1.3", "tools": true, "last_exit": null,
             "disks": [{"path": "/var/vm/web1.qcow2", "format": "qcow2"}], "cdrom": null,
-            "interfaces": []
+            "interfaces": [], "os": "Debian GNU/Linux 12 (bookworm)", "uptime_secs": 93784,
+            "nics": [{"mac": "fe:e1:ba:00:00:01", "addresses": ["100.64.1.3/31"]}]
         }
     ])
 }
@@ -253,13 +255,14 @@ fn status_table() {
     assert!(out.status.success());
     let lines: Vec<String> = TABLE.lines().map(str::to_string).collect();
     assert_eq!(text(&out.stdout), format!("{}\n{}\n", lines[0], lines[1]));
-    // One VM by name also lists its disks.
+    // One VM by name also lists its disks and what its tools report.
     let out = s.vmctl(&["show", "web1"]);
     assert!(out.status.success());
     assert_eq!(
         text(&out.stdout),
         format!(
-            "{}\n{}\ndisk0 qcow2 /var/vm/web1.qcow2\n",
+            "{}\n{}\ndisk0 qcow2 /var/vm/web1.qcow2\nos Debian GNU/Linux 12 (bookworm)\n\
+             uptime 1 day, 02:03:04\nnic0 fe:e1:ba:00:00:01 100.64.1.3/31\n",
             lines[0], lines[1]
         )
     );
