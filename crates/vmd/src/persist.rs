@@ -280,27 +280,6 @@ pub fn pidfd_kill(pidfd: &OwnedFd, sig: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The pid of the process at the other end of a Unix socket.
-pub fn peer_pid(sock: &impl AsRawFd) -> std::io::Result<u32> {
-    // SAFETY: a zeroed ucred is valid; getsockopt fills it within its size.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.pid as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

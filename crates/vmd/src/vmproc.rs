@@ -448,15 +448,25 @@ pub async fn attach(
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(sock))
         .await
         .map_err(|_| format!("{}: connecting timed out", sock.display()))?
-        .and_then(UnixStream::into_std)
         .map_err(|e| format!("{}: {e}", sock.display()))?;
-    let peer = crate::persist::peer_pid(&stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    if peer != pid {
+    // As the API's peers are known (conn.rs): SO_PEERCRED.
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?
+        .pid();
+    if peer != Some(pid as i32) {
+        let who = peer.map_or_else(
+            || "an unknown process".to_string(),
+            |p| format!("process {p}"),
+        );
         return Err(format!(
-            "{}: process {peer} listens there, not {pid}",
+            "{}: {who} listens there, not {pid}",
             sock.display()
         ));
     }
+    let stream = stream
+        .into_std()
+        .map_err(|e| format!("{}: {e}", sock.display()))?;
     let (read, write) = pipe().map_err(|e| format!("pipe: {e}"))?;
     send_fds(&stream, &[write]).map_err(|e| format!("handing over stderr: {e}"))?;
     let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(read)
