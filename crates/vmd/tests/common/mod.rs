@@ -267,19 +267,7 @@ impl TestDaemon {
     /// Starts vmd in an existing directory (conf written, socket path
     /// maybe occupied).
     pub fn start_in(dir: PathBuf) -> TestDaemon {
-        let d = TestDaemon {
-            conf: dir.join("vm.conf"),
-            sock: dir.join("sock"),
-            log: dir.join("vmd.stderr"),
-            dir,
-            netns: None,
-            child: None,
-            vmm_pids: Default::default(),
-            vmm: None,
-            handed_over: false,
-            args: Vec::new(),
-        };
-        d.launch()
+        TestDaemon::start_with_args(dir, &[])
     }
 
     /// Starts vmd with more arguments `args`, the configuration in `dir`.
