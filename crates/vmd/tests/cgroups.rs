@@ -135,6 +135,21 @@ fn vm_processes_are_limited() {
     let (a_mem, a_pids) = check_limited(&d, &a, 0);
     let (b_mem, b_pids) = check_limited(&d, &b, 1);
     assert_ne!(a_mem, b_mem);
+    // It moved itself in and let go of the cgroup.procs vmd handed it:
+    // with one open, a compromised VM process could move any process of
+    // the host into its cgroup (the file was opened by root).
+    for vm in [&a, &b] {
+        let pid = vm.pid.expect("a pid");
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+            assert!(
+                !target.to_string_lossy().contains("cgroup"),
+                "vm {}: still holds {}",
+                vm.name,
+                target.display()
+            );
+        }
+    }
     // vmd's cgroups are under a directory of this daemon's own: another
     // vmd's VM 1 is not in the same cgroup.
     let parent = a_mem.parent().unwrap().to_path_buf();
