@@ -840,12 +840,6 @@ impl Vm {
         Ok(v)
     }
 
-    /// Loads the kernel (or firmware) and boot data into guest memory:
-    /// the first time it is touched.
-    pub fn load_guest(&mut self) -> Result<(), VmError> {
-        self.load()
-    }
-
     pub fn handle(&self) -> VmHandle {
         self.handle.clone()
     }
@@ -865,8 +859,9 @@ impl Vm {
     }
 
     /// (Re)loads kernel and firmware tables and puts every vCPU in its
-    /// power-on state.
-    fn load(&mut self) -> Result<(), VmError> {
+    /// power-on state: after [`Vm::build`], the first time guest memory
+    /// is touched; again at every reset.
+    pub fn load_guest(&mut self) -> Result<(), VmError> {
         if let Some(fw) = &self.firmware {
             // Firmware builds its own tables and finds its own way.
             fw.copy_low(&self.mem).map_err(VmError::Firmware)?;
@@ -948,7 +943,7 @@ impl Vm {
                 move_bar(&mut bus, &any, m);
             }
         }
-        self.load()
+        self.load_guest()
     }
 
     /// Runs the guest until it powers off, crashes, is stopped by the host,
