@@ -22,12 +22,19 @@
 //! state directory (`vmd/d-HASH/vm-ID`): VM ids repeat across daemons,
 //! cgroups must not.
 //!
-//! The VM process enters its cgroups itself (vmd opens their
-//! `cgroup.procs` and hands them over with its taps; `vmm --cgroups`):
-//! while it builds its VM, before it touches guest memory, so that every
-//! guest page is charged to them. Not between fork and exec: the move
-//! waits for an RCU grace period (~8 ms here), which building the VM
-//! overlaps, and fork rather than posix_spawn would cost more. Its cgroups go when it exits, whichever
+//! The VM process enters its cgroups itself, before it touches guest
+//! memory, so that every guest page is charged to them: vmd opens the
+//! files that move a task and hands them over with its taps (`vmm
+//! --cgroups`). Moving a whole process (`cgroup.procs`) write-locks the
+//! kernel's global threadgroup lock, which waits for an RCU grace period
+//! (6-8 ms here, per hierarchy) unless another move just took it; moving
+//! one thread, the caller, does not. So on v1, vmd hands over `tasks`,
+//! and the VM process writes itself in while it is still its only thread
+//! (`--cgroup-files tasks`): ~0.05 ms. v2 has no such file
+//! (`cgroup.threads` moves threads only within a domain), so there it
+//! writes `cgroup.procs` from a thread while it builds its VM, which
+//! hides part of the wait. Not between fork and exec: fork rather than
+//! posix_spawn would cost more. Its cgroups go when it exits, whichever
 //! vmd sees that; those of VMs no longer running go when vmd starts.
 
 use std::collections::HashSet;
@@ -100,18 +107,47 @@ pub struct Cgroups {
 }
 
 /// A VM's cgroups, made for its start: their paths (kept in its record)
-/// and their `cgroup.procs`, open for the VM process to write itself in.
+/// and the files that move a task into them (`tasks` on v1, else
+/// `cgroup.procs`), open for the VM process to write itself in.
 pub struct Prepared {
     pub paths: Vec<PathBuf>,
-    procs: Vec<OwnedFd>,
+    movers: Vec<OwnedFd>,
+    kind: MoverKind,
+}
+
+/// Which file [`Prepared`] hands over: vmm's `--cgroup-files`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoverKind {
+    /// `cgroup.procs`: moves the whole process.
+    Procs,
+    /// v1's `tasks`: moves the writing thread only (the process, while it
+    /// has one thread), without the wait for an RCU grace period.
+    Tasks,
+}
+
+impl MoverKind {
+    fn file(self) -> &'static str {
+        match self {
+            MoverKind::Procs => "cgroup.procs",
+            MoverKind::Tasks => "tasks",
+        }
+    }
+
+    /// vmm's `--cgroup-files` value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            MoverKind::Procs => "procs",
+            MoverKind::Tasks => "tasks",
+        }
+    }
 }
 
 impl Prepared {
-    /// Its paths, and its `cgroup.procs` for the VM process (`vmm
-    /// --cgroups`), which writes itself into them before it touches guest
-    /// memory.
-    pub fn into_parts(self) -> (Vec<PathBuf>, Vec<OwnedFd>) {
-        (self.paths, self.procs)
+    /// Its paths, and what the VM process (`vmm --cgroups N
+    /// --cgroup-files KIND`) writes itself in with, before it touches
+    /// guest memory.
+    pub fn into_parts(self) -> (Vec<PathBuf>, Vec<OwnedFd>, MoverKind) {
+        (self.paths, self.movers, self.kind)
     }
 }
 
@@ -181,9 +217,14 @@ impl Cgroups {
         }
         let mem = memory_limit(ram);
         let pids = pids_limit(cpus, devices);
+        let kind = match self.mode {
+            Mode::V1 { .. } => MoverKind::Tasks,
+            _ => MoverKind::Procs,
+        };
         let mut made = Prepared {
             paths: Vec::new(),
-            procs: Vec::new(),
+            movers: Vec::new(),
+            kind,
         };
         for dir in dirs {
             let path = dir.join(format!("vm-{id}"));
@@ -204,11 +245,12 @@ impl Cgroups {
                 }
                 // Handed to the VM process on its control socket; it
                 // writes itself in before it touches guest memory.
-                let procs = std::fs::OpenOptions::new()
+                let file = path.join(kind.file());
+                let mover = std::fs::OpenOptions::new()
                     .write(true)
-                    .open(path.join("cgroup.procs"))
-                    .map_err(|e| format!("{}/cgroup.procs: {e}", path.display()))?;
-                made.procs.push(procs.into());
+                    .open(&file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                made.movers.push(mover.into());
                 Ok(())
             });
             if let Err(e) = r {

@@ -630,7 +630,7 @@ impl Daemon {
         fds.insert(0, listener);
         args.push("--reattach".into());
         // Its cgroups, with its limits: it enters them before it touches
-        // guest memory (their cgroup.procs, after the listener).
+        // guest memory (the files that move it, after the listener).
         let devices = def.disks.len() + def.interfaces.len();
         let cgroups = match self.cgroups.create(id, def.memory, def.cpus, devices).await {
             Ok(c) => c,
@@ -643,9 +643,10 @@ impl Daemon {
         };
         let cgroups = match cgroups {
             Some(c) => {
-                let (paths, procs) = c.into_parts();
-                args.push(format!("--cgroups={}", procs.len()));
-                fds.splice(1..1, procs);
+                let (paths, movers, kind) = c.into_parts();
+                args.push(format!("--cgroups={}", movers.len()));
+                args.push(format!("--cgroup-files={}", kind.arg()));
+                fds.splice(1..1, movers);
                 paths
             }
             None => Vec::new(),

@@ -12,7 +12,13 @@ use common::*;
 /// The memory and pids cgroup directories of process `pid` (the same one
 /// on cgroup v2), from /proc/PID/cgroup; None where it is in none.
 fn cgroups_of(pid: u32) -> Option<(PathBuf, PathBuf)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    cgroups_in(&format!("/proc/{pid}"))
+}
+
+/// As [`cgroups_of`], for the process or thread whose /proc directory is
+/// `proc`.
+fn cgroups_in(proc: &str) -> Option<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string(format!("{proc}/cgroup")).ok()?;
     let v1 = |ctrl: &str| {
         text.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
@@ -89,11 +95,18 @@ fn check_limited(d: &TestDaemon, vm: &VmStatus, devices: u64) -> (PathBuf, PathB
     }
     let max: u64 = u64::from(vm.vcpus) + devices + 32;
     assert_eq!(read(&pids.join("pids.max")), max.to_string());
-    // Every thread of it is counted there, and fits.
+    // Every thread of it is in them (each is born where the thread that
+    // started it was, and the VM process moved its only one), counted
+    // there, and fits.
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        if let Some(of_thread) = cgroups_in(&t.to_string_lossy()) {
+            assert_eq!(of_thread, (mem.clone(), pids.clone()), "{}", t.display());
+        }
+        threads += 1;
+    }
     let current: u64 = read(&pids.join("pids.current")).parse().unwrap();
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .count() as u64;
     assert!(
         current >= threads && current <= max,
         "{current} tasks of {threads}, max {max}"
@@ -135,7 +148,7 @@ fn vm_processes_are_limited() {
     let (a_mem, a_pids) = check_limited(&d, &a, 0);
     let (b_mem, b_pids) = check_limited(&d, &b, 1);
     assert_ne!(a_mem, b_mem);
-    // It moved itself in and let go of the cgroup.procs vmd handed it:
+    // It moved itself in and let go of the files vmd handed it for that:
     // with one open, a compromised VM process could move any process of
     // the host into its cgroup (the file was opened by root).
     for vm in [&a, &b] {

@@ -50,6 +50,12 @@ enum Boot {
     Pvh,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CgroupFiles {
+    Procs,
+    Tasks,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BootDev {
     Disk,
@@ -170,12 +176,18 @@ struct Args {
     #[arg(long, requires = "control_fd")]
     reattach: bool,
     /// The next N descriptors vmd sends on the control socket (after the
-    /// re-attach socket, before the taps) are `cgroup.procs` files the
-    /// VM process writes itself into: while it builds its VM, and before
-    /// it touches guest memory (the move waits for an RCU grace period,
-    /// which building the VM overlaps).
+    /// re-attach socket, before the taps) are files that move a task into
+    /// a cgroup (see --cgroup-files): the VM process writes itself into
+    /// them before it touches guest memory.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "control_fd")]
     cgroups: usize,
+    /// What the --cgroups descriptors are. `procs`: `cgroup.procs`,
+    /// written from a thread while the VM is built (moving a process waits
+    /// for an RCU grace period, which that overlaps). `tasks`: cgroup v1's
+    /// `tasks`, written at once while the process has one thread, which
+    /// moves it all without that wait.
+    #[arg(long, value_enum, default_value = "procs")]
+    cgroup_files: CgroupFiles,
     /// Open the files `--user-files` lists with this user's rights
     /// (`UID:GID[:GROUP,...]`) rather than the process's: the user named
     /// them, and must not reach through the VM what he could not open
@@ -523,7 +535,14 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         false => None,
     };
-    let cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
+    let mut cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
+    if args.cgroup_files == CgroupFiles::Tasks {
+        // This thread is the process's only one yet (no device or vCPU
+        // thread starts before `Vm::build`): moving it moves the process,
+        // and every thread it starts later is born in its cgroups.
+        enter_cgroups(&cgroups).map_err(|e| format!("cannot enter its cgroup: {e}"))?;
+        cgroups.clear();
+    }
     let nets = args
         .nets
         .into_iter()
@@ -670,7 +689,8 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     })
 }
 
-/// Moves this process into the cgroups whose `cgroup.procs` vmd opened.
+/// Moves this process (`cgroup.procs`), or this thread (`tasks`), into
+/// the cgroups whose files vmd opened.
 fn enter_cgroups(procs: &[OwnedFd]) -> std::io::Result<()> {
     use std::io::Write;
     for p in procs {
