@@ -11,6 +11,7 @@ mod auth;
 mod cgroup;
 mod conn;
 mod net;
+mod netns;
 mod persist;
 mod state;
 mod vmproc;

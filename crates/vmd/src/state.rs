@@ -5,6 +5,7 @@
 //! handlers, VM process events and exits serialise cleanly.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -302,6 +303,9 @@ pub struct Daemon {
     pub state: StateDir,
     /// The cgroups VM processes are limited in.
     pub cgroups: Arc<Cgroups>,
+    /// The network namespace confined VM processes join (see `netns`);
+    /// none: each makes its own.
+    pub vm_netns: Option<OwnedFd>,
 }
 
 /// The first of the ids VM processes run as (VM N as this + N): far above
@@ -360,6 +364,17 @@ impl Daemon {
             inner.next_id += 1;
             inner.vms.insert(id, Vm::new(id, def, true));
         }
+        // One network namespace for the VM processes it confines.
+        let vm_netns = match vm_uid_base {
+            0 => None,
+            _ => crate::netns::make()
+                .map_err(|e| {
+                    tracing::warn!(
+                        "no network namespace for VM processes to share ({e}): each makes its own"
+                    )
+                })
+                .ok(),
+        };
         Arc::new(Daemon {
             inner: Mutex::new(inner),
             net: HostNet::default(),
@@ -369,6 +384,7 @@ impl Daemon {
             vm_uid_base,
             state,
             cgroups,
+            vm_netns,
         })
     }
 
@@ -641,16 +657,35 @@ impl Daemon {
                 return Err(Error::Internal(why));
             }
         };
+        // (Where the taps start among the descriptors.)
+        let mut taps_at = 1;
         let cgroups = match cgroups {
             Some(c) => {
                 let (paths, movers, kind) = c.into_parts();
                 args.push(format!("--cgroups={}", movers.len()));
                 args.push(format!("--cgroup-files={}", kind.arg()));
+                taps_at += movers.len();
                 fds.splice(1..1, movers);
                 paths
             }
             None => Vec::new(),
         };
+        // The network namespace it joins, after those (before the taps).
+        if let Some(ns) = self.vm_netns.as_ref().filter(|_| self.vm_uid_base != 0) {
+            match ns.try_clone() {
+                Ok(ns) => {
+                    fds.insert(taps_at, ns);
+                    args.push("--netns".into());
+                }
+                Err(e) => {
+                    self.cgroups.remove(cgroups);
+                    let _ = std::fs::remove_file(&sock);
+                    let why = format!("vm {name}: its network namespace: {e}");
+                    self.start_failed(id, &why);
+                    return Err(Error::Internal(why));
+                }
+            }
+        }
         let sink: Arc<dyn Sink> = self.clone();
         let spawned = vmproc::spawn(&self.vmm, &args, fds, id, &name, sink).await;
         {

@@ -25,7 +25,8 @@ fn namespace(pid: &str, ns: &str) -> PathBuf {
 
 /// A VM process vmd starts runs as a uid and gid of its own (not 0, not
 /// another VM's), with no capabilities, no_new_privs, a seccomp filter, an
-/// empty root and namespaces of its own.
+/// empty root and namespaces of its own, but for the network namespace,
+/// which VM processes share: not the host's, and empty.
 #[test]
 fn vm_processes_run_confined() {
     if !kvm_or_skip() {
@@ -85,9 +86,23 @@ fn vm_processes_run_confined() {
             "{}: vmd is its parent",
             vm.name
         );
+        // Its network namespace has no interface but a loopback one.
+        let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+        let ifaces: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(ifaces, ["lo"], "{}: {dev}", vm.name);
         uids.push(uid);
     }
     assert_ne!(uids[0], uids[1]);
+    let (pa, pb) = (a.pid.unwrap().to_string(), b.pid.unwrap().to_string());
+    assert_eq!(namespace(&pa, "net"), namespace(&pb, "net"));
+    for ns in ["mnt", "ipc", "uts", "pid"] {
+        assert_ne!(namespace(&pa, ns), namespace(&pb, ns), "{ns} namespace");
+    }
     // Confined, it still does what a VM does: the guest tools answer, a
     // graceful stop goes through them.
     d.vmctl_ok(&["stop", "-w", "a"]);

@@ -35,6 +35,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use seccompiler::{
@@ -128,17 +129,23 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in a constant")
 }
 
-/// Step 1: new mount, IPC, UTS and network namespaces for the process,
-/// the mounts made private so that nothing done in ours reaches the host,
-/// and a new PID namespace for its next child (see
+/// Step 1: new mount, IPC and UTS namespaces for the process, the mounts
+/// made private so that nothing done in ours reaches the host, a network
+/// namespace (`netns`, which vmd made for its VM processes to share, else
+/// a new one), and a new PID namespace for its next child (see
 /// [`fork_into_pid_namespace`], which must follow). Must run while the
 /// process has a single thread.
-pub fn enter_namespaces() -> Result<(), String> {
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWPID;
+pub fn enter_namespaces(netns: Option<BorrowedFd>) -> Result<(), String> {
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+    match netns {
+        // SAFETY: setns on a descriptor the caller holds open.
+        Some(ns) => check(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            "joining vmd's network namespace",
+        )?,
+        None => flags |= libc::CLONE_NEWNET,
+    }
     // SAFETY: unshare and mount with valid flags and NUL-terminated strings.
     unsafe {
         check(libc::unshare(flags), "unshare")?;

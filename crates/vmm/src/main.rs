@@ -11,7 +11,7 @@ mod power;
 mod serial_out;
 mod size;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -188,6 +188,12 @@ struct Args {
     /// moves it all without that wait.
     #[arg(long, value_enum, default_value = "procs")]
     cgroup_files: CgroupFiles,
+    /// With --confine: the next descriptor vmd sends on the control
+    /// socket (after the cgroups' files, before the taps) is a network
+    /// namespace, which the VM process joins rather than making one of
+    /// its own.
+    #[arg(long, requires = "confine", requires = "control_fd")]
+    netns: bool,
     /// Open the files `--user-files` lists with this user's rights
     /// (`UID:GID[:GROUP,...]`) rather than the process's: the user named
     /// them, and must not reach through the VM what he could not open
@@ -494,6 +500,24 @@ fn stop_on_signals(sigs: libc::sigset_t, h: VmHandle, grace: Duration) {
 }
 
 fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
+    // What vmd sends first, before the process forks (the child has them
+    // too): a network namespace to join is needed before that.
+    let taps = args.nets.iter().filter(|n| n.fd_from_control).count();
+    let wanted = taps + usize::from(args.reattach) + args.cgroups + usize::from(args.netns);
+    let mut received = Vec::new();
+    if wanted > 0 {
+        let fd = args
+            .control_fd
+            .ok_or("--net fd=control needs --control-fd")?;
+        received =
+            control::recv_fds(fd, wanted).map_err(|e| format!("descriptors from vmd: {e}"))?;
+    }
+    let mut received = received.into_iter();
+    let listener = args
+        .reattach
+        .then(|| received.next().expect("counted above"));
+    let mut cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
+    let netns = args.netns.then(|| received.next().expect("counted above"));
     if args.confine.is_some() {
         // The network namespace is empty: taps must come open.
         if let Some(n) = args
@@ -508,34 +532,20 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         // While the process has one thread. Only the child returns from
         // the fork: the VM process, PID 1 of its own PID namespace.
-        confine::enter_namespaces().map_err(|e| format!("--confine: {e}"))?;
+        confine::enter_namespaces(netns.as_ref().map(|n| n.as_fd()))
+            .map_err(|e| format!("--confine: {e}"))?;
         confine::fork_into_pid_namespace(args.control_fd).map_err(|e| format!("--confine: {e}"))?;
     }
+    drop(netns);
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
     let _held = hold_files(&mut args)?;
-    let taps = args.nets.iter().filter(|n| n.fd_from_control).count();
-    let wanted = taps + usize::from(args.reattach) + args.cgroups;
-    let mut received = Vec::new();
-    if wanted > 0 {
-        let fd = args
-            .control_fd
-            .ok_or("--net fd=control needs --control-fd")?;
-        received =
-            control::recv_fds(fd, wanted).map_err(|e| format!("descriptors from vmd: {e}"))?;
+    // Listening now, in the VM process itself, while it may still call
+    // listen(2): the credentials a connecting vmd sees (SO_PEERCRED) are
+    // those of the process that called it last, and vmd checks they are
+    // this one's.
+    if let Some(l) = &listener {
+        control::listen(l).map_err(|e| format!("the re-attach socket: {e}"))?;
     }
-    let mut received = received.into_iter();
-    // Listening now, while the process may still call listen(2): the
-    // credentials a connecting vmd sees (SO_PEERCRED) are those of the
-    // process that called it last, and vmd checks they are this one's.
-    let listener = match args.reattach {
-        true => {
-            let l = received.next().expect("counted above");
-            control::listen(&l).map_err(|e| format!("the re-attach socket: {e}"))?;
-            Some(l)
-        }
-        false => None,
-    };
-    let mut cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
     if args.cgroup_files == CgroupFiles::Tasks {
         // This thread is the process's only one yet (no device or vCPU
         // thread starts before `Vm::build`): moving it moves the process,

@@ -1,0 +1,69 @@
+//! The network namespace confined VM processes run in: one, empty (a
+//! loopback interface, down, and nothing else), made once when vmd
+//! starts and joined by every VM process it confines.
+//!
+//! A VM process needs no network of its own: its interfaces are taps vmd
+//! opened in the host's namespace and hands over open, and its threads may
+//! not make a socket (seccomp). Out of the host's namespace it cannot
+//! reach the host's interfaces, routes or abstract sockets even if it got
+//! past that. A namespace per VM would isolate VM processes from one
+//! another further, but the kernel makes and tears down a network
+//! namespace in ~2 ms of CPU (its sysctl tables, then a worker's
+//! cleanup), most of what confinement added to a VM's start; and with no
+//! socket to make there is nothing one could offer the others in it.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Makes the namespace, from a thread of its own (unshare(2) moves only
+/// the calling thread, which then ends; the namespace lives while the
+/// returned descriptor or a process in it does).
+pub fn make() -> Result<OwnedFd, String> {
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(|| {
+            // SAFETY: unshare with a valid flag; it changes this thread
+            // only, which ends below.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+            }
+            let path = c"/proc/thread-self/ns/net";
+            // SAFETY: a NUL-terminated path; the descriptor is owned below.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!(
+                    "/proc/thread-self/ns/net: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: just opened, owned by nothing else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .map_err(|e| format!("a thread: {e}"))?
+        .join()
+        .map_err(|_| "the thread panicked".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (CAP_SYS_ADMIN), as vmd does.
+    #[test]
+    fn a_namespace_apart_from_ours() {
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let ns = make().unwrap();
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap();
+        let theirs = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&ns)
+        ))
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(ours.ino(), theirs.ino());
+        // This thread stayed where it was.
+        let again = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+        assert_eq!(ours.ino(), again.ino());
+    }
+}
