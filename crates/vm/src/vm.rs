@@ -392,6 +392,8 @@ impl VmHandle {
 }
 
 pub struct Vm {
+    /// First, so that it is dropped (joined) before the memory it names.
+    slots: PendingSlots,
     cfg: VmConfig,
     vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
@@ -412,6 +414,57 @@ pub struct Vm {
     pci_slots: Vec<u8>,
     /// The BIOS, when the VM boots firmware instead of a kernel.
     firmware: Option<Firmware>,
+}
+
+/// The guest's memory slots, being registered with KVM from a thread of
+/// their own. KVM_SET_USER_MEMORY_REGION waits for an SRCU grace period
+/// (~7 ms per slot on this PVM host, by strace: half a VM's start), and
+/// nothing before the vCPUs are set up needs the slots: building the
+/// devices and loading the guest (which writes guest memory through our
+/// own mapping) go on meanwhile. Joined before the vCPUs' registers and
+/// MSRs are set (an MSR may make KVM touch guest memory) and on drop
+/// (before the memory is unmapped).
+struct PendingSlots(Option<JoinHandle<Result<(), VmError>>>);
+
+impl PendingSlots {
+    fn register(
+        vm: &Arc<VmFd>,
+        slots: Vec<(&'static str, kvm_userspace_memory_region)>,
+    ) -> Result<Self, VmError> {
+        let vm = vm.clone();
+        let register = move || -> Result<(), VmError> {
+            for (what, r) in slots {
+                // SAFETY: each names a mapping the Vm owns (guest RAM, the
+                // firmware's ROM) for as long as the KVM VM exists; the Vm
+                // joins this before it drops either.
+                unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err(what))?;
+            }
+            Ok(())
+        };
+        std::thread::Builder::new()
+            .name("memory-slots".into())
+            .spawn(register)
+            .map(|h| PendingSlots(Some(h)))
+            .map_err(|e| VmError::Device(format!("a thread to register guest memory: {e}")))
+    }
+
+    /// Waits until every slot is registered; the first failure, once.
+    fn wait(&mut self) -> Result<(), VmError> {
+        match self.0.take() {
+            None => Ok(()),
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(VmError::Device(
+                    "registering guest memory: the thread panicked".into(),
+                ))
+            }),
+        }
+    }
+}
+
+impl Drop for PendingSlots {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
 }
 
 /// A virtio-net device on its tap.
@@ -632,19 +685,20 @@ impl Vm {
             .collect();
         let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
             .map_err(|e| VmError::Memory(e.to_string()))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the mapping lives in `mem`, which the Vm owns for as
-            // long as the KVM VM exists.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        let mut slots: Vec<(&'static str, kvm_userspace_memory_region)> = mem
+            .iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let r = kvm_userspace_memory_region {
+                    slot: slot as u32,
+                    guest_phys_addr: region.start_addr().0,
+                    memory_size: region.len(),
+                    userspace_addr: region.as_ptr() as u64,
+                    flags: 0,
+                };
+                ("KVM_SET_USER_MEMORY_REGION", r)
+            })
+            .collect();
 
         let firmware = match &cfg.firmware {
             Some(fc) => {
@@ -663,14 +717,14 @@ impl Vm {
                     userspace_addr: fw.rom_host_addr(),
                     flags,
                 };
-                // SAFETY: the mapping lives in `fw`, which the Vm owns for
-                // as long as the KVM VM exists.
-                unsafe { vm.set_user_memory_region(r) }
-                    .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (firmware)"))?;
+                slots.push(("KVM_SET_USER_MEMORY_REGION (firmware)", r));
                 Some(fw)
             }
             None => None,
         };
+        // Dropped (joined) before `mem` and `firmware`, declared above it,
+        // should the build fail below.
+        let slots = PendingSlots::register(&vm, slots)?;
 
         let ctl = Arc::new(Control::new());
         let events: SharedEvents = ctl.clone();
@@ -822,6 +876,7 @@ impl Vm {
             backdoor,
         };
         let v = Vm {
+            slots,
             cfg,
             vm,
             mem,
@@ -904,6 +959,7 @@ impl Vm {
 
     /// Puts every vCPU in its power-on state, the boot CPU at `entry`.
     fn setup_vcpus(&mut self, entry: EntryMode) -> Result<(), VmError> {
+        self.slots.wait()?;
         for (i, slot) in self.vcpus.iter().enumerate() {
             let fd = slot.fd.as_ref().expect("vCPUs are parked between runs");
             let boot: Option<EntryMode> = (i == 0).then_some(entry);
