@@ -412,8 +412,16 @@ fn pass_signals_until_exit(child: libc::pid_t, set: &libc::sigset_t) -> ! {
 /// Step 2: an empty root, `who`'s ids, no_new_privs and the filter.
 pub fn lock_down(who: Identity, on_violation: OnViolation) -> Result<(), String> {
     // Landlock binds only the thread that asks and those it starts later:
-    // every other thread would escape it.
-    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    // every other thread would escape it. A thread that was just joined
+    // may still be listed for a moment: the join returns once it has let
+    // go of its stack, before the kernel has taken it off the list.
+    let count = || std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    let mut threads = count();
+    let since = std::time::Instant::now();
+    while threads > 1 && since.elapsed() < std::time::Duration::from_millis(500) {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+        threads = count();
+    }
     if threads != 1 {
         return Err(format!(
             "{threads} threads: confinement must begin with one (landlock binds only the caller)"
