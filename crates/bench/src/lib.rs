@@ -12,6 +12,36 @@ use std::process::{Child, Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A directory for a benchmark's vmd (socket, state, log), named after
+/// `name` and this process: on tmpfs where `/dev/shm` is one, as vmd's
+/// own `/run` is on a host (Debian mounts /run as tmpfs), else in the
+/// temp directory. It matters here: the root file system is ext4 without
+/// a journal, where making a file after many were deleted scans for
+/// inodes deleted recently (`recently_deleted`), and vmd makes three
+/// (two records and a socket) per VM start: in P4 that cost more CPU
+/// than any step of the VM process's confinement.
+pub fn run_dir(name: &str) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let base = if is_tmpfs(shm) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("{name}-{}", std::process::id()))
+}
+
+fn is_tmpfs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct from a NUL-terminated path.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+    }
+}
+
 /// A vmd of the benchmark's own: config, socket and log in a directory the
 /// benchmark made, `-d` in the foreground. Dropping it stops its VMs
 /// (`vmctl reset vms`), then vmd (SIGTERM), and kills whatever is left.

@@ -152,7 +152,7 @@ fn main() {
         eprintln!("usage: bench-daemon BINDIR QEMU");
         std::process::exit(2);
     }
-    let dir = std::env::temp_dir().join(format!("bench-daemon-{}", std::process::id()));
+    let dir = bench::run_dir("bench-daemon");
     std::fs::create_dir_all(&dir).unwrap();
     let env = Env {
         bin: PathBuf::from(&args[1]),

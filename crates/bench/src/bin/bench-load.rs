@@ -381,7 +381,7 @@ fn main() {
         eprintln!("bench-load: R7_VMS, R7_RATE, R7_SECS and R7_REF_SECS must be positive");
         std::process::exit(2);
     }
-    let dir = std::env::temp_dir().join(format!("bench-load-{}", std::process::id()));
+    let dir = bench::run_dir("bench-load");
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!("bench-load: {}: {e}", dir.display());
         std::process::exit(1);
