@@ -43,6 +43,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+mod screen;
 mod threads;
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -642,9 +643,8 @@ fn compile(rules: Rules, on_violation: OnViolation) -> Result<BpfProgram, String
     .map_err(|e| format!("seccomp filter: {e}"))
 }
 
-/// The process-wide filter: the ceiling of every thread, those nobody
-/// thought of included.
-fn filter(on_violation: OnViolation) -> Result<BpfProgram, String> {
+/// The process-wide filter's list.
+fn process_rules() -> Result<Rules, String> {
     let mut rules = Rules::new();
     allow(&mut rules, ALLOWED);
     // A thread narrows itself (see `threads`): a new filter, no flags
@@ -654,7 +654,21 @@ fn filter(on_violation: OnViolation) -> Result<BpfProgram, String> {
         libc::SYS_seccomp,
         &[(0, libc::SECCOMP_SET_MODE_FILTER.into()), (1, 0)],
     )?;
-    compile(rules, on_violation)
+    Ok(rules)
+}
+
+/// The process-wide filter: the ceiling of every thread, those nobody
+/// thought of included.
+fn filter(on_violation: OnViolation) -> Result<BpfProgram, String> {
+    let rules = process_rules()?;
+    let listed: Vec<i64> = rules.keys().copied().collect();
+    let program = compile(rules, on_violation)?;
+    // The first filter of every thread's stack: see `screen` for why.
+    Ok(screen::prepend(
+        &listed,
+        mismatch(on_violation).into(),
+        program,
+    ))
 }
 
 #[cfg(test)]
@@ -679,5 +693,14 @@ mod tests {
     fn the_filter_compiles() {
         assert!(!filter(OnViolation::Kill).unwrap().is_empty());
         assert!(!filter(OnViolation::Log).unwrap().is_empty());
+    }
+
+    /// The screen fits in front of the real list (its jumps reach).
+    #[test]
+    fn the_filter_is_screened() {
+        let bare = compile(process_rules().unwrap(), OnViolation::Kill).unwrap();
+        let screened = filter(OnViolation::Kill).unwrap();
+        assert!(screened.len() > bare.len(), "no screen");
+        assert!(screened.ends_with(&bare));
     }
 }
