@@ -13,6 +13,7 @@ mod conn;
 mod net;
 mod netns;
 mod persist;
+mod pidns;
 mod state;
 mod vmproc;
 

@@ -306,6 +306,9 @@ pub struct Daemon {
     /// The network namespace confined VM processes join (see `netns`);
     /// none: each makes its own.
     pub vm_netns: Option<OwnedFd>,
+    /// Starts confined VM processes in PID namespaces of their own (see
+    /// `pidns`); none: each forks into one itself.
+    pidns: Option<crate::pidns::Spawner>,
 }
 
 /// The first of the ids VM processes run as (VM N as this + N): far above
@@ -375,6 +378,16 @@ impl Daemon {
                 })
                 .ok(),
         };
+        let pidns = match vm_uid_base {
+            0 => None,
+            _ => crate::pidns::Spawner::start()
+                .map_err(|e| {
+                    tracing::warn!(
+                        "cannot start VM processes in PID namespaces ({e}): each forks into one"
+                    )
+                })
+                .ok(),
+        };
         Arc::new(Daemon {
             inner: Mutex::new(inner),
             net: HostNet::default(),
@@ -385,6 +398,7 @@ impl Daemon {
             state,
             cgroups,
             vm_netns,
+            pidns,
         })
     }
 
@@ -687,7 +701,8 @@ impl Daemon {
             }
         }
         let sink: Arc<dyn Sink> = self.clone();
-        let spawned = vmproc::spawn(&self.vmm, &args, fds, id, &name, sink).await;
+        let spawned =
+            vmproc::spawn(&self.vmm, &args, fds, id, &name, sink, self.pidns.as_ref()).await;
         {
             let mut g = self.lock();
             let Some(vm) = g.vms.get_mut(&id) else {

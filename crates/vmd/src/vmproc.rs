@@ -208,10 +208,11 @@ fn send_fds(sock: &impl AsRawFd, fds: &[OwnedFd]) -> std::io::Result<()> {
 
 /// Starts `vmm` with `args` for VM `id`, handing it `fds` (its taps) on
 /// the channel; events and the exit go to `sink`. A confined VM process
-/// (`--confine`) is the child of the process started, which forks it
-/// into a PID namespace of its own, says its pid and exits (see
-/// `api::vmproc::Forked`): vmd, a child subreaper, inherits it, and
-/// watches and reaps it through a pidfd.
+/// (`--confine`) is started by `pidns` as PID 1 of a PID namespace of
+/// its own (`vmm --pid-ns`); without one, it is the child of the process
+/// started, which forks it into a PID namespace of its own, says its pid
+/// and exits (see `api::vmproc::Forked`): vmd, a child subreaper,
+/// inherits it, and watches and reaps it through a pidfd.
 pub async fn spawn(
     vmm: &Path,
     args: &[String],
@@ -219,22 +220,35 @@ pub async fn spawn(
     id: u32,
     name: &str,
     sink: Arc<dyn Sink>,
+    pidns: Option<&crate::pidns::Spawner>,
 ) -> std::io::Result<Arc<VmProc>> {
     let (ours, theirs) = socketpair()?;
+    let confined = args.iter().any(|a| a.starts_with("--confine"));
+    // A confined one started as PID 1 of its namespace by vmd's spawner
+    // does not fork (and starts a session of its own, which takes it out
+    // of vmd's process group too).
+    let pidns = pidns.filter(|_| confined);
     let mut cmd = tokio::process::Command::new(vmm);
     cmd.args(args)
+        .args(pidns.map(|_| "--pid-ns"))
         .arg("--control-fd")
         .arg(CONTROL_FD.to_string())
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(false)
-        // Its own process group: a ^C or hangup meant for vmd in a terminal
-        // must not reach the VMs; vmd stops them itself.
-        .process_group(0);
-    // `cmd` holds the child's end until it is dropped below.
-    let mut child = cmd.spawn()?;
-    drop(cmd);
+        .kill_on_drop(false);
+    let mut child = match pidns {
+        Some(spawner) => spawner.spawn(cmd).await?,
+        None => {
+            // Its own process group: a ^C or hangup meant for vmd in a
+            // terminal must not reach the VMs; vmd stops them itself.
+            cmd.process_group(0);
+            // `cmd` holds the child's end until it is dropped here.
+            let child = cmd.spawn()?;
+            drop(cmd);
+            child
+        }
+    };
     let pid = child.id().unwrap_or(0);
     if !fds.is_empty() {
         // Our copies close when `fds` drops: the VM process holds the only
@@ -253,8 +267,7 @@ pub async fn spawn(
     }
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut stream = std::os::unix::net::UnixStream::from(ours);
-    let confined = args.iter().any(|a| a.starts_with("--confine"));
-    let (pid, process) = match confined {
+    let (pid, process) = match confined && pidns.is_none() {
         false => (pid, Process::Child(child)),
         true => match forked(stream, &mut child).await {
             Ok((s, Some(forked))) => {

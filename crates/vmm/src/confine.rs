@@ -133,12 +133,15 @@ fn cstr(s: &str) -> CString {
 /// Step 1: new mount, IPC and UTS namespaces for the process, the mounts
 /// made private so that nothing done in ours reaches the host, a network
 /// namespace (`netns`, which vmd made for its VM processes to share, else
-/// a new one), and a new PID namespace for its next child (see
-/// [`fork_into_pid_namespace`], which must follow). Must run while the
-/// process has a single thread.
-pub fn enter_namespaces(netns: Option<BorrowedFd>) -> Result<(), String> {
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+/// a new one), and, with `pid`, a new PID namespace for its next child
+/// (see [`fork_into_pid_namespace`], which must follow; without, the
+/// process is PID 1 of one already: see [`session_as_pid_1`]). Must run
+/// while the process has a single thread.
+pub fn enter_namespaces(netns: Option<BorrowedFd>, pid: bool) -> Result<(), String> {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if pid {
+        flags |= libc::CLONE_NEWPID;
+    }
     match netns {
         // SAFETY: setns on a descriptor the caller holds open.
         Some(ns) => check(
@@ -163,6 +166,24 @@ pub fn enter_namespaces(netns: Option<BorrowedFd>) -> Result<(), String> {
         )?;
         let host = cstr("vmm");
         check(libc::sethostname(host.as_ptr(), 3), "sethostname")?;
+    }
+    Ok(())
+}
+
+/// Step 1b for a process vmd started as PID 1 of a PID namespace of its
+/// own (`vmm --pid-ns`), instead of [`fork_into_pid_namespace`]: checks
+/// that it is, and starts a session of its own, for the reason the
+/// forked child does (see there).
+pub fn session_as_pid_1() -> Result<(), String> {
+    let pid = std::process::id();
+    if pid != 1 {
+        return Err(format!(
+            "--pid-ns: this process is {pid}, not PID 1 of a PID namespace"
+        ));
+    }
+    // SAFETY: a plain system call.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(format!("setsid: {}", io::Error::last_os_error()));
     }
     Ok(())
 }

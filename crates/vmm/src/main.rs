@@ -194,6 +194,10 @@ struct Args {
     /// its own.
     #[arg(long, requires = "confine", requires = "control_fd")]
     netns: bool,
+    /// With --confine: vmd started the process as PID 1 of a PID
+    /// namespace of its own, so it does not fork into one.
+    #[arg(long, requires = "confine")]
+    pid_ns: bool,
     /// Open the files `--user-files` lists with this user's rights
     /// (`UID:GID[:GROUP,...]`) rather than the process's: the user named
     /// them, and must not reach through the VM what he could not open
@@ -532,9 +536,13 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         }
         // While the process has one thread. Only the child returns from
         // the fork: the VM process, PID 1 of its own PID namespace.
-        confine::enter_namespaces(netns.as_ref().map(|n| n.as_fd()))
+        confine::enter_namespaces(netns.as_ref().map(|n| n.as_fd()), !args.pid_ns)
             .map_err(|e| format!("--confine: {e}"))?;
-        confine::fork_into_pid_namespace(args.control_fd).map_err(|e| format!("--confine: {e}"))?;
+        match args.pid_ns {
+            true => confine::session_as_pid_1(),
+            false => confine::fork_into_pid_namespace(args.control_fd),
+        }
+        .map_err(|e| format!("--confine: {e}"))?;
     }
     drop(netns);
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
