@@ -45,6 +45,7 @@ use seccompiler::{
 
 mod screen;
 mod threads;
+mod tighten;
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
@@ -661,6 +662,7 @@ fn compile(rules: Rules, on_violation: OnViolation) -> Result<BpfProgram, String
         TargetArch::x86_64,
     )
     .and_then(TryInto::<BpfProgram>::try_into)
+    .map(tighten::tighten)
     .map_err(|e| format!("seccomp filter: {e}"))
 }
 
@@ -714,6 +716,67 @@ mod tests {
     fn the_filter_compiles() {
         assert!(!filter(OnViolation::Kill).unwrap().is_empty());
         assert!(!filter(OnViolation::Log).unwrap().is_empty());
+    }
+
+    /// Tightened, every filter decides as seccompiler's own output does:
+    /// for every call number, and for the calls it lists, with argument
+    /// values around those it compares with.
+    #[test]
+    fn tightened_filters_decide_the_same() {
+        use tighten::tests::{probes, run};
+        let mut all = vec![("process", process_rules().unwrap())];
+        for &k in threads::KINDS {
+            all.push(("kind", threads::rules_of(k).unwrap()));
+        }
+        for (what, rules) in all {
+            let listed: Vec<u32> = rules.keys().map(|&n| n as u32).collect();
+            let raw: BpfProgram = SeccompFilter::new(
+                rules,
+                mismatch(OnViolation::Kill),
+                SeccompAction::Allow,
+                TargetArch::x86_64,
+            )
+            .and_then(TryInto::try_into)
+            .unwrap();
+            let tight = tighten::tighten(raw.clone());
+            assert!(
+                tight.len() < raw.len(),
+                "{what}: {} of {}",
+                tight.len(),
+                raw.len()
+            );
+            let arch = 0xc000_003e;
+            for nr in 0..600 {
+                let args = [0; 6];
+                assert_eq!(
+                    run(&tight, arch, nr, &args),
+                    run(&raw, arch, nr, &args),
+                    "{what} {nr}"
+                );
+            }
+            assert_eq!(
+                run(&tight, 0x4000_0003, 1, &[0; 6]),
+                run(&raw, 0x4000_0003, 1, &[0; 6])
+            );
+            let values = probes(&raw);
+            for nr in listed {
+                for &v in &values {
+                    let mut tries = vec![[v; 6]];
+                    for pos in 0..6 {
+                        let mut a = [0; 6];
+                        a[pos] = v;
+                        tries.push(a);
+                    }
+                    for a in tries {
+                        assert_eq!(
+                            run(&tight, arch, nr, &a),
+                            run(&raw, arch, nr, &a),
+                            "{what} {nr} {a:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// The screen fits in front of the real list (its jumps reach).

@@ -110,6 +110,12 @@ fn to_self(r: &mut Rules, signals: &[u64]) -> Result<(), String> {
     Ok(())
 }
 
+/// A kind's rules (for the tests of the filters made of them).
+#[cfg(test)]
+pub(super) fn rules_of(kind: ThreadKind) -> Result<Rules, String> {
+    rules(kind)
+}
+
 /// A kind's rules.
 fn rules(kind: ThreadKind) -> Result<Rules, String> {
     let mut r = Rules::new();
