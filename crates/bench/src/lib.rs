@@ -68,7 +68,21 @@ impl Vmd {
         let _ = std::fs::remove_file(&sock);
         let log =
             std::fs::File::create(dir.join("vmd.log")).map_err(|e| format!("vmd.log: {e}"))?;
-        let child = Command::new(bin.join("vmd"))
+        let mut cmd = Command::new(bin.join("vmd"));
+        // A benchmark that gives up exits without dropping its Vmd: its
+        // vmd then gets SIGTERM (and stops its VMs) rather than running on
+        // and taking CPU from every benchmark after it.
+        // SAFETY: prctl only, between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["-d", "-f"])
             .arg(&cfg)
             .arg("-s")
