@@ -724,15 +724,18 @@ mod tests {
     #[test]
     fn tightened_filters_decide_the_same() {
         use tighten::tests::{probes, run};
-        let mut all = vec![("process", process_rules().unwrap())];
-        for &k in threads::KINDS {
-            all.push(("kind", threads::rules_of(k).unwrap()));
+        let mut all = Vec::new();
+        for on in [OnViolation::Kill, OnViolation::Log] {
+            all.push(("process", on, process_rules().unwrap()));
+            for &k in threads::KINDS {
+                all.push(("kind", on, threads::rules_of(k).unwrap()));
+            }
         }
-        for (what, rules) in all {
+        for (what, on, rules) in all {
             let listed: Vec<u32> = rules.keys().map(|&n| n as u32).collect();
             let raw: BpfProgram = SeccompFilter::new(
                 rules,
-                mismatch(OnViolation::Kill),
+                mismatch(on),
                 SeccompAction::Allow,
                 TargetArch::x86_64,
             )
