@@ -86,6 +86,19 @@ fn vm_processes_run_confined() {
             "{}: vmd is its parent",
             vm.name
         );
+        // vmd started it in its PID namespace and handed it the shared
+        // network one (not the fallbacks: a fork of its own, a namespace of
+        // its own).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        for want in [&b"--pid-ns"[..], b"--netns"] {
+            assert!(
+                args.contains(&want),
+                "{}: {:?}",
+                vm.name,
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
         // Its network namespace has no interface but a loopback one.
         let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
         let ifaces: Vec<&str> = dev
