@@ -12,7 +12,7 @@
 //! cleanup), most of what confinement added to a VM's start; and with no
 //! socket to make there is nothing one could offer the others in it.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// Makes the namespace, from a thread of its own (unshare(2) moves only
 /// the calling thread, which then ends; the namespace lives while the
@@ -26,17 +26,10 @@ pub fn make() -> Result<OwnedFd, String> {
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(format!("unshare: {}", std::io::Error::last_os_error()));
             }
-            let path = c"/proc/thread-self/ns/net";
-            // SAFETY: a NUL-terminated path; the descriptor is owned below.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-            if fd < 0 {
-                return Err(format!(
-                    "/proc/thread-self/ns/net: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            // SAFETY: just opened, owned by nothing else.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            let path = "/proc/thread-self/ns/net";
+            std::fs::File::open(path)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("{path}: {e}"))
         })
         .map_err(|e| format!("a thread: {e}"))?
         .join()

@@ -12,7 +12,7 @@
 //! (Every thread has its own "namespace for children", so the rest of
 //! vmd is untouched.)
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc;
 
 use tokio::process::{Child, Command};
@@ -38,10 +38,8 @@ impl Spawner {
             .spawn(move || {
                 // vmd's own namespace, to come back to before each new one
                 // (tried once here: the kernel may refuse to make one).
-                let own = match open("/proc/thread-self/ns/pid").and_then(|own| {
-                    fresh_namespace(&own)?;
-                    Ok(own)
-                }) {
+                let own = std::fs::File::open("/proc/thread-self/ns/pid").map(OwnedFd::from);
+                let own = match own.and_then(|own| fresh_namespace(&own).map(|()| own)) {
                     Ok(own) => {
                         let _ = ready_tx.send(Ok(()));
                         own
@@ -78,17 +76,6 @@ impl Spawner {
         rx.await
             .map_err(|_| std::io::Error::other("the PID namespace spawner is gone"))?
     }
-}
-
-fn open(path: &str) -> std::io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(path).expect("no NUL");
-    // SAFETY: a NUL-terminated path; the descriptor is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: just opened, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Makes this thread's next children start in a new PID namespace: back
