@@ -114,6 +114,14 @@ fn check_limited(d: &TestDaemon, vm: &VmStatus, devices: u64) -> (PathBuf, PathB
     (mem, pids)
 }
 
+/// A configuration of two tools guests: "a" started with vmd, "b" not.
+fn a_started_b_not(tools: &str) -> String {
+    format!(
+        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n\
+         vm \"b\" {{\n\tdisable\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"
+    )
+}
+
 fn gone(dirs: &[&Path]) -> bool {
     poll(Duration::from_secs(10), || dirs.iter().all(|d| !d.exists()))
 }
@@ -217,10 +225,7 @@ fn cgroups_outlive_vmd_with_their_vm() {
         return;
     }
     let tools = guest("tools");
-    let d = TestDaemon::start(&format!(
-        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n\
-         vm \"b\" {{\n\tdisable\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"
-    ));
+    let d = TestDaemon::start(&a_started_b_not(&tools));
     // Not enabled: the next vmd does not start it again.
     d.vmctl_ok(&["start", "b"]);
     let a = d.wait_tools("a");
@@ -332,10 +337,7 @@ fn a_vm_whose_cgroup_cannot_be_made_does_not_start() {
         return;
     }
     let tools = guest("tools");
-    let d = TestDaemon::start(&format!(
-        "vm \"a\" {{\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n\
-         vm \"b\" {{\n\tdisable\n\tkernel \"{tools}\"\n\tmemory 32M\n}}\n"
-    ));
+    let d = TestDaemon::start(&a_started_b_not(&tools));
     let a = d.wait_tools("a");
     let (mem, _) = check_limited(&d, &a, 0);
     let taken = mem.parent().unwrap().join(format!("vm-{}", d.vm("b").id));
