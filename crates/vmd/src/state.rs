@@ -304,8 +304,8 @@ pub struct Daemon {
     /// The cgroups VM processes are limited in.
     pub cgroups: Arc<Cgroups>,
     /// The network namespace confined VM processes join (see `netns`);
-    /// none: each makes its own.
-    pub vm_netns: Option<OwnedFd>,
+    /// none: VM processes are not confined, or each makes its own.
+    vm_netns: Option<OwnedFd>,
     /// Starts confined VM processes in PID namespaces of their own (see
     /// `pidns`); none: each forks into one itself.
     pidns: Option<crate::pidns::Spawner>,
@@ -367,26 +367,26 @@ impl Daemon {
             inner.next_id += 1;
             inner.vms.insert(id, Vm::new(id, def, true));
         }
-        // One network namespace for the VM processes it confines.
-        let vm_netns = match vm_uid_base {
-            0 => None,
-            _ => crate::netns::make()
-                .map_err(|e| {
-                    tracing::warn!(
-                        "no network namespace for VM processes to share ({e}): each makes its own"
-                    )
-                })
-                .ok(),
-        };
-        let pidns = match vm_uid_base {
-            0 => None,
-            _ => crate::pidns::Spawner::start()
-                .map_err(|e| {
-                    tracing::warn!(
-                        "cannot start VM processes in PID namespaces ({e}): each forks into one"
-                    )
-                })
-                .ok(),
+        // What the VM processes it confines share: one network namespace,
+        // and a thread that starts each in a PID namespace of its own.
+        let (vm_netns, pidns) = match vm_uid_base {
+            0 => (None, None),
+            _ => (
+                crate::netns::make()
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "no network namespace for VM processes to share ({e}): each makes its own"
+                        )
+                    })
+                    .ok(),
+                crate::pidns::Spawner::start()
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "cannot start VM processes in PID namespaces ({e}): each forks into one"
+                        )
+                    })
+                    .ok(),
+            ),
         };
         Arc::new(Daemon {
             inner: Mutex::new(inner),
@@ -685,7 +685,7 @@ impl Daemon {
             None => Vec::new(),
         };
         // The network namespace it joins, after those (before the taps).
-        if let Some(ns) = self.vm_netns.as_ref().filter(|_| self.vm_uid_base != 0) {
+        if let Some(ns) = &self.vm_netns {
             match ns.try_clone() {
                 Ok(ns) => {
                     fds.insert(taps_at, ns);

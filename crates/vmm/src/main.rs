@@ -534,8 +534,9 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
                 n.cfg.tap
             ));
         }
-        // While the process has one thread. Only the child returns from
-        // the fork: the VM process, PID 1 of its own PID namespace.
+        // While the process has one thread. Then the VM process is PID 1
+        // of its own PID namespace: vmd started it there (--pid-ns), or
+        // only the child returns from the fork.
         confine::enter_namespaces(netns.as_ref().map(|n| n.as_fd()), !args.pid_ns)
             .map_err(|e| format!("--confine: {e}"))?;
         match args.pid_ns {
