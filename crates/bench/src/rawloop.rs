@@ -67,7 +67,8 @@ pub fn run(
         cmdline: cmdline.to_owned(),
         ..Default::default()
     };
-    let (entry, _) = boot::load(&mem, mem_size, &cfg, rsdp, true).map_err(|x| x.to_string())?;
+    let (entry, _) =
+        boot::load(&mem, mem_size, false, &cfg, rsdp, true).map_err(|x| x.to_string())?;
     write_boot_tables(&mem, entry).map_err(|x| x.to_string())?;
     let mut vcpu = vm.create_vcpu(0).map_err(e("vcpu"))?;
     let supported = kvm

@@ -13,7 +13,7 @@
 //! 0x000e_0000  ACPI tables (RSDP first), reserved  (ACPI_ADDR .. ACPI_END)
 //! 0x0010_0000  kernel (1 MiB), then RAM up to the 32-bit MMIO hole
 //! 0xc000_0000  32-bit MMIO hole; PCI BARs from its start  (PCI_MMIO_START .. PCI_MMIO_END)
-//! 0xe000_0000  PCI ECAM (MMCONFIG), bus 0, 1 MiB, reserved  (PCI_ECAM_ADDR, PCI_ECAM_SIZE)
+//! 0xe000_0000  PCI ECAM (MMCONFIG), bus 0, 1 MiB, reserved  (PCI_ECAM_ADDR, PCI_ECAM_SIZE; with a PCI bus)
 //! 0xfec0_0000  IOAPIC                              (IOAPIC_ADDR)
 //! 0xfee0_0000  LAPIC                               (LAPIC_ADDR)
 //! 0x1_0000_0000  RAM above 4 GiB (what did not fit below the hole)

@@ -798,7 +798,7 @@ mod tests {
         );
         assert!(end <= ACPI_ADDR, "{end:#x} runs into the ACPI tables");
 
-        let reserved = e820_map(MEM)
+        let reserved = e820_map(MEM, false)
             .into_iter()
             .any(|(a, len, kind)| kind == E820_RESERVED && a <= start && end <= a + len);
         assert!(reserved, "not inside a reserved e820 range");

@@ -757,14 +757,18 @@ impl Vm {
         let mmio = Arc::new(RwLock::new(Bus::new()));
         let (pci_host, pci_devices, pci_slots) = build_pci(&cfg, &vm, &mem, &events, &mmio)?;
         pio.insert(pci_host.clone(), 0xcf8, 8).map_err(dev_err)?;
-        mmio.write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                Arc::new(Mutex::new(PciEcam(pci_host))),
-                PCI_ECAM_ADDR,
-                PCI_ECAM_SIZE,
-            )
-            .map_err(dev_err)?;
+        // The ECAM only where the ACPI tables announce it: they describe
+        // no PCI bus when it would be empty (see `acpi`).
+        if !pci_slots.is_empty() {
+            mmio.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    Arc::new(Mutex::new(PciEcam(pci_host))),
+                    PCI_ECAM_ADDR,
+                    PCI_ECAM_SIZE,
+                )
+                .map_err(dev_err)?;
+        }
         pio.insert(acpi_pm.clone(), u64::from(PM1A_EVT_PORT), 12)
             .map_err(dev_err)?;
         if cfg.firmware.is_some() {
@@ -948,6 +952,7 @@ impl Vm {
         let (entry, kind) = boot::load(
             &self.mem,
             self.cfg.mem_size,
+            acpi.has_pci(),
             &self.cfg.boot,
             rsdp,
             ram_is_zero,

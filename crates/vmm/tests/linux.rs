@@ -33,9 +33,10 @@ fn kernel_dir() -> Option<PathBuf> {
     None
 }
 
-/// The lines Linux prints for our e820 map (`BIOS-e820: [mem A-B] type`).
+/// The lines Linux prints for our e820 map (`BIOS-e820: [mem A-B] type`)
+/// of a VM without PCI devices, as these are.
 fn expected_e820() -> Vec<String> {
-    vm::boot::e820_map(MEM)
+    vm::boot::e820_map(MEM, false)
         .into_iter()
         .map(|(addr, size, kind)| {
             let name = match kind {
