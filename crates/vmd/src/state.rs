@@ -306,6 +306,10 @@ pub struct Daemon {
     /// The network namespace confined VM processes join (see `netns`);
     /// none: VM processes are not confined, or each makes its own.
     vm_netns: Option<OwnedFd>,
+    /// The mount namespace with the empty root confined VM processes copy
+    /// (see `jail`); none: VM processes are not confined, or each makes
+    /// its own.
+    vm_root: Option<OwnedFd>,
     /// Starts confined VM processes in PID namespaces of their own (see
     /// `pidns`); none: each forks into one itself.
     pidns: Option<crate::pidns::Spawner>,
@@ -368,14 +372,22 @@ impl Daemon {
             inner.vms.insert(id, Vm::new(id, def, true));
         }
         // What the VM processes it confines share: one network namespace,
-        // and a thread that starts each in a PID namespace of its own.
-        let (vm_netns, pidns) = match vm_uid_base {
-            0 => (None, None),
+        // the empty root each copies, and a thread that starts each in a
+        // PID namespace of its own.
+        let (vm_netns, vm_root, pidns) = match vm_uid_base {
+            0 => (None, None, None),
             _ => (
                 crate::netns::make()
                     .map_err(|e| {
                         tracing::warn!(
                             "no network namespace for VM processes to share ({e}): each makes its own"
+                        )
+                    })
+                    .ok(),
+                jail::make()
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "no empty root for VM processes to copy ({e}): each makes its own"
                         )
                     })
                     .ok(),
@@ -398,6 +410,7 @@ impl Daemon {
             state,
             cgroups,
             vm_netns,
+            vm_root,
             pidns,
         })
     }
@@ -684,17 +697,24 @@ impl Daemon {
             }
             None => Vec::new(),
         };
-        // The network namespace it joins, after those (before the taps).
-        if let Some(ns) = &self.vm_netns {
+        // The network namespace it joins and the mount namespace it
+        // copies, after those (before the taps).
+        let shared = [
+            (&self.vm_netns, "--netns", "network"),
+            (&self.vm_root, "--mntns", "mount"),
+        ];
+        for (ns, arg, what) in shared {
+            let Some(ns) = ns else { continue };
             match ns.try_clone() {
                 Ok(ns) => {
                     fds.insert(taps_at, ns);
-                    args.push("--netns".into());
+                    taps_at += 1;
+                    args.push(arg.into());
                 }
                 Err(e) => {
                     self.cgroups.remove(cgroups);
                     let _ = std::fs::remove_file(&sock);
-                    let why = format!("vm {name}: its network namespace: {e}");
+                    let why = format!("vm {name}: its {what} namespace: {e}");
                     self.start_failed(id, &why);
                     return Err(Error::Internal(why));
                 }

@@ -63,6 +63,21 @@ fn vm_processes_run_confined() {
             .unwrap()
             .collect();
         assert!(root.is_empty(), "{}: its root holds {root:?}", vm.name);
+        // Its mount namespace holds nothing it can reach but that root: a
+        // tmpfs, read-only.
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let seen: Vec<(&str, &str, &str)> = mounts
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let after = f.iter().position(|&x| x == "-").unwrap();
+                (f[4], f[5], f[after + 1])
+            })
+            .collect();
+        assert_eq!(seen.len(), 1, "{}: {mounts}", vm.name);
+        let (at, opts, fs) = seen[0];
+        assert_eq!((at, fs), ("/", "tmpfs"), "{}: {mounts}", vm.name);
+        assert!(opts.split(',').any(|o| o == "ro"), "{}: {mounts}", vm.name);
         for ns in ["mnt", "net", "ipc", "uts", "pid"] {
             assert_ne!(
                 namespace(&pid.to_string(), ns),
@@ -86,12 +101,12 @@ fn vm_processes_run_confined() {
             "{}: vmd is its parent",
             vm.name
         );
-        // vmd started it in its PID namespace and handed it the shared
-        // network one (not the fallbacks: a fork of its own, a namespace of
-        // its own).
+        // vmd started it in its PID namespace, handed it the shared
+        // network one and the empty root to copy (not the fallbacks: a
+        // fork of its own, namespaces of its own making).
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        for want in [&b"--pid-ns"[..], b"--netns"] {
+        for want in [&b"--pid-ns"[..], b"--netns", b"--mntns"] {
             assert!(
                 args.contains(&want),
                 "{}: {:?}",

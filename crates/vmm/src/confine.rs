@@ -8,15 +8,17 @@
 //!
 //! 1. [`enter_namespaces`], first thing, while the process has one thread
 //!    (namespaces belong to threads; only a lone thread takes the whole
-//!    process along): its own mount, IPC, UTS and network namespaces. The
-//!    host's files stay visible (privately) until the VM is built; the
-//!    network namespace is empty from the start, which is why every tap
-//!    must come as a descriptor. Then [`fork_into_pid_namespace`]: a PID
+//!    process along): its own IPC and UTS namespaces, an empty network
+//!    namespace (vmd's, shared by its VM processes), which is why every
+//!    tap must come as a descriptor. The host's files stay visible until
+//!    the VM is built. Then [`fork_into_pid_namespace`] (or vmd started
+//!    the process as PID 1 of a PID namespace already): a PID
 //!    namespace takes only the caller's children, so the process forks
 //!    and the child, PID 1 of a namespace of its own, is the VM process:
 //!    it sees no other process, so it can signal none.
-//! 2. [`lock_down`], when the VM is built, before the guest runs: an empty
-//!    read-only root (a tmpfs, pivot_root, the old root detached), the
+//! 2. [`lock_down`], when the VM is built, before the guest runs: a mount
+//!    namespace of its own, copied from one whose root is an empty
+//!    read-only tmpfs (`jail`; vmd makes that once for all), the
 //!    unprivileged uid and gid (glibc applies them to every thread; a
 //!    non-root uid has no capabilities), no_new_privs, a landlock domain
 //!    with no file system or network access, and a seccomp filter that
@@ -35,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use seccompiler::{
@@ -131,15 +133,24 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in a constant")
 }
 
-/// Step 1: new mount, IPC and UTS namespaces for the process, the mounts
-/// made private so that nothing done in ours reaches the host, a network
+/// Step 1: new IPC and UTS namespaces for the process, a network
 /// namespace (`netns`, which vmd made for its VM processes to share, else
 /// a new one), and, with `pid`, a new PID namespace for its next child
 /// (see [`fork_into_pid_namespace`], which must follow; without, the
-/// process is PID 1 of one already: see [`session_as_pid_1`]). Must run
-/// while the process has a single thread.
-pub fn enter_namespaces(netns: Option<BorrowedFd>, pid: bool) -> Result<(), String> {
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+/// process is PID 1 of one already: see [`session_as_pid_1`]). Returns
+/// the mount namespace whose empty root [`lock_down`] gives the process a
+/// copy of: `root`, which vmd made for its VM processes to copy, else one
+/// made now (`jail`). Must run while the process has a single thread.
+pub fn enter_namespaces(
+    netns: Option<BorrowedFd>,
+    root: Option<OwnedFd>,
+    pid: bool,
+) -> Result<OwnedFd, String> {
+    let root = match root {
+        Some(r) => r,
+        None => jail::make().map_err(|e| format!("the empty root: {e}"))?,
+    };
+    let mut flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if pid {
         flags |= libc::CLONE_NEWPID;
     }
@@ -151,24 +162,14 @@ pub fn enter_namespaces(netns: Option<BorrowedFd>, pid: bool) -> Result<(), Stri
         )?,
         None => flags |= libc::CLONE_NEWNET,
     }
-    // SAFETY: unshare and mount with valid flags and NUL-terminated strings.
+    // SAFETY: unshare with valid flags, sethostname with a buffer of that
+    // length.
     unsafe {
         check(libc::unshare(flags), "unshare")?;
-        let root = cstr("/");
-        check(
-            libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ),
-            "making mounts private",
-        )?;
         let host = cstr("vmm");
         check(libc::sethostname(host.as_ptr(), 3), "sethostname")?;
     }
-    Ok(())
+    Ok(root)
 }
 
 /// Step 1b for a process vmd started as PID 1 of a PID namespace of its
@@ -432,8 +433,9 @@ fn pass_signals_until_exit(child: libc::pid_t, set: &libc::sigset_t) -> ! {
     }
 }
 
-/// Step 2: an empty root, `who`'s ids, no_new_privs and the filter.
-pub fn lock_down(who: Identity, on_violation: OnViolation) -> Result<(), String> {
+/// Step 2: a mount namespace of its own with `root`'s empty root (from
+/// [`enter_namespaces`]), `who`'s ids, no_new_privs and the filter.
+pub fn lock_down(who: Identity, root: OwnedFd, on_violation: OnViolation) -> Result<(), String> {
     // Landlock binds only the thread that asks and those it starts later:
     // every other thread would escape it. A thread that was just joined
     // may still be listed for a moment: the join returns once it has let
@@ -463,7 +465,8 @@ pub fn lock_down(who: Identity, on_violation: OnViolation) -> Result<(), String>
     if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
         return Err("mallopt(M_ARENA_MAX) failed".into());
     }
-    empty_root()?;
+    jail::join(root.as_fd()).map_err(|e| format!("the empty root: {e}"))?;
+    drop(root);
     // SAFETY: plain credential calls; glibc runs them on every thread.
     unsafe {
         check(libc::setgroups(0, std::ptr::null()), "setgroups")?;
@@ -504,56 +507,6 @@ fn landlock() -> Result<(), String> {
         RulesetStatus::FullyEnforced => {}
         RulesetStatus::PartiallyEnforced => log::warn!("landlock: partly enforced by this kernel"),
         RulesetStatus::NotEnforced => log::warn!("landlock: not supported by this kernel"),
-    }
-    Ok(())
-}
-
-/// A tmpfs as the root, read-only, the host's root detached from it.
-fn empty_root() -> Result<(), String> {
-    let new_root = cstr("/tmp");
-    let dot = cstr(".");
-    let slash = cstr("/");
-    let tmpfs = cstr("tmpfs");
-    let opts = cstr("size=4k,mode=0555");
-    // SAFETY: mount, chdir, pivot_root and umount2 with NUL-terminated
-    // strings; all of it happens in our own mount namespace.
-    unsafe {
-        check(
-            libc::mount(
-                tmpfs.as_ptr(),
-                new_root.as_ptr(),
-                tmpfs.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                opts.as_ptr().cast(),
-            ),
-            "mounting the empty root",
-        )?;
-        check(libc::chdir(new_root.as_ptr()), "chdir")?;
-        // pivot_root(".", "."): the old root ends up stacked under the new
-        // one, and is detached at once; no directory for it is needed.
-        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
-            return Err(format!("pivot_root: {}", io::Error::last_os_error()));
-        }
-        check(
-            libc::umount2(dot.as_ptr(), libc::MNT_DETACH),
-            "detaching the old root",
-        )?;
-        check(libc::chdir(slash.as_ptr()), "chdir /")?;
-        check(
-            libc::mount(
-                std::ptr::null(),
-                slash.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ),
-            "making the empty root read-only",
-        )?;
     }
     Ok(())
 }

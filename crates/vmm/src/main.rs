@@ -194,6 +194,12 @@ struct Args {
     /// its own.
     #[arg(long, requires = "confine", requires = "control_fd")]
     netns: bool,
+    /// With --confine: the next descriptor vmd sends (after the network
+    /// namespace) is a mount namespace whose root is empty and
+    /// read-only; the VM process gets a copy of it rather than making
+    /// that root itself.
+    #[arg(long, requires = "confine", requires = "control_fd")]
+    mntns: bool,
     /// With --confine: vmd started the process as PID 1 of a PID
     /// namespace of its own, so it does not fork into one.
     #[arg(long, requires = "confine")]
@@ -507,7 +513,11 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     // What vmd sends first, before the process forks (the child has them
     // too): a network namespace to join is needed before that.
     let taps = args.nets.iter().filter(|n| n.fd_from_control).count();
-    let wanted = taps + usize::from(args.reattach) + args.cgroups + usize::from(args.netns);
+    let wanted = taps
+        + usize::from(args.reattach)
+        + args.cgroups
+        + usize::from(args.netns)
+        + usize::from(args.mntns);
     let mut received = Vec::new();
     if wanted > 0 {
         let fd = args
@@ -522,6 +532,7 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         .then(|| received.next().expect("counted above"));
     let mut cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
     let netns = args.netns.then(|| received.next().expect("counted above"));
+    let mut root = args.mntns.then(|| received.next().expect("counted above"));
     if args.confine.is_some() {
         // The network namespace is empty: taps must come open.
         if let Some(n) = args
@@ -537,8 +548,11 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         // While the process has one thread. Then the VM process is PID 1
         // of its own PID namespace: vmd started it there (--pid-ns), or
         // only the child returns from the fork.
-        confine::enter_namespaces(netns.as_ref().map(|n| n.as_fd()), !args.pid_ns)
-            .map_err(|e| format!("--confine: {e}"))?;
+        let ns = netns.as_ref().map(|n| n.as_fd());
+        root = Some(
+            confine::enter_namespaces(ns, root.take(), !args.pid_ns)
+                .map_err(|e| format!("--confine: {e}"))?,
+        );
         match args.pid_ns {
             true => confine::session_as_pid_1(),
             false => confine::fork_into_pid_namespace(args.control_fd),
@@ -642,7 +656,8 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     // Built: what it opened it holds. Confined now, while this is the only
     // thread (every later one inherits it all).
     if let Some(who) = args.confine {
-        confine::lock_down(who, args.seccomp).map_err(|e| format!("--confine: {e}"))?;
+        let root = root.take().ok_or("--confine: no empty root was made")?;
+        confine::lock_down(who, root, args.seccomp).map_err(|e| format!("--confine: {e}"))?;
         log::info!(
             "confined: uid {} gid {}, landlock, seccomp",
             who.uid,
