@@ -607,7 +607,31 @@ fn mismatch(on_violation: OnViolation) -> SeccompAction {
     }
 }
 
+/// `rules` as a filter: a screen (see `screen`) that allows the calls
+/// they allow whatever the arguments, in front of seccompiler's filter of
+/// the others (tightened, see `tighten`); seccompiler's filter of them all
+/// where the screen would not fit.
 fn compile(rules: Rules, on_violation: OnViolation) -> Result<BpfProgram, String> {
+    let (allowed, mut checked): (Rules, Rules) = rules.into_iter().partition(|(_, r)| r.is_empty());
+    let allowed: Vec<i64> = allowed.into_keys().collect();
+    let listed: Vec<i64> = checked.keys().copied().collect();
+    let unlisted = mismatch(on_violation).into();
+    match screen::prepend(
+        &listed,
+        &allowed,
+        unlisted,
+        chain(checked.clone(), on_violation)?,
+    ) {
+        Some(screened) => Ok(screened),
+        None => {
+            checked.extend(allowed.into_iter().map(|nr| (nr, Vec::new())));
+            chain(checked, on_violation)
+        }
+    }
+}
+
+/// seccompiler's filter of `rules`, tightened.
+fn chain(rules: Rules, on_violation: OnViolation) -> Result<BpfProgram, String> {
     SeccompFilter::new(
         rules,
         mismatch(on_violation),
@@ -636,15 +660,7 @@ fn process_rules() -> Result<Rules, String> {
 /// The process-wide filter: the ceiling of every thread, those nobody
 /// thought of included.
 fn filter(on_violation: OnViolation) -> Result<BpfProgram, String> {
-    let rules = process_rules()?;
-    let listed: Vec<i64> = rules.keys().copied().collect();
-    let program = compile(rules, on_violation)?;
-    // The first filter of every thread's stack: see `screen` for why.
-    Ok(screen::prepend(
-        &listed,
-        mismatch(on_violation).into(),
-        program,
-    ))
+    compile(process_rules()?, on_violation)
 }
 
 #[cfg(test)]
@@ -671,11 +687,11 @@ mod tests {
         assert!(!filter(OnViolation::Log).unwrap().is_empty());
     }
 
-    /// Tightened, every filter decides as seccompiler's own output does:
-    /// for every call number, and for the calls it lists, with argument
-    /// values around those it compares with.
+    /// Tightened, and screened as installed, every filter decides as
+    /// seccompiler's own output does: for every call number, and for the
+    /// calls it lists, with argument values around those it compares with.
     #[test]
-    fn tightened_filters_decide_the_same() {
+    fn tightened_and_screened_filters_decide_the_same() {
         use tighten::tests::{probes, run};
         let mut all = Vec::new();
         for on in [OnViolation::Kill, OnViolation::Log] {
@@ -686,6 +702,7 @@ mod tests {
         }
         for (what, on, rules) in all {
             let listed: Vec<u32> = rules.keys().map(|&n| n as u32).collect();
+            let screened = compile(rules.clone(), on).unwrap();
             let raw: BpfProgram = SeccompFilter::new(
                 rules,
                 mismatch(on),
@@ -701,19 +718,25 @@ mod tests {
                 tight.len(),
                 raw.len()
             );
+            eprintln!(
+                "LEN {what} raw {} tight {} screened {}",
+                raw.len(),
+                tight.len(),
+                screened.len()
+            );
             let arch = 0xc000_003e;
             for nr in 0..600 {
                 let args = [0; 6];
+                let want = run(&raw, arch, nr, &args);
+                assert_eq!(run(&tight, arch, nr, &args), want, "{what} {nr}");
+                assert_eq!(run(&screened, arch, nr, &args), want, "{what} {nr}");
+            }
+            for p in [&tight, &screened] {
                 assert_eq!(
-                    run(&tight, arch, nr, &args),
-                    run(&raw, arch, nr, &args),
-                    "{what} {nr}"
+                    run(p, 0x4000_0003, 1, &[0; 6]),
+                    run(&raw, 0x4000_0003, 1, &[0; 6])
                 );
             }
-            assert_eq!(
-                run(&tight, 0x4000_0003, 1, &[0; 6]),
-                run(&raw, 0x4000_0003, 1, &[0; 6])
-            );
             let values = probes(&raw);
             for nr in listed {
                 for &v in &values {
@@ -724,23 +747,36 @@ mod tests {
                         tries.push(a);
                     }
                     for a in tries {
-                        assert_eq!(
-                            run(&tight, arch, nr, &a),
-                            run(&raw, arch, nr, &a),
-                            "{what} {nr} {a:?}"
-                        );
+                        let want = run(&raw, arch, nr, &a);
+                        assert_eq!(run(&tight, arch, nr, &a), want, "{what} {nr} {a:?}");
+                        assert_eq!(run(&screened, arch, nr, &a), want, "{what} {nr} {a:?}");
                     }
                 }
             }
         }
     }
 
-    /// The screen fits in front of the real list (its jumps reach).
+    /// The screen fits in front of every filter (its jumps reach): what
+    /// is installed ends with the chain of the calls whose arguments are
+    /// checked, not of them all.
     #[test]
-    fn the_filter_is_screened() {
-        let bare = compile(process_rules().unwrap(), OnViolation::Kill).unwrap();
-        let screened = filter(OnViolation::Kill).unwrap();
-        assert!(screened.len() > bare.len(), "no screen");
-        assert!(screened.ends_with(&bare));
+    fn every_filter_is_screened() {
+        let mut all = vec![process_rules().unwrap()];
+        all.extend(
+            threads::KINDS
+                .iter()
+                .map(|&k| threads::rules_of(k).unwrap()),
+        );
+        for rules in all {
+            let checked: Rules = rules
+                .iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(&n, r)| (n, r.clone()))
+                .collect();
+            let bare = chain(checked, OnViolation::Kill).unwrap();
+            let screened = compile(rules, OnViolation::Kill).unwrap();
+            assert!(screened.len() > bare.len(), "no screen");
+            assert!(screened.ends_with(&bare));
+        }
     }
 }
