@@ -678,6 +678,15 @@ impl Vm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        // The CMOS index port, as QEMU does: see `coalesced` (its ring is
+        // mapped once there is a vCPU). Registered before the memory slots
+        // are: both take KVM's slots lock, which a slot's registration
+        // holds through its SRCU grace period.
+        let coalesced_pio = kvm.check_extension(Cap::CoalescedPio);
+        if coalesced_pio {
+            vm.register_coalesced_mmio(IoEventAddress::Pio(RTC_INDEX_PORT.into()), 1)
+                .map_err(kvm_err("KVM_REGISTER_COALESCED_MMIO"))?;
+        }
 
         let ranges: Vec<(GuestAddress, usize)> = ram_regions(cfg.mem_size)
             .into_iter()
@@ -722,9 +731,6 @@ impl Vm {
             }
             None => None,
         };
-        // Dropped (joined) before `mem` and `firmware`, declared above it,
-        // should the build fail below.
-        let slots = PendingSlots::register(&vm, slots)?;
 
         let ctl = Arc::new(Control::new());
         let events: SharedEvents = ctl.clone();
@@ -787,6 +793,12 @@ impl Vm {
             1,
         )
         .map_err(dev_err)?;
+        // The memory slots, from a thread, now that the PCI devices' I/O
+        // event descriptors are registered: those take KVM's slots lock
+        // too, and would wait out the slots' grace period. Dropped (joined)
+        // before `mem` and `firmware`, declared above it, should the build
+        // fail below.
+        let slots = PendingSlots::register(&vm, slots)?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -811,11 +823,8 @@ impl Vm {
             });
         }
 
-        // The CMOS index port, as QEMU does: see `coalesced`.
         let coalesced = match vcpus.first().and_then(|v| v.fd.as_ref()) {
-            Some(fd) if kvm.check_extension(Cap::CoalescedPio) => {
-                vm.register_coalesced_mmio(IoEventAddress::Pio(RTC_INDEX_PORT.into()), 1)
-                    .map_err(kvm_err("KVM_REGISTER_COALESCED_MMIO"))?;
+            Some(fd) if coalesced_pio => {
                 let ring = CoalescedRing::map(fd).map_err(|e| {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
                     VmError::Kvm(
