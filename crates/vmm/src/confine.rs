@@ -612,21 +612,23 @@ fn mismatch(on_violation: OnViolation) -> SeccompAction {
 /// the others (tightened, see `tighten`); seccompiler's filter of them all
 /// where the screen would not fit.
 fn compile(rules: Rules, on_violation: OnViolation) -> Result<BpfProgram, String> {
-    let (allowed, mut checked): (Rules, Rules) = rules.into_iter().partition(|(_, r)| r.is_empty());
-    let allowed: Vec<i64> = allowed.into_keys().collect();
-    let listed: Vec<i64> = checked.keys().copied().collect();
-    let unlisted = mismatch(on_violation).into();
-    match screen::prepend(
-        &listed,
-        &allowed,
-        unlisted,
-        chain(checked.clone(), on_violation)?,
-    ) {
-        Some(screened) => Ok(screened),
-        None => {
-            checked.extend(allowed.into_iter().map(|nr| (nr, Vec::new())));
-            chain(checked, on_violation)
+    let allowed: Vec<i64> = rules
+        .iter()
+        .filter(|(_, r)| r.is_empty())
+        .map(|(&nr, _)| nr)
+        .collect();
+    let checked: Vec<i64> = rules
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(&nr, _)| nr)
+        .collect();
+    match screen::screen(&checked, &allowed, mismatch(on_violation).into()) {
+        Some(mut screened) => {
+            let rest = rules.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+            screened.extend(chain(rest, on_violation)?);
+            Ok(screened)
         }
+        None => chain(rules, on_violation),
     }
 }
 

@@ -81,18 +81,13 @@ impl Class {
     }
 }
 
-/// `program`, which lists the calls in `checked` (those it allows for
-/// some arguments only), with a screen in front that allows the calls in
-/// `allowed` at once, passes those in `checked` on to it, and answers all
-/// others with `unlisted` (the action `program` takes for calls it does
-/// not list). None where the screen's jumps would not fit classic BPF's
-/// 8-bit offsets.
-pub fn prepend(
-    checked: &[i64],
-    allowed: &[i64],
-    unlisted: u32,
-    program: BpfProgram,
-) -> Option<BpfProgram> {
+/// The screen to put in front of a filter that lists the calls in
+/// `checked` (those it allows for some arguments only): it allows the
+/// calls in `allowed` at once, goes on to the filter, which the caller
+/// appends, for those in `checked`, and answers all others with
+/// `unlisted` (the action the filter takes for calls it does not list).
+/// None where its jumps would not fit classic BPF's 8-bit offsets.
+pub fn screen(checked: &[i64], allowed: &[i64], unlisted: u32) -> Option<BpfProgram> {
     let segments = segments(checked, allowed);
     let mut s = vec![
         Insn {
@@ -127,7 +122,7 @@ pub fn prepend(
     // The three ends every search leaf jumps to: on to the filter (past
     // the two answers), the refusal, the allowance.
     let (filter, refuse, allow) = (s.len(), s.len() + 1, s.len() + 2);
-    let mut out = Vec::with_capacity(s.len() + 3 + program.len());
+    let mut out = Vec::with_capacity(s.len() + 3);
     for (i, insn) in s.iter().enumerate() {
         let offset = |to: To| -> Option<u8> {
             let target = match to {
@@ -175,7 +170,6 @@ pub fn prepend(
         jf: 0,
         k: SECCOMP_RET_ALLOW,
     });
-    out.extend(program);
     Some(out)
 }
 
@@ -247,6 +241,13 @@ mod tests {
     const FILTER: u32 = 0x0005_0000;
     const REFUSE: u32 = 0x8000_0000;
 
+    /// The screen with the marked filter behind it.
+    fn prepend(checked: &[i64], allowed: &[i64], unlisted: u32) -> Option<BpfProgram> {
+        let mut p = screen(checked, allowed, unlisted)?;
+        p.extend(marked());
+        Some(p)
+    }
+
     fn marked() -> BpfProgram {
         vec![sock_filter {
             code: RET_K,
@@ -260,7 +261,7 @@ mod tests {
     fn allows_passes_on_and_refuses() {
         let checked: Vec<i64> = vec![9, 10, 16, 60, 231, 317];
         let allowed: Vec<i64> = vec![0, 1, 2, 3, 11, 12, 13, 61, 232, 435, 7, 10];
-        let p = prepend(&checked, &allowed, REFUSE, marked()).unwrap();
+        let p = prepend(&checked, &allowed, REFUSE).unwrap();
         assert!(p.ends_with(&marked()));
         for nr in 0..1024 {
             let n = i64::from(nr);
@@ -278,7 +279,7 @@ mod tests {
 
     #[test]
     fn nothing_listed_is_refused() {
-        let p = prepend(&[], &[], REFUSE, marked()).unwrap();
+        let p = prepend(&[], &[], REFUSE).unwrap();
         for nr in 0..600 {
             assert_eq!(run(&p, AUDIT_ARCH_X86_64, nr, &[0; 6]), REFUSE);
         }
@@ -311,7 +312,7 @@ mod tests {
     fn too_far_to_jump_is_refused() {
         // Every other number: 400 ranges, more than 8-bit jumps reach.
         let listed: Vec<i64> = (0..800).step_by(2).collect();
-        assert_eq!(prepend(&listed, &[], 0, marked()), None);
-        assert_eq!(prepend(&[], &listed, 0, marked()), None);
+        assert_eq!(screen(&listed, &[], 0), None);
+        assert_eq!(screen(&[], &listed, 0), None);
     }
 }
