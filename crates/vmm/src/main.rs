@@ -532,8 +532,9 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         .then(|| received.next().expect("counted above"));
     let mut cgroups: Vec<OwnedFd> = received.by_ref().take(args.cgroups).collect();
     let netns = args.netns.then(|| received.next().expect("counted above"));
-    let mut root = args.mntns.then(|| received.next().expect("counted above"));
-    if args.confine.is_some() {
+    let root = args.mntns.then(|| received.next().expect("counted above"));
+    // The mount namespace with the empty root `lock_down` copies.
+    let root = if args.confine.is_some() {
         // The network namespace is empty: taps must come open.
         if let Some(n) = args
             .nets
@@ -549,16 +550,17 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
         // of its own PID namespace: vmd started it there (--pid-ns), or
         // only the child returns from the fork.
         let ns = netns.as_ref().map(|n| n.as_fd());
-        root = Some(
-            confine::enter_namespaces(ns, root.take(), !args.pid_ns)
-                .map_err(|e| format!("--confine: {e}"))?,
-        );
+        let root = confine::enter_namespaces(ns, root, !args.pid_ns)
+            .map_err(|e| format!("--confine: {e}"))?;
         match args.pid_ns {
             true => confine::session_as_pid_1(),
             false => confine::fork_into_pid_namespace(args.control_fd),
         }
         .map_err(|e| format!("--confine: {e}"))?;
-    }
+        Some(root)
+    } else {
+        None
+    };
     drop(netns);
     // Held until the VM ends: its kernel, initrd and ISO by descriptor.
     let _held = hold_files(&mut args)?;
@@ -656,7 +658,7 @@ fn run(mut args: Args, sigs: libc::sigset_t) -> Result<ExitStatus, String> {
     // Built: what it opened it holds. Confined now, while this is the only
     // thread (every later one inherits it all).
     if let Some(who) = args.confine {
-        let root = root.take().ok_or("--confine: no empty root was made")?;
+        let root = root.ok_or("--confine: no empty root was made")?;
         confine::lock_down(who, root, args.seccomp).map_err(|e| format!("--confine: {e}"))?;
         log::info!(
             "confined: uid {} gid {}, landlock, seccomp",
