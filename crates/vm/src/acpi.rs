@@ -121,17 +121,24 @@ pub struct AcpiConfig {
 impl AcpiConfig {
     /// Slots of `pci_slots` that exist, in order.
     fn slots(&self) -> impl Iterator<Item = u8> + Clone + '_ {
-        self.pci_slots
-            .iter()
-            .copied()
-            .filter(|s| PCI_SLOTS.contains(s))
+        existing(&self.pci_slots)
     }
 
-    /// Whether the tables describe a PCI bus: only when it holds a device
-    /// (the guest would only spend boot time finding it empty).
+    /// Whether the tables describe a PCI bus: see [`has_pci`].
     pub fn has_pci(&self) -> bool {
-        self.slots().next().is_some()
+        has_pci(&self.pci_slots)
     }
+}
+
+fn existing(slots: &[u8]) -> impl Iterator<Item = u8> + Clone + '_ {
+    slots.iter().copied().filter(|s| PCI_SLOTS.contains(s))
+}
+
+/// Whether a VM whose devices sit in `slots` has a PCI bus (in its
+/// tables, its ECAM window, its e820 map): only when it holds a device
+/// (the guest would only spend boot time finding it empty).
+pub fn has_pci(slots: &[u8]) -> bool {
+    existing(slots).next().is_some()
 }
 
 /// Why the tables could not be built.

@@ -764,8 +764,8 @@ impl Vm {
         let (pci_host, pci_devices, pci_slots) = build_pci(&cfg, &vm, &mem, &events, &mmio)?;
         pio.insert(pci_host.clone(), 0xcf8, 8).map_err(dev_err)?;
         // The ECAM only where the ACPI tables announce it: they describe
-        // no PCI bus when it would be empty (see `acpi`).
-        if !pci_slots.is_empty() {
+        // no PCI bus when it would be empty.
+        if crate::acpi::has_pci(&pci_slots) {
             mmio.write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(
