@@ -28,26 +28,35 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in a constant")
 }
 
-/// Makes the namespace, from a thread of its own: unshare(2) of a mount
-/// namespace moves only the calling thread (which takes a file system
-/// context of its own with it, so vmd's other threads keep theirs), and
-/// that thread ends here; the namespace lives while the returned
-/// descriptor does.
+/// Makes the namespace ([`namespace`]), the empty root in it.
 pub fn make() -> Result<OwnedFd, String> {
+    namespace("mntns", libc::CLONE_NEWNS, "mnt", empty_root)
+}
+
+/// A new namespace of kind `flag` (`kind` its name under
+/// /proc/thread-self/ns), made by a thread `name` of its own, which does
+/// `then` in it before it ends: unshare(2) moves only the calling thread
+/// (of a mount namespace, with a file system context of its own), so the
+/// caller's other threads stay where they are. The namespace lives while
+/// the returned descriptor (opened before `then`: it names the namespace
+/// whatever `then` mounts or unmounts in it) or a process in it does.
+pub fn namespace(
+    name: &str,
+    flag: libc::c_int,
+    kind: &str,
+    then: fn() -> Result<(), String>,
+) -> Result<OwnedFd, String> {
+    let path = format!("/proc/thread-self/ns/{kind}");
     std::thread::Builder::new()
-        .name("mntns".into())
-        .spawn(|| {
+        .name(name.into())
+        .spawn(move || {
             // SAFETY: unshare with a valid flag; it changes this thread
             // only, which ends below.
-            check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare")?;
-            // The namespace's descriptor, before /proc goes with the host's
-            // root below; it names the namespace, whatever is mounted in it
-            // later.
-            let path = "/proc/thread-self/ns/mnt";
-            let ns = std::fs::File::open(path)
+            check(unsafe { libc::unshare(flag) }, "unshare")?;
+            let ns = std::fs::File::open(&path)
                 .map(OwnedFd::from)
                 .map_err(|e| format!("{path}: {e}"))?;
-            empty_root()?;
+            then()?;
             Ok(ns)
         })
         .map_err(|e| format!("a thread: {e}"))?

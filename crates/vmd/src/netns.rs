@@ -14,26 +14,9 @@
 
 use std::os::fd::OwnedFd;
 
-/// Makes the namespace, from a thread of its own (unshare(2) moves only
-/// the calling thread, which then ends; the namespace lives while the
-/// returned descriptor or a process in it does).
+/// Makes the namespace (see `jail::namespace`): nothing is done in it.
 pub fn make() -> Result<OwnedFd, String> {
-    std::thread::Builder::new()
-        .name("netns".into())
-        .spawn(|| {
-            // SAFETY: unshare with a valid flag; it changes this thread
-            // only, which ends below.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-            }
-            let path = "/proc/thread-self/ns/net";
-            std::fs::File::open(path)
-                .map(OwnedFd::from)
-                .map_err(|e| format!("{path}: {e}"))
-        })
-        .map_err(|e| format!("a thread: {e}"))?
-        .join()
-        .map_err(|_| "the thread panicked".to_string())?
+    jail::namespace("netns", libc::CLONE_NEWNET, "net", || Ok(()))
 }
 
 #[cfg(test)]

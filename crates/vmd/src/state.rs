@@ -373,31 +373,30 @@ impl Daemon {
         }
         // What the VM processes it confines share: one network namespace,
         // the empty root each copies, and a thread that starts each in a
-        // PID namespace of its own.
+        // PID namespace of its own. Each only saves work: where the kernel
+        // refuses one, each VM process does that part itself (logged once).
+        fn or_else<T>(made: Result<T, String>, what: &str, instead: &str) -> Option<T> {
+            made.map_err(|e| tracing::warn!("{what} ({e}): {instead}"))
+                .ok()
+        }
         let (vm_netns, vm_root, pidns) = match vm_uid_base {
             0 => (None, None, None),
             _ => (
-                crate::netns::make()
-                    .map_err(|e| {
-                        tracing::warn!(
-                            "no network namespace for VM processes to share ({e}): each makes its own"
-                        )
-                    })
-                    .ok(),
-                jail::make()
-                    .map_err(|e| {
-                        tracing::warn!(
-                            "no empty root for VM processes to copy ({e}): each makes its own"
-                        )
-                    })
-                    .ok(),
-                crate::pidns::Spawner::start()
-                    .map_err(|e| {
-                        tracing::warn!(
-                            "cannot start VM processes in PID namespaces ({e}): each forks into one"
-                        )
-                    })
-                    .ok(),
+                or_else(
+                    crate::netns::make(),
+                    "no network namespace for VM processes to share",
+                    "each makes its own",
+                ),
+                or_else(
+                    jail::make(),
+                    "no empty root for VM processes to copy",
+                    "each makes its own",
+                ),
+                or_else(
+                    crate::pidns::Spawner::start(),
+                    "cannot start VM processes in PID namespaces",
+                    "each forks into one",
+                ),
             ),
         };
         Arc::new(Daemon {
