@@ -11,7 +11,8 @@
 //! range, an index up to far ahead), `used_event`s and avail flags; the
 //! guest's virtio-net headers (every flag and GSO type, the negotiated and
 //! the not) and frames (TCP/IPv4 from the guest's MAC or another, DHCP
-//! DISCOVERs, raw bytes; runts, MTU-sized, just over, GSO-sized, over
+//! DISCOVERs, UDP datagrams of one flow, which the device merges, raw
+//! bytes; runts, MTU-sized, just over, GSO-sized, over
 //! 64 KiB); the frames the tap hands over (headers with any flags, GSO
 //! types and checksum places, any length); and raw bytes anywhere. A
 //! short input ends in plain chains: header + frame on TX, one 2 KiB
@@ -33,7 +34,11 @@
 //!   an Ethernet header, no longer than the MTU allows (64 KiB of IP for
 //!   a GSO frame, whose segments must each fit the MTU); from the guest's
 //!   MAC on a locked interface; never a DHCP request the built-in server
-//!   answers; as many as counted sent;
+//!   answers; as many as counted sent; on a vnet-header tap (which takes
+//!   UDP GSO frames here, as on Linux 6.2 and later) merged datagrams as
+//!   a well-formed UDP GSO frame: its header, UDP/IPv4 lengths and IP
+//!   checksum right, datagrams whose frames each pass the length check
+//!   a frame sent alone does, 2 to 64 of them, each counted sent;
 //! - used entries name a head below the queue size, and (rings apart)
 //!   an RX length no larger than the chain's writable bytes;
 //! - rings apart and nothing new made available, a second call completes
@@ -52,6 +57,8 @@ use std::sync::Arc;
 
 use devices::virtio::net::filter::{check_gso, Verdict, ETH_HLEN, MAX_GSO_FRAME};
 use devices::virtio::net::hdr::{self, Hdr};
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: the device's merged datagrams.
+const GSO_UDP_L4: u8 = 5;
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{fuzz_process, NetConfig, NetStats, NET_HDR_LEN};
 use devices::virtio::{GuestMemory, Interrupt};
@@ -251,6 +258,32 @@ fn ipv4(src: [u8; 6], dst_mac: [u8; 6], proto: u8, dst: [u8; 4], l4: &[u8]) -> V
     f
 }
 
+/// A `len`-byte frame holding a UDP datagram of one flow, checksums
+/// right, IP identifications counting up (`udp_id`): what the device
+/// merges into one UDP GSO frame on a tap that takes them.
+fn udp_datagram(len: usize, udp_id: &mut u16) -> Vec<u8> {
+    let n = len.min(14 + 0xffff) - 42;
+    let mut udp = vec![0x9c, 0x40, 0x13, 0x88];
+    udp.extend_from_slice(&((8 + n) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend((0..n).map(|i| (i * 7) as u8));
+    let mut f = ipv4(GUEST_MAC, HOST_MAC, 17, [100, 64, 1, 2], &udp);
+    f[18..20].copy_from_slice(&udp_id.to_be_bytes());
+    *udp_id = udp_id.wrapping_add(1);
+    f[24..26].fill(0);
+    let c = !(ones_sum(0, &f[14..34]) as u16);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut pseudo = f[26..34].to_vec();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&f[38..40]);
+    let c = match !(ones_sum(ones_sum(0, &pseudo), &f[34..]) as u16) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[40..42].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 /// A DHCPDISCOVER (or, `request`, a REQUEST) from the guest.
 fn dhcp(request: bool) -> Vec<u8> {
     let mut b = vec![0u8; 240];
@@ -273,7 +306,7 @@ fn dhcp(request: bool) -> Vec<u8> {
 
 /// A frame the guest sends (or the tap hands over): its kind and length
 /// from the input.
-fn frame(inp: &mut In, max: usize) -> Vec<u8> {
+fn frame(inp: &mut In, max: usize, udp_id: &mut u16) -> Vec<u8> {
     let k = inp.u8();
     let want: usize = match k >> 4 {
         0..=3 => 100,
@@ -309,6 +342,7 @@ fn frame(inp: &mut In, max: usize) -> Vec<u8> {
             f[6..12].copy_from_slice(&GUEST_MAC);
             f
         }
+        6 => return udp_datagram(want.max(43), udp_id),
         _ => Vec::new(),
     };
     // To the length wanted (a longer frame is cut only if asked): a
@@ -440,6 +474,9 @@ fn allowed(
 struct Setup {
     acked: u64,
     vnet_hdr: bool,
+    /// The tap takes UDP GSO frames (as on Linux 6.2 and later): the
+    /// device merges the guest's datagrams.
+    udp_gso: bool,
     locked: bool,
     dhcp: bool,
 }
@@ -474,8 +511,12 @@ fn check_tap_output(peer: &File, s: &Setup, sent: u64) {
         let Ok(n) = (&*peer).read(&mut buf) else {
             break;
         };
-        n_msgs += 1;
         let msg = &buf[..n];
+        if s.udp_gso && msg.len() > NET_HDR_LEN && msg[1] == GSO_UDP_L4 {
+            n_msgs += check_merged(msg, s);
+            continue;
+        }
+        n_msgs += 1;
         let (gso, frame) = if s.vnet_hdr {
             assert!(msg.len() >= NET_HDR_LEN, "a {}-byte message", msg.len());
             let h: &[u8; NET_HDR_LEN] = msg[..NET_HDR_LEN].try_into().unwrap();
@@ -517,6 +558,44 @@ fn check_tap_output(peer: &File, s: &Setup, sent: u64) {
         }
     }
     assert_eq!(n_msgs, sent, "frames on the tap against tx_frames");
+}
+
+/// Checks a UDP GSO frame the device made of the guest's datagrams
+/// (`coalesce`); how many datagrams it holds.
+fn check_merged(msg: &[u8], s: &Setup) -> u64 {
+    let hd = Hdr::parse(msg[..NET_HDR_LEN].try_into().unwrap());
+    let f = &msg[NET_HDR_LEN..];
+    assert_eq!(
+        (hd.flags, hd.hdr_len, hd.csum_start, hd.csum_offset),
+        (hdr::FLAG_NEEDS_CSUM, 42, 34, 6),
+        "a merged frame's header"
+    );
+    let be16 = |at: usize| usize::from(u16::from_be_bytes([f[at], f[at + 1]]));
+    assert!(
+        f.len() > 42 && f.len() - 14 <= 0xffff,
+        "a {}-byte merged frame",
+        f.len()
+    );
+    assert_eq!(
+        (&f[12..14], f[14], f[23]),
+        (&[8u8, 0][..], 0x45, 17),
+        "not UDP/IPv4"
+    );
+    assert_eq!(be16(16), f.len() - 14, "IP length");
+    assert_eq!(be16(38), f.len() - 34, "UDP length");
+    assert_eq!(ones_sum(0, &f[14..34]), 0xffff, "IP header checksum");
+    let mss = usize::from(hd.gso_size);
+    // Each datagram's frame within what a frame sent alone may be.
+    assert!(
+        mss > 0 && 42 + mss <= ETH_HLEN + 4 + usize::from(MTU),
+        "datagrams of {mss} bytes"
+    );
+    let n = (f.len() - 42).div_ceil(mss);
+    assert!((2..=64).contains(&n), "{n} datagrams merged");
+    if s.locked {
+        assert_eq!(f[6..12], GUEST_MAC, "a spoofed frame reached the tap");
+    }
+    n as u64
 }
 
 /// One call of the device's passes (`fuzz_process`: TX, RX, TX, RX),
@@ -564,6 +643,7 @@ fn run(data: &[u8], mem: &mut Mem) {
             // The driver accepts offloads only where offered.
             | if vnet_hdr { offloads } else { 0 },
         vnet_hdr,
+        udp_gso: vnet_hdr,
         locked: cfg & 8 != 0,
         dhcp: cfg & 16 != 0,
     };
@@ -633,10 +713,11 @@ fn run(data: &[u8], mem: &mut Mem) {
 
     // The guest's headers and frames.
     let headers: Vec<[u8; NET_HDR_LEN]> = (0..HEADER_SLOTS).map(|_| net_header(&mut inp)).collect();
+    let mut udp_id = u16::from(inp.u8()) << 8;
     let small: Vec<Vec<u8>> = (0..FRAME_SLOTS)
-        .map(|_| frame(&mut inp, FRAME_SLOT as usize))
+        .map(|_| frame(&mut inp, FRAME_SLOT as usize, &mut udp_id))
         .collect();
-    let big = frame(&mut inp, BIG_LEN as usize);
+    let big = frame(&mut inp, BIG_LEN as usize, &mut udp_id);
     let rx_buf_len: u32 = match inp.u8() % 4 {
         0 | 1 => 2048,
         2 => 1526,
@@ -652,7 +733,7 @@ fn run(data: &[u8], mem: &mut Mem) {
             } else {
                 Vec::new()
             };
-            m.extend_from_slice(&frame(&mut inp, 1 << 17));
+            m.extend_from_slice(&frame(&mut inp, 1 << 17, &mut udp_id));
             m
         })
         .collect();
@@ -754,7 +835,10 @@ fn run(data: &[u8], mem: &mut Mem) {
         mem.write(a, &bytes);
     }
 
-    let (tap, peer) = Tap::socket_pair(vnet_hdr).expect("socket pair");
+    let (mut tap, peer) = Tap::socket_pair(vnet_hdr).expect("socket pair");
+    if s.udp_gso {
+        tap.assume_udp_gso();
+    }
     let peer = File::from(peer);
     for m in &tap_msgs {
         // A full socket drops the rest, as a tap's queue does.

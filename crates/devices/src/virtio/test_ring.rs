@@ -62,6 +62,15 @@ impl Ring {
     /// Adds a chain of (address, length, device-writable) buffers and
     /// kicks; returns its head.
     pub(crate) fn push(&mut self, m: &GuestMemory, bufs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.add(m, bufs);
+        self.publish(m);
+        head
+    }
+
+    /// Adds a chain to the avail ring without making it available: a
+    /// driver filling its ring, which [`Ring::publish`] then makes
+    /// available at once. Returns its head.
+    pub(crate) fn add(&mut self, m: &GuestMemory, bufs: &[(u64, u32, bool)]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let idx = self.next_desc;
@@ -79,6 +88,11 @@ impl Ring {
         let slot = self.avail_ring() + 4 + 2 * u64::from(self.avail % RING);
         m.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail = self.avail.wrapping_add(1);
+        head
+    }
+
+    /// Makes the chains added so far available, and kicks.
+    pub(crate) fn publish(&mut self, m: &GuestMemory) {
         m.store(
             self.avail,
             GuestAddress(self.avail_ring() + 2),
@@ -86,7 +100,6 @@ impl Ring {
         )
         .unwrap();
         self.kick.write(1).unwrap();
-        head
     }
 
     pub(crate) fn used_idx(&self, m: &GuestMemory) -> u16 {

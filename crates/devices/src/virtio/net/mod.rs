@@ -28,7 +28,13 @@
 //! each is counted. The checks read the Ethernet frame behind the header,
 //! copied out of guest memory first, so what is checked is what is sent. On a local interface the VM process answers the guest's DHCP
 //! itself (`netcfg::dhcp`), and those frames never reach the tap.
+//!
+//! UDP datagrams of one flow that the guest queued back to back go to a
+//! tap that takes UDP GSO frames (Linux 6.2 and later) merged into one
+//! (`coalesce`): the kernel runs its receive path once for them and cuts
+//! them back into the guest's datagrams, bit for bit.
 
+mod coalesce;
 pub mod filter;
 pub mod hdr;
 pub mod tap;
@@ -86,6 +92,9 @@ pub struct NetStats {
     pub rx_dropped: AtomicU64,
     /// Frames sent and received unsegmented (TSO).
     pub tx_gso: AtomicU64,
+    /// Of the guest's datagrams sent: those merged with others into one
+    /// UDP GSO frame for the tap (`coalesce`).
+    pub tx_merged: AtomicU64,
     pub rx_gso: AtomicU64,
     pub dhcp_replies: AtomicU64,
     /// The TUN_F_* offloads the tap has now: what the driver accepted for

@@ -23,6 +23,10 @@ const IFF_TAP: libc::c_short = libc::IFF_TAP as libc::c_short;
 const IFF_NO_PI: libc::c_short = libc::IFF_NO_PI as libc::c_short;
 const IFF_VNET_HDR: libc::c_short = libc::IFF_VNET_HDR as libc::c_short;
 
+/// TUN_F_USO4 and TUN_F_USO6 (linux/if_tun.h, Linux 6.2), not in libc.
+const TUN_F_USO4: u32 = 0x20;
+const TUN_F_USO6: u32 = 0x40;
+
 /// Longest interface name Linux takes, with its NUL.
 const IFNAMSIZ: usize = 16;
 
@@ -35,6 +39,9 @@ pub struct Tap {
     real: bool,
     /// The TUN_F_* offloads last given to the kernel.
     offloads: u32,
+    /// The kernel takes UDP segmentation offload frames
+    /// (`VIRTIO_NET_HDR_GSO_UDP_L4`) written to it.
+    udp_gso: bool,
 }
 
 #[repr(C)]
@@ -134,6 +141,7 @@ impl Tap {
             vnet_hdr,
             real: true,
             offloads: 0,
+            udp_gso: false,
         };
         if vnet_hdr {
             let size = NET_HDR_LEN as libc::c_int;
@@ -145,6 +153,11 @@ impl Tap {
                     format!("tap {}: TUNSETVNETHDRSZ: {e}", tap.name),
                 ));
             }
+            // Linux takes UDP GSO frames from a tap's writer since 6.2,
+            // the release that lets its reader take them (TUN_F_USO4/6):
+            // whether the kernel knows the flags says whether it does.
+            let uso = libc::TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6;
+            tap.udp_gso = tap.set_offloads(uso).is_ok();
             tap.set_offloads(0)?;
         }
         Ok(tap)
@@ -178,8 +191,23 @@ impl Tap {
             vnet_hdr,
             real: false,
             offloads: 0,
+            udp_gso: false,
         };
         Ok((tap, b))
+    }
+
+    /// Whether UDP segmentation offload frames may be written to the tap
+    /// (`VIRTIO_NET_HDR_GSO_UDP_L4` in the vnet header; Linux 6.2): the
+    /// device then merges the guest's datagrams (`coalesce`).
+    pub fn udp_gso(&self) -> bool {
+        self.udp_gso
+    }
+
+    /// Makes one end of [`Tap::socket_pair`] take UDP GSO frames as a tap
+    /// on Linux 6.2 does. For tests and the fuzz target.
+    #[doc(hidden)]
+    pub fn assume_udp_gso(&mut self) {
+        self.udp_gso = self.vnet_hdr;
     }
 
     /// Whether frames carry a `virtio_net_hdr_v1` (IFF_VNET_HDR).

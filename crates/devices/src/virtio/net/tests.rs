@@ -12,6 +12,8 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::coalesce::tests::{datagram, datagram_to, partial_hdr, payload};
+use super::coalesce::GSO_UDP_L4;
 use super::hdr::{self, *};
 use super::tap::Tap;
 use super::{Net, NetConfig, NetStats, F_MRG_RXBUF, NET_HDR_LEN};
@@ -201,6 +203,33 @@ impl Guest {
         let (_, len) = self.tx.wait_used(&self.m, self.tx_sent);
         assert_eq!(len, 0);
         self.tx_sent += 1;
+    }
+
+    /// Sends each of `frames` behind `hdr`, all made available at once
+    /// with one kick (a driver that filled its ring before kicking), and
+    /// waits for their completions.
+    fn send_burst(&mut self, hdr: &[u8; NET_HDR_LEN], frames: &[Vec<u8>]) {
+        assert!(
+            frames.len() <= usize::from(RING / 2),
+            "two descriptors each"
+        );
+        for (i, frame) in frames.iter().enumerate() {
+            let at = TX_BUFS + TX_SLOT * u64::from((self.tx_sent + i as u16) % RING);
+            self.m.write_slice(hdr, GuestAddress(at)).unwrap();
+            self.m
+                .write_slice(frame, GuestAddress(at + NET_HDR_LEN as u64))
+                .unwrap();
+            self.tx.add(
+                &self.m,
+                &[
+                    (at, NET_HDR_LEN as u32, false),
+                    (at + NET_HDR_LEN as u64, frame.len() as u32, false),
+                ],
+            );
+        }
+        self.tx.publish(&self.m);
+        self.tx_sent += frames.len() as u16;
+        self.tx.wait_used(&self.m, self.tx_sent - 1);
     }
 
     /// The next frame the device placed (waiting for it): its header and
@@ -849,4 +878,229 @@ fn dhcp_is_answered_with_headers_on_both_sides() {
     assert_eq!(g.stats.tx_spoofed.load(Ordering::Relaxed), 1);
     assert_eq!(g.stats.dhcp_replies.load(Ordering::Relaxed), 1);
     net.reset();
+}
+
+#[test]
+fn a_burst_of_one_flows_datagrams_goes_to_the_tap_as_one_udp_gso_frame() {
+    let (mut tap, peer) = Tap::socket_pair(true).unwrap();
+    tap.assume_udp_gso();
+    let mut net = Net::new(tap, config(), "merge".into());
+    let mut g = Guest::start(&mut net, BASE);
+    let flow: Vec<Vec<u8>> = (0..5)
+        .map(|i| datagram(100 + i as u16, 40000, &payload(i, 1000), false))
+        .collect();
+    // Another port: a run of its own.
+    let other = datagram(105, 40001, &payload(9, 1000), false);
+    let mut burst = flow.clone();
+    burst.push(other.clone());
+    g.send_burst(&[0; NET_HDR_LEN], &burst);
+
+    let m = read_peer(&peer).expect("the merged frame");
+    let (h, f) = m.split_at(NET_HDR_LEN);
+    let h = Hdr::parse(h.try_into().unwrap());
+    assert_eq!(
+        (h.flags, h.gso_type, h.gso_size),
+        (FLAG_NEEDS_CSUM, GSO_UDP_L4, 1000)
+    );
+    // The first one's headers, but for the lengths and checksums.
+    for r in [0..16, 18..24, 26..38] {
+        assert_eq!(f[r.clone()], flow[0][r]);
+    }
+    let payloads: Vec<u8> = flow.iter().flat_map(|d| d[42..].to_vec()).collect();
+    assert_eq!(f[42..], payloads[..]);
+    // Then the other, as it came, and nothing else.
+    assert_eq!(
+        read_peer(&peer),
+        Some([&[0; NET_HDR_LEN][..], &other].concat())
+    );
+    assert_eq!(read_peer(&peer), None);
+    let bytes: usize = burst.iter().map(Vec::len).sum();
+    assert_eq!(g.stats.tx_frames.load(Ordering::Relaxed), 6);
+    assert_eq!(g.stats.tx_bytes.load(Ordering::Relaxed), bytes as u64);
+    assert_eq!(g.stats.tx_merged.load(Ordering::Relaxed), 5);
+
+    // One at a time, nothing waits to be merged.
+    let next = datagram(106, 40001, &payload(10, 1000), false);
+    g.send(&[0; NET_HDR_LEN], &next);
+    assert_eq!(
+        read_peer(&peer),
+        Some([&[0; NET_HDR_LEN][..], &next].concat())
+    );
+    assert_eq!(g.stats.tx_merged.load(Ordering::Relaxed), 5);
+    net.reset();
+}
+
+#[test]
+fn without_udp_gso_on_the_tap_datagrams_go_one_by_one() {
+    let (tap, peer) = Tap::socket_pair(true).unwrap();
+    let mut net = Net::new(tap, config(), "one".into());
+    let mut g = Guest::start(&mut net, BASE);
+    let flow: Vec<Vec<u8>> = (0..4)
+        .map(|i| datagram(i as u16, 40000, &payload(i, 500), false))
+        .collect();
+    g.send_burst(&[0; NET_HDR_LEN], &flow);
+    for d in &flow {
+        assert_eq!(read_peer(&peer), Some([&[0; NET_HDR_LEN][..], d].concat()));
+    }
+    assert_eq!(g.stats.tx_merged.load(Ordering::Relaxed), 0);
+    net.reset();
+}
+
+/// Linux's release as (major, minor).
+fn kernel_release() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r.trim().split(['.', '-']).map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Makes bridge `name` with `ports` and brings all of them up (the old
+/// bridge ioctls: this module's tests use no netlink).
+fn bridge(name: &str, ports: &[&str]) {
+    const SIOCBRADDBR: libc::c_ulong = 0x89a0;
+    const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+    let s = inet_socket();
+    let cname = std::ffi::CString::new(name).unwrap();
+    // SAFETY: SIOCBRADDBR reads the name; SIOCBRADDIF the ifreq we pass.
+    unsafe {
+        assert_eq!(libc::ioctl(s.as_raw_fd(), SIOCBRADDBR, cname.as_ptr()), 0);
+        for p in ports {
+            let cp = std::ffi::CString::new(*p).unwrap();
+            let index = libc::if_nametoindex(cp.as_ptr()) as i32;
+            let mut req = ifreq(name);
+            req[16..20].copy_from_slice(&index.to_ne_bytes());
+            assert_eq!(
+                libc::ioctl(s.as_raw_fd(), SIOCBRADDIF, req.as_mut_ptr()),
+                0,
+                "add {p} to {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            link_up(p);
+        }
+    }
+    link_up(name);
+}
+
+/// Gives `name` the address `ip`/31.
+fn set_addr(name: &str, ip: [u8; 4]) {
+    let s = inet_socket();
+    for (req_no, a) in [
+        (libc::SIOCSIFADDR, ip),
+        (libc::SIOCSIFNETMASK, [255, 255, 255, 254]),
+    ] {
+        let mut req = ifreq(name);
+        req[16..18].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        req[20..24].copy_from_slice(&a);
+        // SAFETY: the ioctl reads the ifreq we pass.
+        assert_eq!(
+            unsafe { libc::ioctl(s.as_raw_fd(), req_no, req.as_mut_ptr()) },
+            0
+        );
+    }
+}
+
+fn hw_addr(name: &str) -> [u8; 6] {
+    let s = inet_socket();
+    let mut req = ifreq(name);
+    // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
+    assert_eq!(
+        unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFHWADDR, req.as_mut_ptr()) },
+        0
+    );
+    req[18..24].try_into().unwrap()
+}
+
+/// The UDP/IPv4 frames read from tap `fd` (no vnet header) until `n`
+/// came or a second passed.
+fn read_udp_frames(fd: &OwnedFd, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while got.len() < n && t.elapsed() < Duration::from_millis(500) {
+        match read_peer(fd) {
+            Some(f) if f.len() > 34 && f[12..14] == [8, 0] && f[23] == 17 => got.push(f),
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    got
+}
+
+#[test]
+fn merged_datagrams_leave_the_kernel_as_the_guest_sent_them() {
+    in_netns(|| {
+        let tap = Tap::open("merge0").unwrap();
+        if kernel_release() < (6, 2) {
+            // Taps take no UDP GSO frames before 6.2: none are made.
+            assert!(!tap.udp_gso());
+            return;
+        }
+        assert!(tap.udp_gso(), "a tap on Linux 6.2 or later takes UDP GSO");
+        let mut net = Net::new(tap, config(), "merge".into());
+        // A second tap on the same bridge, which takes no offloads: what
+        // the bridge sends it the kernel segments and checksums itself.
+        let wire = raw_tap("wire0", false);
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(wire.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        bridge("br0", &["merge0", "wire0"]);
+        set_addr("br0", [100, 64, 1, 2]);
+        let sock = std::net::UdpSocket::bind("100.64.1.2:5000").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let br_mac = hw_addr("br0");
+
+        for partial in [false, true] {
+            let (acked, h) = if partial {
+                (BASE | F_CSUM, partial_hdr())
+            } else {
+                (BASE, [0; NET_HDR_LEN])
+            };
+            let mut g = Guest::start(&mut net, acked);
+            let size = |i: usize| if i == 7 { 333 } else { 1400 };
+            // Through the bridge to a station it does not know: out of
+            // wire0, segmented. IP identifications wrap in the run.
+            let fwd: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    let id = 0xfffc_u16.wrapping_add(i as u16);
+                    datagram_to(
+                        [2, 0, 0, 0, 0, 0x99],
+                        id,
+                        40000,
+                        &payload(i, size(i)),
+                        partial,
+                    )
+                })
+                .collect();
+            g.send_burst(&h, &fwd);
+            let merged0 = if partial { 16 } else { 0 };
+            assert_eq!(g.stats.tx_merged.load(Ordering::Relaxed), merged0 + 8);
+            let mut want = fwd.clone();
+            if partial {
+                for w in &mut want {
+                    assert!(complete_checksum(w, 34, 40));
+                }
+            }
+            assert_eq!(read_udp_frames(&wire, 9), want, "partial: {partial}");
+
+            // To the host: the bridge's own address, for the socket.
+            let local: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    datagram_to(
+                        br_mac,
+                        7 + i as u16,
+                        40001,
+                        &payload(i + 8, size(i)),
+                        partial,
+                    )
+                })
+                .collect();
+            g.send_burst(&h, &local);
+            assert_eq!(g.stats.tx_merged.load(Ordering::Relaxed), merged0 + 16);
+            let mut b = [0u8; 2048];
+            for (i, d) in local.iter().enumerate() {
+                let (n, from) = sock.recv_from(&mut b).expect("a datagram");
+                assert_eq!(from, "100.64.1.3:40001".parse().unwrap());
+                assert_eq!(b[..n], d[42..], "datagram {i}");
+            }
+            assert_eq!(g.stats.tx_dropped.load(Ordering::Relaxed), 0);
+            net.reset();
+        }
+    });
 }

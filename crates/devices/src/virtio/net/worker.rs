@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::coalesce::{Push, UdpRun};
 use super::filter::{check_gso, check_tx, Verdict, MAX_GSO_FRAME};
 use super::hdr::{self, Hdr};
 use super::tap::Tap;
@@ -93,6 +94,9 @@ pub struct Worker {
     tap_watched: bool,
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
+    /// The guest's UDP datagrams being merged for the tap, on a tap that
+    /// takes UDP GSO frames (`coalesce`).
+    run: Option<UdpRun>,
 }
 
 /// What became of a frame offered to the RX queue.
@@ -117,6 +121,7 @@ enum TapRead {
 impl Worker {
     pub fn new(tap: Tap, cfg: NetConfig, stats: Arc<NetStats>, name: String) -> Worker {
         Worker {
+            run: tap.udp_gso().then(UdpRun::new),
             tap,
             cfg,
             stats,
@@ -300,6 +305,8 @@ impl Worker {
             let mut buf = std::mem::take(&mut self.tx_buf);
             let r = self.tx_chains(&mut a, &mut buf);
             self.tx_buf = buf;
+            // What the pass merged goes now: a pass waits for nothing.
+            self.flush_run();
             match r {
                 Ok(0) => {}
                 Ok(_) => match should_signal(&mut a.tx, &a.mem, a.event_idx) {
@@ -387,6 +394,22 @@ impl Worker {
                 return;
             }
         }
+        if !gso {
+            if let Some(run) = self.run.as_mut() {
+                match run.push(h, frame) {
+                    Push::Added => return,
+                    Push::Breaks => {
+                        flush_run(&mut self.run, &self.tap, stats, &self.name);
+                        if let Some(run) = self.run.as_mut() {
+                            if run.push(h, frame) == Push::Added {
+                                return;
+                            }
+                        }
+                    }
+                    Push::Never => flush_run(&mut self.run, &self.tap, stats, &self.name),
+                }
+            }
+        }
         // On a vnet-header tap the guest's header goes along unchanged
         // (num_buffers means nothing on TX and the kernel skips it). The
         // frame was copied out of guest memory before the checks: what
@@ -406,6 +429,11 @@ impl Worker {
             // refused the header: a dropped frame, as on a wire.
             Err(_) => dropped(None),
         }
+    }
+
+    /// Writes the datagrams merged so far to the tap.
+    fn flush_run(&mut self) {
+        flush_run(&mut self.run, &self.tap, &self.stats, &self.name);
     }
 
     /// Moves frames (pending ones first, then the tap's) into the guest's
@@ -594,6 +622,33 @@ fn write_part(mem: &GuestMemory, addr: GuestAddress, h: &[u8], frame: &[u8], at:
     }
     if at < end {
         let _ = mem.write_slice(&frame[at - h.len()..end - h.len()], addr);
+    }
+}
+
+/// Writes the datagrams `run` merged so far to the tap.
+fn flush_run(run: &mut Option<UdpRun>, tap: &Tap, stats: &NetStats, name: &str) {
+    let Some(m) = run.as_mut().and_then(UdpRun::finish) else {
+        return;
+    };
+    match tap.write_frame(m.frame) {
+        Ok(()) => {
+            stats.tx_frames.fetch_add(m.datagrams, Ordering::Relaxed);
+            stats.tx_bytes.fetch_add(m.bytes, Ordering::Relaxed);
+            if m.datagrams > 1 {
+                stats.tx_merged.fetch_add(m.datagrams, Ordering::Relaxed);
+            }
+        }
+        Err(e) => {
+            stats.tx_dropped.fetch_add(m.datagrams, Ordering::Relaxed);
+            // The kernel said it takes UDP GSO frames, then refused one:
+            // datagrams go one by one from now on.
+            if m.datagrams > 1 && e.raw_os_error() == Some(libc::EINVAL) {
+                log::warn!(
+                    "{name}: the tap refused a UDP GSO frame ({e}); datagrams no longer merged"
+                );
+                *run = None;
+            }
+        }
     }
 }
 
