@@ -93,13 +93,19 @@ impl Ring {
 
     /// Makes the chains added so far available, and kicks.
     pub(crate) fn publish(&mut self, m: &GuestMemory) {
+        self.publish_quietly(m);
+        self.kick.write(1).unwrap();
+    }
+
+    /// Makes the chains added so far available without a kick (a driver
+    /// the device asked not to kick).
+    pub(crate) fn publish_quietly(&mut self, m: &GuestMemory) {
         m.store(
             self.avail,
             GuestAddress(self.avail_ring() + 2),
             Ordering::Release,
         )
         .unwrap();
-        self.kick.write(1).unwrap();
     }
 
     pub(crate) fn used_idx(&self, m: &GuestMemory) -> u16 {

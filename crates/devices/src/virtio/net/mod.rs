@@ -37,6 +37,7 @@
 mod coalesce;
 pub mod filter;
 pub mod hdr;
+mod poll;
 pub mod tap;
 #[cfg(test)]
 mod tests;
@@ -157,6 +158,15 @@ impl Net {
 
     pub fn stats(&self) -> Arc<NetStats> {
         self.stats.clone()
+    }
+
+    /// Polls the TX ring for `window` after every delivery (not adapting
+    /// it); only before activation.
+    #[cfg(test)]
+    fn poll_fixed(&mut self, window: std::time::Duration) {
+        if let State::Idle(w) = &mut self.state {
+            w.poll_fixed(window);
+        }
     }
 }
 

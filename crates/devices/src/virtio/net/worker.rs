@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -25,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::coalesce::{Push, UdpRun};
 use super::filter::{check_gso, check_tx, Verdict, MAX_GSO_FRAME};
 use super::hdr::{self, Hdr};
+use super::poll::TxPoll;
 use super::tap::Tap;
 use super::{NetConfig, NetStats, F_MRG_RXBUF, NET_HDR_LEN};
 use crate::virtio::chain::{self, Segment};
@@ -97,6 +99,9 @@ pub struct Worker {
     /// The guest's UDP datagrams being merged for the tap, on a tap that
     /// takes UDP GSO frames (`coalesce`).
     run: Option<UdpRun>,
+    /// How long to poll the TX ring for the guest's answer to what it was
+    /// given (`poll`).
+    tx_poll: TxPoll,
 }
 
 /// What became of a frame offered to the RX queue.
@@ -131,6 +136,7 @@ impl Worker {
             tap_watched: true,
             tx_buf: vec![0; TX_BUF],
             rx_buf: vec![0; RX_BUF],
+            tx_poll: TxPoll::default(),
         }
     }
 
@@ -233,7 +239,7 @@ impl Worker {
         let mut events = [EpollEvent::default(); 4];
         // Kicks may have come before the thread started.
         self.tx_pass();
-        let watch = self.rx_pass();
+        let (watch, _) = self.rx_pass();
         self.watch_tap(&epoll, watch);
         loop {
             let n = match epoll.wait(-1, &mut events) {
@@ -262,12 +268,20 @@ impl Worker {
                 if let Some(a) = self.active.as_ref() {
                     let _ = a.tx_kick.read();
                 }
-                self.tx_pass();
+                if self.tx_pass() > 0 {
+                    self.tx_poll.kicked(Instant::now());
+                }
             }
             // After a TX pass: the DHCP answers it produced.
             if rx || !self.pending.is_empty() {
-                let watch = self.rx_pass();
+                let (watch, delivered) = self.rx_pass();
                 self.watch_tap(&epoll, watch);
+                if delivered > 0 {
+                    let window = self.tx_poll.delivered(Instant::now());
+                    if !window.is_zero() && self.poll_tx(window) {
+                        self.tx_poll.answered();
+                    }
+                }
             }
         }
     }
@@ -296,11 +310,13 @@ impl Worker {
         }
     }
 
-    /// Sends what the guest queued, at most [`TX_BATCH`] frames.
-    pub(super) fn tx_pass(&mut self) {
+    /// Sends what the guest queued, at most [`TX_BATCH`] frames; how many
+    /// chains it completed.
+    pub(super) fn tx_pass(&mut self) -> usize {
         let Some(mut a) = self.active.take() else {
-            return;
+            return 0;
         };
+        let mut sent = 0;
         if !a.broken {
             let mut buf = std::mem::take(&mut self.tx_buf);
             let r = self.tx_chains(&mut a, &mut buf);
@@ -309,15 +325,47 @@ impl Worker {
             self.flush_run();
             match r {
                 Ok(0) => {}
-                Ok(_) => match should_signal(&mut a.tx, &a.mem, a.event_idx) {
-                    Ok(true) => a.interrupt.signal_used(1),
-                    Ok(false) => {}
-                    Err(e) => a.broken(&self.name, &e),
-                },
+                Ok(n) => {
+                    sent = n;
+                    match should_signal(&mut a.tx, &a.mem, a.event_idx) {
+                        Ok(true) => a.interrupt.signal_used(1),
+                        Ok(false) => {}
+                        Err(e) => a.broken(&self.name, &e),
+                    }
+                }
                 Err(e) => a.broken(&self.name, &e),
             }
         }
         self.active = Some(a);
+        sent
+    }
+
+    #[cfg(test)]
+    pub(super) fn poll_fixed(&mut self, window: Duration) {
+        self.tx_poll = TxPoll::fixed(window);
+    }
+
+    /// Polls the TX ring for up to `window`, the guest asked not to kick
+    /// meanwhile, then sends what came (the TX pass asks for kicks again
+    /// and looks once more); whether anything came.
+    fn poll_tx(&mut self, window: Duration) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        if a.broken || suppress_tx_kicks(a).is_err() {
+            return false;
+        }
+        let start = Instant::now();
+        let came = loop {
+            match a.tx.avail_idx(&a.mem, Ordering::Acquire) {
+                Ok(i) if i.0 != a.tx.next_avail() => break true,
+                Ok(_) if start.elapsed() < window => std::hint::spin_loop(),
+                // Nothing, or a ring outside RAM (for the pass to report).
+                _ => break false,
+            }
+        };
+        self.tx_pass();
+        came
     }
 
     /// The TX loop; how many chains it completed.
@@ -439,12 +487,12 @@ impl Worker {
     /// Moves frames (pending ones first, then the tap's) into the guest's
     /// RX buffers until either runs out, at most [`RX_BATCH`] tries.
     /// Whether to keep watching the tap (not when the guest ran out of
-    /// buffers, or broke its queues).
-    pub(super) fn rx_pass(&mut self) -> bool {
+    /// buffers, or broke its queues), and how many frames it delivered.
+    pub(super) fn rx_pass(&mut self) -> (bool, usize) {
         let Some(mut a) = self.active.take() else {
-            return false;
+            return (false, 0);
         };
-        let mut watch = false;
+        let (mut watch, mut placed) = (false, 0);
         if !a.broken {
             let mut buf = std::mem::take(&mut self.rx_buf);
             let r = self.rx_frames(&mut a, &mut buf);
@@ -452,6 +500,7 @@ impl Worker {
             match r {
                 Ok((delivered, dry)) => {
                     watch = !dry;
+                    placed = delivered;
                     if delivered > 0 {
                         match should_signal(&mut a.rx, &a.mem, a.event_idx) {
                             Ok(true) => a.interrupt.signal_used(0),
@@ -465,7 +514,7 @@ impl Worker {
             watch &= !a.broken;
         }
         self.active = Some(a);
-        watch
+        (watch, placed)
     }
 
     /// The RX loop: (frames placed, whether the buffers ran out).
@@ -623,6 +672,21 @@ fn write_part(mem: &GuestMemory, addr: GuestAddress, h: &[u8], frame: &[u8], at:
     if at < end {
         let _ = mem.write_slice(&frame[at - h.len()..end - h.len()], addr);
     }
+}
+
+/// Asks the driver not to kick the TX queue while the device polls it:
+/// the used ring's NO_NOTIFY flag, or with EVENT_IDX an `avail_event`
+/// just behind the next chain, which no new avail index can cross
+/// (Linux's `vring_need_event`); the next TX pass asks for kicks again.
+fn suppress_tx_kicks(a: &mut Active) -> Result<(), QueueError> {
+    if !a.event_idx {
+        return a.tx.disable_notification(&a.mem);
+    }
+    let at = a.tx.used_ring() + 4 + 8 * u64::from(a.tx.size());
+    let behind = a.tx.next_avail().wrapping_sub(1);
+    a.mem
+        .store(behind.to_le(), GuestAddress(at), Ordering::Release)
+        .map_err(QueueError::GuestMemory)
 }
 
 /// Writes the datagrams `run` merged so far to the tap.
