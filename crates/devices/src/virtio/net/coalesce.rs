@@ -51,16 +51,10 @@ pub const MAX_SEGS: usize = 64;
 /// Longest IPv4 datagram, which the merged one must fit as well.
 const MAX_IP_LEN: usize = 65535;
 
-/// What [`UdpRun::push`] did with a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Push {
-    /// The frame is in the run.
-    Added,
-    /// A datagram a run can take, but not this one: send the run, and
-    /// the frame starts the next.
-    Breaks,
-    /// Not a datagram a run can take: send the run, then the frame alone.
-    Never,
+/// A frame a run can take, as [`check`] found it: its payload's length.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram {
+    len: usize,
 }
 
 /// The merged frame [`UdpRun::finish`] hands over.
@@ -101,31 +95,29 @@ impl UdpRun {
         }
     }
 
-    /// Adds a frame the guest sent (`hdr`, its virtio header, already
-    /// checked against what the driver negotiated) if it continues the
-    /// run, or starts it if the run is empty.
-    pub fn push(&mut self, hdr: &[u8; NET_HDR_LEN], frame: &[u8]) -> Push {
-        let Some(len) = payload_len(&Hdr::parse(hdr), frame) else {
-            return Push::Never;
-        };
+    /// Adds datagram `d` (`frame` behind the virtio header `hdr`, as
+    /// [`check`] found it) if it continues the run, or starts the run if
+    /// it is empty; whether it did (if not: send the run, then the
+    /// datagram starts the next).
+    pub fn push(&mut self, hdr: &[u8; NET_HDR_LEN], frame: &[u8], d: Datagram) -> bool {
         if self.datagrams == 0 {
             self.buf.clear();
             self.buf.extend_from_slice(hdr);
             self.buf.extend_from_slice(frame);
             self.datagrams = 1;
-            self.seg_len = len;
+            self.seg_len = d.len;
             self.closed = false;
             self.bytes = frame.len() as u64;
-            return Push::Added;
+            return true;
         }
-        if !self.continues(hdr, frame, len) {
-            return Push::Breaks;
+        if !self.continues(hdr, frame, d.len) {
+            return false;
         }
         self.buf.extend_from_slice(&frame[DATA..]);
         self.datagrams += 1;
-        self.closed = len < self.seg_len;
+        self.closed = d.len < self.seg_len;
         self.bytes += frame.len() as u64;
-        Push::Added
+        true
     }
 
     fn continues(&self, hdr: &[u8; NET_HDR_LEN], f: &[u8], len: usize) -> bool {
@@ -180,8 +172,10 @@ impl UdpRun {
     }
 }
 
-/// The payload length of a frame a run can take, or None.
-fn payload_len(hdr: &Hdr, f: &[u8]) -> Option<usize> {
+/// Whether frame `f` behind a virtio header saying `hdr` (already
+/// checked against what the driver negotiated) is a datagram a run can
+/// take.
+pub fn check(hdr: &Hdr, f: &[u8]) -> Option<Datagram> {
     let partial = match hdr.flags {
         0 => false,
         FLAG_NEEDS_CSUM => {
@@ -211,7 +205,9 @@ fn payload_len(hdr: &Hdr, f: &[u8]) -> Option<usize> {
     } else {
         be16(f, UDP + UDP_CHECK) != 0 && fold(pseudo(f, f.len() - UDP) + sum(&f[UDP..])) == 0xffff
     };
-    ok.then_some(f.len() - DATA)
+    ok.then_some(Datagram {
+        len: f.len() - DATA,
+    })
 }
 
 fn be16(f: &[u8], at: usize) -> u16 {
@@ -252,6 +248,25 @@ pub(super) mod tests {
     use super::*;
 
     const PLAIN: [u8; NET_HDR_LEN] = [0; NET_HDR_LEN];
+
+    /// What the worker does with a frame: sends it alone (`Never`), or
+    /// offers it to the run, which takes it or not.
+    #[derive(Debug, PartialEq)]
+    enum Push {
+        Added,
+        Breaks,
+        Never,
+    }
+
+    impl UdpRun {
+        fn offer(&mut self, hdr: &[u8; NET_HDR_LEN], frame: &[u8]) -> Push {
+            match check(&Hdr::parse(hdr), frame) {
+                None => Push::Never,
+                Some(d) if self.push(hdr, frame, d) => Push::Added,
+                Some(_) => Push::Breaks,
+            }
+        }
+    }
     /// Where [`datagram`]s go.
     pub(in crate::virtio::net) const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
@@ -378,7 +393,7 @@ pub(super) mod tests {
                 .collect();
             let mut run = UdpRun::new();
             for f in &sent {
-                assert_eq!(run.push(&h, f), Push::Added);
+                assert_eq!(run.offer(&h, f), Push::Added);
             }
             let bytes: usize = sent.iter().map(Vec::len).sum();
             let m = run.finish().unwrap();
@@ -406,7 +421,7 @@ pub(super) mod tests {
         let mut h = PLAIN;
         h[10] = 1; // num_buffers, meaningless on TX, kept as given
         let mut run = UdpRun::new();
-        assert_eq!(run.push(&h, &f), Push::Added);
+        assert_eq!(run.offer(&h, &f), Push::Added);
         let (out, n) = finish(&mut run);
         assert_eq!(n, 1);
         assert_eq!(out, [&h[..], &f[..]].concat());
@@ -455,7 +470,7 @@ pub(super) mod tests {
         cases.push(("a runt", PLAIN, good[..30].to_vec()));
         for (what, h, f) in cases {
             let mut run = UdpRun::new();
-            assert_eq!(run.push(&h, &f), Push::Never, "{what}");
+            assert_eq!(run.offer(&h, &f), Push::Never, "{what}");
             assert!(run.finish().is_none(), "{what}");
         }
     }
@@ -485,26 +500,26 @@ pub(super) mod tests {
         cases.push(("another destination MAC", mac));
         for (what, f) in cases {
             let mut run = UdpRun::new();
-            assert_eq!(run.push(&PLAIN, &first), Push::Added);
-            assert_eq!(run.push(&PLAIN, &f), Push::Breaks, "{what}");
+            assert_eq!(run.offer(&PLAIN, &first), Push::Added);
+            assert_eq!(run.offer(&PLAIN, &f), Push::Breaks, "{what}");
             let (out, n) = finish(&mut run);
             assert_eq!((out, n), ([&PLAIN[..], &first[..]].concat(), 1), "{what}");
-            assert_eq!(run.push(&PLAIN, &f), Push::Added, "{what} starts the next");
+            assert_eq!(run.offer(&PLAIN, &f), Push::Added, "{what} starts the next");
         }
         // Verified and partial checksums do not mix.
         let mut run = UdpRun::new();
-        assert_eq!(run.push(&PLAIN, &first), Push::Added);
+        assert_eq!(run.offer(&PLAIN, &first), Push::Added);
         let p = datagram(11, 40000, &payload(1, 500), true);
-        assert_eq!(run.push(&partial_hdr(), &p), Push::Breaks);
+        assert_eq!(run.offer(&partial_hdr(), &p), Push::Breaks);
         // A shorter datagram is the last.
         let mut run = UdpRun::new();
-        assert_eq!(run.push(&PLAIN, &first), Push::Added);
+        assert_eq!(run.offer(&PLAIN, &first), Push::Added);
         assert_eq!(
-            run.push(&PLAIN, &datagram(11, 40000, &payload(1, 499), false)),
+            run.offer(&PLAIN, &datagram(11, 40000, &payload(1, 499), false)),
             Push::Added
         );
         assert_eq!(
-            run.push(&PLAIN, &datagram(12, 40000, &payload(2, 499), false)),
+            run.offer(&PLAIN, &datagram(12, 40000, &payload(2, 499), false)),
             Push::Breaks
         );
     }
@@ -514,7 +529,7 @@ pub(super) mod tests {
         // 1472-byte payloads: 44 fit in 65535 bytes of IP datagram.
         let mut run = UdpRun::new();
         let mut n = 0u16;
-        while run.push(&PLAIN, &datagram(n, 1, &payload(0, 1472), false)) == Push::Added {
+        while run.offer(&PLAIN, &datagram(n, 1, &payload(0, 1472), false)) == Push::Added {
             n += 1;
         }
         assert_eq!(n, 44);
@@ -523,7 +538,7 @@ pub(super) mod tests {
         // 8-byte payloads: the segment count ends it.
         let mut run = UdpRun::new();
         let mut n = 0u16;
-        while run.push(&PLAIN, &datagram(n, 1, &payload(0, 8), false)) == Push::Added {
+        while run.offer(&PLAIN, &datagram(n, 1, &payload(0, 8), false)) == Push::Added {
             n += 1;
         }
         assert_eq!(usize::from(n), MAX_SEGS);

@@ -933,6 +933,20 @@ fn a_burst_of_one_flows_datagrams_goes_to_the_tap_as_one_udp_gso_frame() {
     assert_eq!(g.stats.tx_merged.load(Ordering::Relaxed), 5);
     net.reset();
 
+    // A TSO frame queued after datagrams goes after them.
+    let mut g = Guest::start(&mut net, BASE | hdr::OFFLOADS);
+    for d in &flow[..2] {
+        g.add_tx(&[0; NET_HDR_LEN], d);
+    }
+    let tso = vhdr(FLAG_NEEDS_CSUM, GSO_TCPV4, 1448);
+    let tcp = tcp_frame(MAC, 3000);
+    g.add_tx(&tso, &tcp);
+    g.tx.publish(&g.m);
+    g.tx.wait_used(&g.m, g.tx_sent - 1);
+    let merged = wait_peer(&peer);
+    assert_eq!(merged[1], GSO_UDP_L4, "the datagrams first");
+    assert_eq!(wait_peer(&peer), [&tso[..], &tcp].concat());
+    net.reset();
 }
 
 #[test]

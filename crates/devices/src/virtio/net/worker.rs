@@ -23,7 +23,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::coalesce::{Push, UdpRun};
+use super::coalesce::{self, UdpRun};
 use super::filter::{check_gso, check_tx, Verdict, MAX_GSO_FRAME};
 use super::hdr::{self, Hdr};
 use super::poll::TxPoll;
@@ -442,21 +442,21 @@ impl Worker {
                 return;
             }
         }
-        if !gso {
-            if let Some(run) = self.run.as_mut() {
-                match run.push(h, frame) {
-                    Push::Added => return,
-                    Push::Breaks => {
-                        flush_run(&mut self.run, &self.tap, stats, &self.name);
-                        if let Some(run) = self.run.as_mut() {
-                            if run.push(h, frame) == Push::Added {
-                                return;
-                            }
-                        }
-                    }
-                    Push::Never => flush_run(&mut self.run, &self.tap, stats, &self.name),
+        // A datagram a run can take joins it, or starts the next once the
+        // run is sent; anything else goes after the run.
+        match self.run.as_ref().and_then(|_| coalesce::check(&hd, frame)) {
+            Some(d) => {
+                if self.run.as_mut().is_some_and(|r| r.push(h, frame, d)) {
+                    return;
+                }
+                flush_run(&mut self.run, &self.tap, stats, &self.name);
+                // An empty run takes any datagram.
+                if let Some(r) = self.run.as_mut() {
+                    r.push(h, frame, d);
+                    return;
                 }
             }
+            None => flush_run(&mut self.run, &self.tap, stats, &self.name),
         }
         // On a vnet-header tap the guest's header goes along unchanged
         // (num_buffers means nothing on TX and the kernel skips it). The
